@@ -1,0 +1,1 @@
+"""Plain PyTorch modules of Qwen3-TTS; parameter names equal the official checkpoint keys."""
