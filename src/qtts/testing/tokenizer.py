@@ -48,7 +48,9 @@ def _train(merges_wanted: int) -> Tokenizer:
     alphabet = pre_tokenizers.ByteLevel.alphabet()
     trainer = trainers.BpeTrainer(vocab_size=len(alphabet) + merges_wanted, min_frequency=1,
                                   initial_alphabet=alphabet, special_tokens=[], show_progress=False)
-    tokenizer.train_from_iterator(_CORPUS * 4, trainer=trainer)
+    # The role words must be single tokens, as in the real vocabulary: the templates slice ids by position.
+    roles = ["assistant\n" * 40, "user\n" * 40]
+    tokenizer.train_from_iterator(_CORPUS * 4 + roles, trainer=trainer)
     return tokenizer
 
 

@@ -1,0 +1,63 @@
+"""Our tokenizer and templates against the official processor on the tiny tokenizer stand-in."""
+
+from __future__ import annotations
+
+import pytest
+
+from oracle import official
+from qtts.errors import CheckpointError
+from qtts.testing.tokenizer import write_tokenizer_files
+from qtts.text import TextTokenizer, assistant_text, instruct_text, reference_text
+
+SAMPLES = [
+    "Hello, world! How are you today?",
+    "我叫通义千问，是阿里云的开源大模型。",
+    "In 2026-01-22 we paid $42.50 (about 3.14%) for 1234567 items.",
+    "It's fine; WE'LL see, they'd said... \"quoted\"   spaced\ttabs\n\nnew lines",
+    "混合 English 和中文 123，还有标点！？",
+    "Bonjour ça va? こんにちは 안녕하세요 ¿Qué tal?",
+]
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    return write_tokenizer_files(tmp_path_factory.mktemp("tokenizer"))
+
+
+@pytest.fixture(scope="module")
+def official_processor(folder):
+    official()
+    from qwen_tts.core.models.processing_qwen3_tts import Qwen3TTSProcessor
+    from transformers import AutoTokenizer
+
+    # A folder without config.json loads as a hub id does: the Qwen split regex stays (spec pitfall 12).
+    tokenizer = AutoTokenizer.from_pretrained(folder, fix_mistral_regex=True)
+    return Qwen3TTSProcessor(tokenizer=tokenizer)
+
+
+@pytest.mark.parametrize("template", [assistant_text, reference_text, instruct_text])
+def test_ids_equal_official_processor(folder, official_processor, template):
+    ours = TextTokenizer.from_folder(folder)
+    for sample in SAMPLES:
+        text = template(sample)
+        theirs = official_processor(text=text, return_tensors="pt", padding=True)["input_ids"][0].tolist()
+        assert ours.encode(text) == theirs, text
+
+
+def test_special_tokens_sit_at_real_qwen_ids(folder):
+    ours = TextTokenizer.from_folder(folder)
+    expected = {"<|endoftext|>": 151643, "<|im_start|>": 151644, "<|im_end|>": 151645,
+                "<tts_pad>": 151671, "<tts_text_bos>": 151672, "<tts_text_eod>": 151673}
+    for content, index in expected.items():
+        assert ours.token_id(content) == index
+        assert ours.encode(content) == [index]
+    ids = ours.encode(assistant_text("Hi 你好"))
+    assert ids[:3] == [151644, ours.encode("assistant")[0], 198]
+    assert ids[-5:] == [151645, 198, 151644, ours.encode("assistant")[0], 198]
+    assert ours.decode(ids) == assistant_text("Hi 你好")
+
+
+def test_missing_tokenizer_file_is_a_checkpoint_error(folder, tmp_path):
+    (tmp_path / "vocab.json").write_text((folder / "vocab.json").read_text(encoding="utf-8"), encoding="utf-8")
+    with pytest.raises(CheckpointError, match="merges.txt"):
+        TextTokenizer.from_folder(tmp_path)
