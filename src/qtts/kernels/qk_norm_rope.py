@@ -1,0 +1,132 @@
+"""Attention input prep in one launch: per-head RMSNorm of q and k, RoPE on both, and the write of the new
+k and v rows into a static KV cache at each token's cache index.
+
+Numerics are the official ones in the activation dtype: norm variance in float32, RoPE tables computed in
+float32 from the positions and rounded to the activation dtype, and each product and sum of the rotation
+rounded as the eager PyTorch ops round them.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from qtts.errors import InputError
+from qtts.kernels import cos, enabled, jit, round_to, sin, tl, use_libdevice
+from qtts.models.layers import apply_rope, rope_cos_sin
+
+
+def _head_rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    x32 = x.to(torch.float32)
+    return weight * (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
+
+
+def qk_norm_rope_cache_reference(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_weight: torch.Tensor, k_weight: torch.Tensor,
+    eps: float, inv_freq: torch.Tensor, positions: torch.Tensor,
+    k_cache: torch.Tensor, v_cache: torch.Tensor, cache_index: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """q [B, S, Hq, D], k/v [B, S, Hkv, D], positions and cache_index [B, S], caches [B, Hkv, L, D].
+
+    Writes rotated k and plain v at `cache_index` (default: `positions`) and returns rotated q [B, Hq, S, D].
+    """
+    cos, sin = rope_cos_sin(positions, inv_freq, q.dtype)
+    q = apply_rope(_head_rms_norm(q, q_weight, eps).transpose(1, 2), cos, sin)
+    k = apply_rope(_head_rms_norm(k, k_weight, eps).transpose(1, 2), cos, sin)
+    cache_index = positions if cache_index is None else cache_index
+    batch = torch.arange(q.shape[0], device=q.device)[:, None].expand_as(cache_index)
+    k_cache[batch, :, cache_index] = k.transpose(1, 2).to(k_cache.dtype)
+    v_cache[batch, :, cache_index] = v.to(v_cache.dtype)
+    return q.contiguous()
+
+
+@jit
+def _norm_rope(x_ptr, w_ptr, cos_a, sin_a, eps, half, HALF: tl.constexpr):
+    """One head row: RMSNorm, weight, rotation; returns the two rotated halves in the activation dtype."""
+    dtype = x_ptr.dtype.element_ty
+    x1 = tl.load(x_ptr + half).to(tl.float32)
+    x2 = tl.load(x_ptr + HALF + half).to(tl.float32)
+    inv_rms = tl.math.rsqrt((tl.sum(x1 * x1, axis=0) + tl.sum(x2 * x2, axis=0)) / (2 * HALF) + eps)
+    w1 = tl.load(w_ptr + half).to(tl.float32)
+    w2 = tl.load(w_ptr + HALF + half).to(tl.float32)
+    n1 = round_to(round_to(x1 * inv_rms, dtype).to(tl.float32) * w1, dtype).to(tl.float32)
+    n2 = round_to(round_to(x2 * inv_rms, dtype).to(tl.float32) * w2, dtype).to(tl.float32)
+    # rotate_half(x) = [-x2, x1]; each product and the sum round like the eager dtype ops
+    o1 = round_to(n1 * cos_a, dtype).to(tl.float32) + round_to(-n2 * sin_a, dtype).to(tl.float32)
+    o2 = round_to(n2 * cos_a, dtype).to(tl.float32) + round_to(n1 * sin_a, dtype).to(tl.float32)
+    return round_to(o1, dtype), round_to(o2, dtype)
+
+
+@jit
+def _qk_norm_rope_cache_kernel(
+    q_ptr, k_ptr, v_ptr, q_weight_ptr, k_weight_ptr, inv_freq_ptr, positions_ptr, cache_index_ptr,
+    q_out_ptr, k_cache_ptr, v_cache_ptr,
+    q_row_stride, k_row_stride, v_row_stride, seq_len, cache_len, eps,
+    N_Q_HEADS: tl.constexpr, N_KV_HEADS: tl.constexpr, HALF: tl.constexpr, LIBDEVICE: tl.constexpr,
+):
+    token = tl.program_id(0).to(tl.int64)
+    head = tl.program_id(1)
+    batch = token // seq_len
+    step = token % seq_len
+    half = tl.arange(0, HALF)
+    head_dim = 2 * HALF
+
+    angle = tl.load(positions_ptr + token).to(tl.float32) * tl.load(inv_freq_ptr + half)
+    dtype = q_out_ptr.dtype.element_ty
+    cos_a = round_to(cos(angle, LIBDEVICE), dtype).to(tl.float32)
+    sin_a = round_to(sin(angle, LIBDEVICE), dtype).to(tl.float32)
+
+    if head < N_Q_HEADS:
+        o1, o2 = _norm_rope(q_ptr + token * q_row_stride + head * head_dim, q_weight_ptr, cos_a, sin_a, eps, half, HALF)
+        out = q_out_ptr + ((batch * N_Q_HEADS + head) * seq_len + step) * head_dim
+        tl.store(out + half, o1)
+        tl.store(out + HALF + half, o2)
+    else:
+        kv_head = head - N_Q_HEADS
+        o1, o2 = _norm_rope(k_ptr + token * k_row_stride + kv_head * head_dim, k_weight_ptr, cos_a, sin_a, eps, half, HALF)
+        slot = tl.load(cache_index_ptr + token).to(tl.int64)
+        row = ((batch * N_KV_HEADS + kv_head) * cache_len + slot) * head_dim
+        cache_dtype = k_cache_ptr.dtype.element_ty
+        tl.store(k_cache_ptr + row + half, o1.to(cache_dtype))
+        tl.store(k_cache_ptr + row + HALF + half, o2.to(cache_dtype))
+        v = v_ptr + token * v_row_stride + kv_head * head_dim
+        tl.store(v_cache_ptr + row + half, tl.load(v + half).to(cache_dtype))
+        tl.store(v_cache_ptr + row + HALF + half, tl.load(v + HALF + half).to(cache_dtype))
+
+
+def _row_stride(x: torch.Tensor, name: str) -> int:
+    """Tokens may be strided (views of a fused projection); heads and head_dim must be packed."""
+    b, s, h, d = x.shape
+    if x.stride(3) != 1 or x.stride(2) != d or x.stride(0) != s * x.stride(1):
+        raise InputError(f"{name} must have packed heads [B, S, H, D] rows; got strides {x.stride()}")
+    return x.stride(1)
+
+
+def qk_norm_rope_cache_triton(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_weight: torch.Tensor, k_weight: torch.Tensor,
+    eps: float, inv_freq: torch.Tensor, positions: torch.Tensor,
+    k_cache: torch.Tensor, v_cache: torch.Tensor, cache_index: torch.Tensor | None = None,
+) -> torch.Tensor:
+    batch, seq_len, n_q_heads, head_dim = q.shape
+    n_kv_heads = k.shape[2]
+    if head_dim & (head_dim - 1) or head_dim < 4:
+        raise InputError(f"head_dim must be a power of two >= 4 for the fused RoPE kernel, got {head_dim}")
+    if not (k_cache.is_contiguous() and v_cache.is_contiguous()):
+        raise InputError("KV caches must be contiguous [B, Hkv, L, D] tensors")
+    cache_index = positions if cache_index is None else cache_index
+    q_out = torch.empty(batch, n_q_heads, seq_len, head_dim, device=q.device, dtype=q.dtype)
+    _qk_norm_rope_cache_kernel[(batch * seq_len, n_q_heads + n_kv_heads)](
+        q, k, v, q_weight, k_weight, inv_freq, positions.contiguous(), cache_index.contiguous(),
+        q_out, k_cache, v_cache,
+        _row_stride(q, "q"), _row_stride(k, "k"), _row_stride(v, "v"), seq_len, k_cache.shape[2], eps,
+        N_Q_HEADS=n_q_heads, N_KV_HEADS=n_kv_heads, HALF=head_dim // 2, LIBDEVICE=use_libdevice(), num_warps=1,
+    )
+    return q_out
+
+
+def qk_norm_rope_cache(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_weight: torch.Tensor, k_weight: torch.Tensor,
+    eps: float, inv_freq: torch.Tensor, positions: torch.Tensor,
+    k_cache: torch.Tensor, v_cache: torch.Tensor, cache_index: torch.Tensor | None = None,
+) -> torch.Tensor:
+    impl = qk_norm_rope_cache_triton if enabled(q.device) else qk_norm_rope_cache_reference
+    return impl(q, k, v, q_weight, k_weight, eps, inv_freq, positions, k_cache, v_cache, cache_index)

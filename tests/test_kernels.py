@@ -1,0 +1,129 @@
+"""Each fused kernel computes the same function as its PyTorch reference on random inputs.
+
+Without a GPU the kernels run in Triton's interpreter on CPU tensors (qtts.kernels sets TRITON_INTERPRET);
+with one, the same tests run compiled on CUDA (marked gpu).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from qtts import kernels
+from qtts.kernels.decode_attention import decode_attention_reference, decode_attention_triton
+from qtts.kernels.qk_norm_rope import qk_norm_rope_cache_reference, qk_norm_rope_cache_triton
+from qtts.kernels.rms_norm import add_rms_norm, add_rms_norm_reference, add_rms_norm_triton
+from qtts.kernels.snake import snake_beta_reference, snake_beta_triton
+from qtts.kernels.swiglu import silu_mul_reference, silu_mul_triton
+from qtts.models.layers import RMSNorm, rope_inverse_frequencies
+
+pytestmark = pytest.mark.skipif(not kernels.available(), reason="Triton is not installed")
+
+if kernels.interpreted():
+    DEVICES = ["cpu"]
+else:
+    DEVICES = [pytest.param("cuda", marks=pytest.mark.gpu)] if torch.cuda.is_available() else []
+DTYPES = [torch.float32, torch.bfloat16]
+
+
+def assert_same_function(out: torch.Tensor, ref: torch.Tensor):
+    """float32: agreement to ~1e-6 relative; bfloat16: within one rounding."""
+    assert out.dtype == ref.dtype and out.shape == ref.shape
+    assert not out.isnan().any()
+    if out.dtype == torch.float32:
+        torch.testing.assert_close(out, ref, rtol=2e-6, atol=2e-6)
+    else:
+        torch.testing.assert_close(out.float(), ref.float(), rtol=2**-7, atol=1e-5)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("cols", [1024, 96])
+def test_add_rms_norm_matches_reference(device, dtype, cols):
+    x = torch.randn(6, cols, device=device).to(dtype)
+    residual = torch.randn(6, cols, device=device).to(dtype)
+    weight = (1 + 0.3 * torch.randn(cols, device=device)).to(dtype)
+    out, summed = add_rms_norm_triton(x, weight, 1e-6, residual)
+    ref_out, ref_summed = add_rms_norm_reference(x, weight, 1e-6, residual)
+    assert torch.equal(summed, ref_summed)  # the residual stream rounds exactly as eager
+    assert_same_function(out, ref_out)
+    alone, same_x = add_rms_norm_triton(x, weight, 1e-6)
+    assert same_x is x
+    assert_same_function(alone, add_rms_norm_reference(x, weight, 1e-6)[0])
+
+
+def test_rms_norm_reference_is_the_official_norm():
+    norm = RMSNorm(48, eps=1e-6, dtype=torch.bfloat16)
+    with torch.no_grad():
+        norm.weight.normal_()
+    x = torch.randn(5, 48).to(torch.bfloat16)
+    assert torch.equal(add_rms_norm_reference(x, norm.weight, 1e-6)[0], norm(x))
+
+
+def test_dispatch_uses_the_reference_off_gpu():
+    assert not kernels.enabled("cpu")
+    x, w = torch.randn(3, 32), torch.randn(32)
+    assert torch.equal(add_rms_norm(x, w, 1e-6)[0], add_rms_norm_reference(x, w, 1e-6)[0])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("head_dim", [128, 16])
+def test_qk_norm_rope_cache_matches_reference(device, dtype, head_dim):
+    batch, seq, n_q, n_kv, cache_len = 2, 3, 4, 2, 24
+    # q, k, v as strided views of one fused projection output, as a caller may pass them
+    qkv = torch.randn(batch, seq, (n_q + 2 * n_kv) * head_dim, device=device).to(dtype)
+    q, k, v = qkv.split([n_q * head_dim, n_kv * head_dim, n_kv * head_dim], dim=-1)
+    q, k, v = (t.unflatten(-1, (-1, head_dim)) for t in (q, k, v))
+    q_weight = (1 + 0.3 * torch.randn(head_dim, device=device)).to(dtype)
+    k_weight = (1 + 0.3 * torch.randn(head_dim, device=device)).to(dtype)
+    inv_freq = rope_inverse_frequencies(head_dim, 1e6, device=device)
+    positions = torch.randint(0, 5000, (batch, seq), device=device)  # large angles: RoPE accuracy matters
+    cache_index = torch.stack([torch.randperm(cache_len, device=device)[:seq] for _ in range(batch)])
+    caches = [torch.full((batch, n_kv, cache_len, head_dim), float("nan"), device=device, dtype=dtype)
+              for _ in range(4)]
+    q_out = qk_norm_rope_cache_triton(q, k, v, q_weight, k_weight, 1e-6, inv_freq, positions,
+                                      caches[0], caches[1], cache_index)
+    q_ref = qk_norm_rope_cache_reference(q, k, v, q_weight, k_weight, 1e-6, inv_freq, positions,
+                                         caches[2], caches[3], cache_index)
+    assert_same_function(q_out, q_ref)
+    for out, ref in ((caches[0], caches[2]), (caches[1], caches[3])):
+        assert torch.equal(out.isnan(), ref.isnan())  # the same rows written, no others
+        assert_same_function(out.nan_to_num(), ref.nan_to_num())
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_silu_mul_matches_reference(device, dtype):
+    gate = (3 * torch.randn(3, 5, 1100, device=device)).to(dtype)
+    up = torch.randn(3, 5, 1100, device=device).to(dtype)
+    assert_same_function(silu_mul_triton(gate, up), silu_mul_reference(gate, up))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_snake_beta_matches_reference(device, dtype):
+    x = (2 * torch.randn(2, 6, 1500, device=device)).to(dtype)
+    alpha = 0.5 * torch.randn(6, device=device)
+    beta = 0.5 * torch.randn(6, device=device)
+    assert_same_function(snake_beta_triton(x, alpha, beta), snake_beta_reference(x, alpha, beta).to(dtype))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("seq", [1, 2])
+@pytest.mark.parametrize("head_dim", [128, 8])
+def test_decode_attention_matches_reference(device, dtype, seq, head_dim):
+    batch, n_q, n_kv, cache_len = 3, 4, 2, 40
+    q = torch.randn(batch, n_q, seq, head_dim, device=device).to(dtype)
+    k_cache = torch.randn(batch, n_kv, cache_len, head_dim, device=device).to(dtype)
+    v_cache = torch.randn(batch, n_kv, cache_len, head_dim, device=device).to(dtype)
+    lengths = torch.tensor([seq, 17, cache_len], device=device, dtype=torch.int32)
+    # rows past each length are garbage that must not be read
+    for b, n in enumerate(lengths.tolist()):
+        k_cache[b, :, n:] = float("nan")
+        v_cache[b, :, n:] = float("nan")
+    scale = head_dim**-0.5
+    out = decode_attention_triton(q, k_cache, v_cache, lengths, scale)
+    ref = decode_attention_reference(q, k_cache.nan_to_num(), v_cache.nan_to_num(), lengths, scale)
+    assert_same_function(out, ref)
