@@ -36,7 +36,7 @@ REFERENCE_MAX_SECONDS = 60.0
 # Peak below -80 dBFS: nothing a speaker encoder could hear (catches digital silence and bare dither).
 SILENCE_PEAK = 1e-4
 
-AudioSource = Union[str, Path, bytes, "tuple[np.ndarray, int]"]
+AudioSource = Union[str, Path, bytes, tuple[np.ndarray, int]]
 SAVE_FORMATS = {".wav": "WAV", ".flac": "FLAC"}
 
 
@@ -62,6 +62,10 @@ def load_audio(source: AudioSource) -> np.ndarray:
     `source` is a file path, the bytes of an audio file (wav, flac, ogg, or anything libsndfile reads), or
     `(array, sample_rate)` with the array shaped [samples] or [samples, channels]. Raises `InputError` when
     the audio cannot be read, is empty, silent, not finite, or outside 1-60 s.
+
+    Differences from the official loader: no URL or base64 strings (decode them to bytes first); paths in
+    formats libsndfile cannot read are rejected (librosa would try audioread/ffmpeg); integer arrays are
+    scaled to [-1, 1); stereo arrays work (the official wrapper's array path fails on them); the checks.
     """
     samples, sample_rate = _decode(source)
     if samples.ndim == 2:
@@ -128,7 +132,7 @@ def _decode(source: AudioSource) -> tuple[np.ndarray, int]:
 def _read_file(file, name: str) -> tuple[np.ndarray, int]:
     try:
         samples, sample_rate = soundfile.read(file, dtype="float32", always_2d=False)
-    except (soundfile.LibsndfileError, RuntimeError, TypeError) as exc:
+    except RuntimeError as exc:  # soundfile's LibsndfileError: unknown container, codec or truncated data
         raise InputError(
             f"cannot read {name} as audio ({exc}); use a wav, flac, ogg or mp3 file"
         ) from None
@@ -228,7 +232,8 @@ def mel_spectrogram(samples: np.ndarray | torch.Tensor) -> torch.Tensor:
 
     The speaker encoder's front end: reflect-pad 384 samples per side, |STFT| with a periodic Hann window
     (no centring), Slaney mel filters, natural log floored at 1e-5. Computed in the input's float dtype
-    (float32 for numpy input), on the input's device.
+    (float32 for numpy input), on the input's device. The official model computes these in float32 and
+    casts them to the speaker encoder's dtype afterwards; do the same for bf16 models.
     """
     if isinstance(samples, np.ndarray):
         samples = torch.from_numpy(np.asarray(samples, dtype=np.float32))
