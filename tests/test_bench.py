@@ -1,0 +1,172 @@
+"""The benchmark harness: statistics, frame arithmetic, result records and table, and the length forcing
+that makes every engine produce exactly the requested number of frames."""
+
+from __future__ import annotations
+
+import inspect
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from qtts import bench
+
+BENCH_DIR = Path(__file__).resolve().parents[1] / "bench"
+
+
+def test_spread_is_median_and_range_over_runs():
+    spread = bench.Spread.of([3.0, 1.0, 2.0, 10.0])
+    assert (spread.median, spread.low, spread.high, spread.n) == (2.5, 1.0, 10.0, 4)
+    assert spread.text(1) == "2.5 [1.0-10.0]"
+    assert bench.Spread.of([4.0]).text(1) == "4.0"
+    with pytest.raises(ValueError):
+        bench.Spread.of([])
+
+
+def test_frames_are_counted_from_whole_samples_only():
+    assert bench.frames_in(250 * 1920) == 250
+    assert bench.frames_in(0) == 0
+    with pytest.raises(ValueError, match="not a whole number"):
+        bench.frames_in(250 * 1920 + 1)
+
+
+def test_real_time_factor_is_audio_seconds_over_wall_seconds():
+    # 250 frames = 20 s of audio; produced in 5 s is 4x real time.
+    assert bench.xrt(250 * 1920, 5.0) == pytest.approx(4.0)
+    assert bench.FRAME_SECONDS == pytest.approx(0.08)
+
+
+def test_official_engine_needs_one_talker_token_more_than_frames():
+    assert bench.official_max_new_tokens(250) == 251
+
+
+def test_step_time_is_median_interval_without_the_prefill():
+    # prefill 1 s, then steps of 10, 12, 11 ms: the prefill interval must not count.
+    stamps = [0.0, 1.0, 1.010, 1.022, 1.033]
+    assert bench.step_ms(stamps) == pytest.approx(11.0)
+    with pytest.raises(ValueError):
+        bench.step_ms([0.0, 1.0])
+
+
+def test_marginal_frame_cost_cancels_fixed_costs():
+    fixed_s, per_frame_s = 0.3, 0.004
+    long_wall, short_wall = fixed_s + 250 * per_frame_s, fixed_s + 50 * per_frame_s
+    assert bench.marginal_ms_per_frame(long_wall, 250, short_wall, 50) == pytest.approx(4.0)
+    with pytest.raises(ValueError):
+        bench.marginal_ms_per_frame(1.0, 50, 1.0, 50)
+
+
+def test_step_clock_stamps_each_call_and_keeps_the_signature():
+    class Loop:
+        def forward(self, x, *, scale=2):
+            return x * scale
+
+    loop, clock = Loop(), bench.StepClock()
+    clock.wrap(loop, "forward")
+    assert [loop.forward(i) for i in range(3)] == [0, 2, 4]
+    stamps = clock.take()
+    assert len(stamps) == 3 and stamps == sorted(stamps)
+    assert clock.take() == []
+    # HF generate validates its kwargs against forward's signature; a bare *args wrapper would break it.
+    assert list(inspect.signature(loop.forward).parameters) == ["x", "scale"]
+
+
+def test_measure_calls_rejects_a_length_that_was_not_forced():
+    walls, speeds = bench.measure_calls(lambda seed: 10 * 1920, 10, [0, 1])
+    assert len(walls) == len(speeds) == 2 and all(s > 0 for s in speeds)
+    with pytest.raises(RuntimeError, match="returned 9 frames"):
+        bench.measure_calls(lambda seed: 9 * 1920, 10, [0])
+
+
+def _result(system: str, ttfa: bench.Spread | None) -> bench.Result:
+    return bench.Result(
+        system=system, model="0.6b-CV", text="sentence", frames=250, runs=3,
+        xrt=bench.Spread.of([4.1, 4.2, 4.0]), e2e_ms_per_frame=bench.Spread.of([19.0, 19.2, 19.1]),
+        step_ms_per_frame=bench.Spread.of([18.7, 18.8, 18.6]), step_method="stamps",
+        decode_ms_per_frame=None, ttfa_ms=ttfa, ttfa_note="chunk 12" if ttfa else "no streaming API",
+        streaming_xrt=None, peak_alloc_gib=2.93, peak_reserved_gib=3.4, versions={"torch": "2.11.0"},
+    )
+
+
+def test_result_survives_its_json_line():
+    result = _result("faster", bench.Spread.of([281.0, 290.0, 283.0]))
+    line = result.to_json()
+    assert "\n" not in line
+    back = bench.Result.from_dict(json.loads(line))
+    assert back == result
+
+
+def test_table_has_one_row_per_result_and_marks_missing_figures():
+    table = bench.markdown_table([_result("faster", bench.Spread.of([281.0, 290.0])), _result("official", None)])
+    lines = table.splitlines()
+    assert len(lines) == 4
+    assert all(line.count("|") == lines[0].count("|") for line in lines)
+    assert "**4.100 [4.000-4.200]**" in lines[2]
+    assert "286 [281-290] (chunk 12)" in lines[2]
+    assert "n/a (no streaming API)" in lines[3] and "| n/a |" in lines[3]  # decode not measured
+
+
+def test_texts_have_the_intended_lengths():
+    assert 25 <= len(bench.TEXTS["sentence"].split()) <= 35
+    assert 250 <= len(bench.TEXTS["passage"].split()) <= 350
+
+
+def test_official_engine_gives_exactly_the_forced_frames():
+    """The wrapper in bench/peer_official.py, run on a tiny official model biased to stop at once."""
+    from oracle import official
+
+    official()
+    from qwen_tts.core.models.configuration_qwen3_tts import Qwen3TTSConfig
+    from qwen_tts.core.models.modeling_qwen3_tts import Qwen3TTSForConditionalGeneration
+
+    from qtts.testing.configs import tiny_tts_config
+
+    sys.path.insert(0, str(BENCH_DIR))
+    try:
+        from peer_official import force_length
+    finally:
+        sys.path.remove(str(BENCH_DIR))
+
+    torch.manual_seed(0)
+    config = tiny_tts_config("custom_voice")
+    model = Qwen3TTSForConditionalGeneration(Qwen3TTSConfig(**config)).eval()
+    eos = config["talker_config"]["codec_eos_token_id"]
+
+    def prefer_eos(module, inputs, logits):  # without forcing, greedy decoding stops after 2 tokens
+        logits[..., eos] += 1e4
+        return logits
+
+    model.talker.codec_head.register_forward_hook(prefer_eos)
+    # "<|im_start|>assistant\n" + 5 text tokens + "<|im_end|>\n<|im_start|>assistant\n"
+    text = torch.tensor([[151644, 77091, 198, 1000, 1001, 1002, 1003, 1004, 151645, 198, 151644, 77091, 198]])
+
+    def frames(max_new_tokens: int) -> int:
+        codes, _ = model.generate(input_ids=[text], languages=["english"], speakers=["ryan"],
+                                  non_streaming_mode=True, max_new_tokens=max_new_tokens, do_sample=False,
+                                  subtalker_dosample=False)
+        return codes[0].shape[0]
+
+    assert frames(bench.official_max_new_tokens(6)) < 6  # the EOS bias bites
+    force_length(model.talker)
+    assert frames(bench.official_max_new_tokens(6)) == 6
+
+
+@pytest.mark.gpu
+def test_qtts_bench_measures_a_tiny_checkpoint_on_the_gpu(tmp_path):
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    from qtts.testing import write_checkpoint
+    from qtts.testing.configs import tiny_speech_tokenizer_config, tiny_tts_config
+
+    write_checkpoint(tmp_path, tiny_tts_config("custom_voice"), tiny_speech_tokenizer_config(), seed=0,
+                     device="cuda")
+    start = time.perf_counter()
+    (result,) = bench.bench_qtts(str(tmp_path), ["sentence"], frames=20, runs=3, model="tiny")
+    assert time.perf_counter() - start < 300
+    assert result.frames == 20 and result.xrt.n == 3
+    assert math.isfinite(result.xrt.median) and result.xrt.median > 0
+    assert result.peak_alloc_gib > 0
