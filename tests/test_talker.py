@@ -5,33 +5,16 @@ from __future__ import annotations
 import pytest
 import torch
 
-from oracle import official
+import official_models
+from official_models import official_model, our_config
 from qtts.config import TalkerConfig
 from qtts.models.layers import attention_mask
 from qtts.models.talker import Talker
 from qtts.testing.configs import tiny_tts_config
 
 
-def official_model(variant="custom_voice", mtp_projection=True, seed=0):
-    official()
-    from qwen_tts.core.models.configuration_qwen3_tts import Qwen3TTSConfig
-    from qwen_tts.core.models.modeling_qwen3_tts import Qwen3TTSForConditionalGeneration
-
-    torch.manual_seed(seed)
-    model = Qwen3TTSForConditionalGeneration(Qwen3TTSConfig(**tiny_tts_config(variant, mtp_projection=mtp_projection)))
-    with torch.no_grad():
-        # Norm weights start at ones: randomise them so a misplaced norm cannot hide.
-        for name, p in model.named_parameters():
-            if "norm" in name:
-                p.uniform_(0.5, 1.5)
-    return model.eval()
-
-
 def our_talker(model, variant="custom_voice", mtp_projection=True):
-    config = TalkerConfig.from_dict(tiny_tts_config(variant, mtp_projection=mtp_projection)["talker_config"])
-    talker = Talker(config)
-    talker.load_state_dict(model.talker.state_dict(), strict=True)
-    return talker.eval()
+    return official_models.our_talker(model, our_config(variant, mtp_projection))
 
 
 @pytest.mark.parametrize("mtp_projection", [True, False])
