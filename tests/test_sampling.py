@@ -1,0 +1,145 @@
+"""Logits processors against transformers' own; seeded draws; parameter validation."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from oracle import official
+from qtts import sampling
+from qtts.config import GenerationConfig, TalkerConfig
+from qtts.errors import InputError
+from qtts.sampling import PredictorSampler, SamplingParams, TalkerSampler
+from qtts.testing.configs import tiny_tts_config
+
+VOCAB = 3072
+EOS = 2150
+
+
+@pytest.fixture(scope="module")
+def hf():
+    official()
+    from transformers.generation import logits_process
+
+    return logits_process
+
+
+def random_logits(batch=3, vocab=VOCAB, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    logits = torch.randn(batch, vocab, generator=gen) * 3
+    logits[:, :5] = logits[:, 5:10]  # ties, so top-k/top-p boundaries are exercised
+    return logits
+
+
+def history(batch=3, length=7, seed=1):
+    return torch.randint(0, 2048, (batch, length), generator=torch.Generator().manual_seed(seed))
+
+
+def seen_mask(ids, vocab=VOCAB):
+    return torch.zeros(ids.shape[0], vocab, dtype=torch.bool).scatter(1, ids, True)
+
+
+def test_repetition_penalty_equals_transformers(hf):
+    logits, ids = random_logits(), history()
+    theirs = hf.RepetitionPenaltyLogitsProcessor(1.05)(ids, logits.clone())
+    torch.testing.assert_close(sampling.repetition_penalty(logits, seen_mask(ids), 1.05), theirs, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("generated", [0, 1, 2, 5])
+def test_min_new_tokens_equals_transformers(hf, generated):
+    logits = random_logits()
+    ids = history(length=generated)
+    theirs = hf.MinNewTokensLengthLogitsProcessor(0, 2, EOS)(ids, logits.clone())
+    ours = sampling.mask_eos_before(logits, EOS, torch.tensor(generated), 2)
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=0)
+
+
+def test_suppression_equals_transformers(hf):
+    logits = random_logits()
+    config = TalkerConfig.from_dict(tiny_tts_config("base")["talker_config"])
+    suppressed_ids = [i for i in range(VOCAB - 1024, VOCAB) if i != EOS]
+    theirs = hf.SuppressTokensLogitsProcessor(suppressed_ids)(history(), logits.clone())
+    ours = sampling.suppress(logits, TalkerSampler(config, SamplingParams()).suppressed)
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=0)
+    assert math.isfinite(ours[0, EOS]) and math.isinf(ours[0, 2148]) and math.isfinite(ours[0, 2047])
+
+
+@pytest.mark.parametrize("value", [0.3, 0.9, 1.7])
+def test_temperature_equals_transformers(hf, value):
+    logits = random_logits()
+    theirs = hf.TemperatureLogitsWarper(value)(history(), logits.clone())
+    torch.testing.assert_close(sampling.temperature(logits, value), theirs, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("k", [1, 5, 50, 5000])
+def test_top_k_equals_transformers(hf, k):
+    logits = random_logits()
+    theirs = hf.TopKLogitsWarper(top_k=k)(history(), logits.clone())
+    torch.testing.assert_close(sampling.top_k(logits, k), theirs, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("p", [0.05, 0.5, 0.9, 0.999])
+def test_top_p_equals_transformers(hf, p):
+    logits = random_logits()
+    theirs = hf.TopPLogitsWarper(top_p=p)(history(), logits.clone())
+    torch.testing.assert_close(sampling.top_p(logits, p), theirs, rtol=0, atol=0)
+
+
+def test_talker_chain_equals_transformers_processor_list(hf):
+    params = SamplingParams(temperature=0.7, top_k=40, top_p=0.8, repetition_penalty=1.3, min_new_tokens=3)
+    config = TalkerConfig.from_dict(tiny_tts_config("base")["talker_config"])
+    chain = hf.LogitsProcessorList([
+        hf.RepetitionPenaltyLogitsProcessor(1.3),
+        hf.MinNewTokensLengthLogitsProcessor(0, 3, EOS),
+        hf.SuppressTokensLogitsProcessor([i for i in range(VOCAB - 1024, VOCAB) if i != EOS]),
+        hf.TemperatureLogitsWarper(0.7),
+        hf.TopKLogitsWarper(40),
+        hf.TopPLogitsWarper(0.8),
+    ])
+    logits, ids = random_logits(), history(length=2)
+    ours = TalkerSampler(config, params).process(logits, seen_mask(ids), torch.tensor(2))
+    torch.testing.assert_close(ours, chain(ids, logits.clone()), rtol=0, atol=0)
+
+
+def test_draws_follow_the_distribution_and_respect_masks():
+    scores = torch.log(torch.tensor([[0.5, 0.3, 0.2, 0.0]])).expand(20000, -1)
+    tokens = sampling.draw(scores, True, torch.Generator().manual_seed(0))
+    freq = torch.bincount(tokens, minlength=4).float() / tokens.numel()
+    torch.testing.assert_close(freq, torch.tensor([0.5, 0.3, 0.2, 0.0]), rtol=0, atol=0.02)
+    assert sampling.draw(scores[:1], False).item() == 0
+
+
+def test_seeded_sampling_is_reproducible():
+    config = TalkerConfig.from_dict(tiny_tts_config("base")["talker_config"])
+    params = SamplingParams(seed=1234)
+    logits, seen = random_logits(batch=8), torch.zeros(8, VOCAB, dtype=torch.bool)
+
+    def codes(p):
+        gen = p.generator()
+        return [TalkerSampler(config, p)(logits, seen, torch.tensor(5), gen) for _ in range(4)] + \
+               [PredictorSampler(p)(logits[:, :2048], gen) for _ in range(4)]
+
+    first, again, other = codes(params), codes(params), codes(SamplingParams(seed=99))
+    assert all(torch.equal(a, b) for a, b in zip(first, again))
+    assert not all(torch.equal(a, b) for a, b in zip(first, other))
+
+
+@pytest.mark.parametrize("bad", [
+    dict(temperature=0), dict(temperature=-1.0), dict(subtalker_temperature=float("nan")), dict(top_k=-1),
+    dict(top_k=2.5), dict(top_p=0), dict(top_p=1.5), dict(subtalker_top_p=-0.1), dict(repetition_penalty=0),
+    dict(max_new_tokens=0), dict(max_new_tokens=-3), dict(min_new_tokens=-1), dict(do_sample="yes"),
+    dict(seed="abc"),
+])
+def test_invalid_params_raise_input_error(bad):
+    with pytest.raises(InputError, match=next(iter(bad))):
+        SamplingParams(**bad)
+
+
+def test_from_generation_config_prefers_explicit_values():
+    config = GenerationConfig.from_dict({"max_new_tokens": 8192, "temperature": 0.9})
+    params = SamplingParams.from_generation_config(config, temperature=0.5, top_k=None, seed=3)
+    assert (params.max_new_tokens, params.temperature, params.top_k, params.seed) == (8192, 0.5, 50, 3)
+    with pytest.raises(InputError, match="unknown sampling option"):
+        SamplingParams.from_generation_config(config, temprature=0.5)
