@@ -1,0 +1,403 @@
+"""Speech-tokenizer decoder: 16 codes per 80 ms frame -> 1920 samples of 24 kHz audio (spec section 7.2).
+
+Every layer is causal. A stateful layer's `forward(x, state=None)` zero-pads its left context, as the
+official one-pass decode does, when `state` is None; given a stream state (a dict from layer to its
+buffers, built by `qtts.models.codec_stream.CodecStream`) it reads its left context from there and writes
+the new one back in place, so a chunked decode equals a one-pass decode. The one-pass and streaming
+decodes are the same modules running the same code.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from ..config import CodecDecoderConfig
+from ..errors import CheckpointError, InputError
+from .layers import RMSNorm, SwiGLU, apply_rope, rope_cos_sin, rope_inverse_frequencies
+
+# The official codebooks divide by usage counts clamped to this floor (unused codes have usage ~0).
+CLUSTER_USAGE_FLOOR = 1e-5
+# SnakeBeta's guard against 1 / exp(beta) overflowing; the official value.
+SNAKE_EPSILON = 1e-9
+
+
+def snake_beta(x: torch.Tensor, alpha: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
+    """SnakeBeta on x [batch, channels, time]: x + sin(e^alpha * x)^2 / (e^beta + 1e-9).
+
+    `alpha` and `beta` [channels] are stored in log scale in the checkpoint. This is the reference for
+    the fused kernel; the operation order follows the official module so float32 results agree.
+    """
+    frequency = alpha.exp()[:, None]
+    magnitude = 1.0 / (beta.exp()[:, None] + SNAKE_EPSILON)
+    return x + magnitude * torch.sin(x * frequency).pow(2)
+
+
+class SnakeBeta(nn.Module):
+    def __init__(self, channels: int, device=None, dtype=None):
+        super().__init__()
+        self.alpha = nn.Parameter(torch.zeros(channels, device=device, dtype=dtype))
+        self.beta = nn.Parameter(torch.zeros(channels, device=device, dtype=dtype))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return snake_beta(x, self.alpha, self.beta)
+
+
+class CausalConv1d(nn.Module):
+    """`<name>.conv`: a stride-1 convolution over the present and the (k - 1) * dilation past samples."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, dilation: int = 1,
+                 groups: int = 1, device=None, dtype=None):
+        super().__init__()
+        self.conv = nn.Conv1d(in_channels, out_channels, kernel_size, dilation=dilation, groups=groups,
+                              device=device, dtype=dtype)
+        self.context = (kernel_size - 1) * dilation
+
+    def new_stream_state(self, batch: int, device, dtype) -> torch.Tensor | None:
+        """The last `context` input samples of the previous chunk (zeros before the first one)."""
+        if self.context == 0:
+            return None
+        return torch.zeros(batch, self.conv.in_channels, self.context, device=device, dtype=dtype)
+
+    def forward(self, x: torch.Tensor, state: dict | None = None) -> torch.Tensor:
+        if self.context == 0:
+            return self.conv(x)
+        if state is None:
+            return self.conv(F.pad(x, (self.context, 0)))
+        tail = state[self]
+        x = torch.cat((tail, x), dim=-1)
+        tail.copy_(x[..., -self.context:])
+        return self.conv(x)
+
+
+class CausalTransposedConv1d(nn.Module):
+    """`<name>.conv`: upsampling by `stride`; output sample t depends only on input frames <= t // stride.
+
+    The official layer drops the last kernel - stride output samples. Streaming, those samples are the
+    partial sums of the chunk's last frame, carried over and completed by the next chunk's first frame.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int,
+                 device=None, dtype=None):
+        super().__init__()
+        if not stride <= kernel_size <= 2 * stride:
+            raise CheckpointError(f"transposed conv kernel {kernel_size} must lie in [stride, 2 * stride] "
+                                  f"(stride {stride}) to carry its overlap between chunks")
+        self.conv = nn.ConvTranspose1d(in_channels, out_channels, kernel_size, stride=stride,
+                                       device=device, dtype=dtype)
+        self.overlap = kernel_size - stride
+
+    def new_stream_state(self, batch: int, device, dtype) -> torch.Tensor | None:
+        """Bias-free partial output of the previous chunk's last frame, beyond that chunk's end."""
+        if self.overlap == 0:
+            return None
+        return torch.zeros(batch, self.conv.out_channels, self.overlap, device=device, dtype=dtype)
+
+    def forward(self, x: torch.Tensor, state: dict | None = None) -> torch.Tensor:
+        if state is None or self.overlap == 0:
+            y = self.conv(x)
+            return y[..., : y.shape[-1] - self.overlap]
+        carried = state[self]
+        # Without bias, so the carried partial sums can be added before the bias is (once).
+        y = F.conv_transpose1d(x, self.conv.weight, stride=self.conv.stride)
+        y[..., : self.overlap] += carried
+        carried.copy_(y[..., -self.overlap:])
+        return y[..., : -self.overlap] + self.conv.bias[:, None]
+
+
+class ConvNeXtBlock(nn.Module):
+    """`upsample.N.1`: depthwise causal conv k7 -> LayerNorm -> 4x MLP (exact GELU) -> x gamma -> residual."""
+
+    def __init__(self, dim: int, device=None, dtype=None):
+        super().__init__()
+        factory = dict(device=device, dtype=dtype)
+        self.dwconv = CausalConv1d(dim, dim, 7, groups=dim, **factory)
+        self.norm = nn.LayerNorm(dim, eps=1e-6, **factory)
+        self.pwconv1 = nn.Linear(dim, 4 * dim, **factory)
+        self.pwconv2 = nn.Linear(4 * dim, dim, **factory)
+        self.gamma = nn.Parameter(torch.full((dim,), 1e-6, **factory))
+
+    def forward(self, x: torch.Tensor, state: dict | None = None) -> torch.Tensor:
+        h = self.dwconv(x, state).transpose(1, 2)
+        h = self.pwconv2(F.gelu(self.pwconv1(self.norm(h))))
+        return x + (self.gamma * h).transpose(1, 2)
+
+
+class LayerScale(nn.Module):
+    def __init__(self, dim: int, initial: float, device=None, dtype=None):
+        super().__init__()
+        self.scale = nn.Parameter(torch.full((dim,), initial, device=device, dtype=dtype))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.scale * x
+
+
+class KeyValueWindow(NamedTuple):
+    """Un-rotated keys and values of the last `sliding_window - 1` frames, oldest first."""
+
+    keys: torch.Tensor  # [batch, kv_heads, window - 1, head_dim]
+    values: torch.Tensor
+
+
+class DecoderAttention(nn.Module):
+    """`self_attn`: multi-head attention with RoPE, no QK-norm, over a causal sliding window."""
+
+    def __init__(self, config: CodecDecoderConfig, device=None, dtype=None):
+        super().__init__()
+        self.heads = config.num_attention_heads
+        self.kv_heads = config.num_key_value_heads
+        self.head_dim = config.attention_head_dim
+        self.history = config.sliding_window - 1
+        factory = dict(bias=config.attention_bias, device=device, dtype=dtype)
+        self.q_proj = nn.Linear(config.hidden_size, self.heads * self.head_dim, **factory)
+        self.k_proj = nn.Linear(config.hidden_size, self.kv_heads * self.head_dim, **factory)
+        self.v_proj = nn.Linear(config.hidden_size, self.kv_heads * self.head_dim, **factory)
+        self.o_proj = nn.Linear(self.heads * self.head_dim, config.hidden_size, **factory)
+
+    def new_stream_state(self, batch: int, device, dtype) -> KeyValueWindow:
+        shape = (batch, self.kv_heads, self.history, self.head_dim)
+        return KeyValueWindow(torch.zeros(shape, device=device, dtype=dtype),
+                              torch.zeros(shape, device=device, dtype=dtype))
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor,
+                state: dict | None = None) -> torch.Tensor:
+        """x [batch, frames, hidden]; cos/sin [1, keys, head_dim]; mask [frames, keys], True = may attend."""
+        batch, frames, _ = x.shape
+        q = self.q_proj(x).view(batch, frames, self.heads, self.head_dim).transpose(1, 2)
+        k = self.k_proj(x).view(batch, frames, self.kv_heads, self.head_dim).transpose(1, 2)
+        v = self.v_proj(x).view(batch, frames, self.kv_heads, self.head_dim).transpose(1, 2)
+        if state is not None:
+            window = state[self]
+            k = torch.cat((window.keys, k), dim=2)
+            v = torch.cat((window.values, v), dim=2)
+            window.keys.copy_(k[:, :, -self.history:])
+            window.values.copy_(v[:, :, -self.history:])
+        # Keys are rotated here, not when cached: only relative positions matter, and keeping the
+        # rotation positions small keeps long streams as accurate as short ones.
+        q = apply_rope(q, cos[:, -frames:], sin[:, -frames:])
+        k = apply_rope(k, cos, sin)
+        if self.kv_heads != self.heads:
+            k = k.repeat_interleave(self.heads // self.kv_heads, dim=1)
+            v = v.repeat_interleave(self.heads // self.kv_heads, dim=1)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.head_dim**-0.5)
+        return self.o_proj(out.transpose(1, 2).reshape(batch, frames, -1))
+
+
+class DecoderTransformerLayer(nn.Module):
+    def __init__(self, config: CodecDecoderConfig, device=None, dtype=None):
+        super().__init__()
+        factory = dict(device=device, dtype=dtype)
+        dim, scale = config.hidden_size, config.layer_scale_initial_scale
+        self.input_layernorm = RMSNorm(dim, config.rms_norm_eps, **factory)
+        self.self_attn = DecoderAttention(config, **factory)
+        self.self_attn_layer_scale = LayerScale(dim, scale, **factory)
+        self.post_attention_layernorm = RMSNorm(dim, config.rms_norm_eps, **factory)
+        self.mlp = SwiGLU(dim, config.intermediate_size, **factory)
+        self.mlp_layer_scale = LayerScale(dim, scale, **factory)
+
+    def forward(self, x, cos, sin, mask, state: dict | None = None) -> torch.Tensor:
+        x = x + self.self_attn_layer_scale(self.self_attn(self.input_layernorm(x), cos, sin, mask, state))
+        return x + self.mlp_layer_scale(self.mlp(self.post_attention_layernorm(x)))
+
+
+class DecoderTransformer(nn.Module):
+    """`pre_transformer`: latent -> hidden, sliding-window causal layers (query t sees t-71..t), -> latent.
+
+    One-pass, the frames take RoPE positions 0..T-1 like the official decode of one chunk. Streaming, the
+    window's cached frames take positions 0..70 and the new frames follow them.
+    """
+
+    def __init__(self, config: CodecDecoderConfig, device=None, dtype=None):
+        super().__init__()
+        if config.hidden_act != "silu":
+            raise CheckpointError(f"decoder_config hidden_act is {config.hidden_act!r}; only 'silu' is supported")
+        factory = dict(device=device, dtype=dtype)
+        self.window = config.sliding_window
+        self.input_proj = nn.Linear(config.latent_dim, config.hidden_size, **factory)
+        self.layers = nn.ModuleList(DecoderTransformerLayer(config, **factory)
+                                    for _ in range(config.num_hidden_layers))
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, **factory)
+        self.output_proj = nn.Linear(config.hidden_size, config.latent_dim, **factory)
+        self.register_buffer("inv_freq", rope_inverse_frequencies(config.attention_head_dim, config.rope_theta,
+                                                                  device=device), persistent=False)
+
+    def new_stream_state(self, batch: int, device, dtype) -> torch.Tensor:
+        """Which of the window's cached slots hold a real earlier frame (none before the first chunk)."""
+        return torch.zeros(self.window - 1, dtype=torch.bool, device=device)
+
+    def forward(self, x: torch.Tensor, state: dict | None = None) -> torch.Tensor:
+        """x [batch, frames, latent_dim] -> [batch, frames, latent_dim]."""
+        frames = x.shape[1]
+        history = 0 if state is None else self.window - 1
+        positions = torch.arange(history + frames, device=x.device)
+        query_positions = positions[history:, None]
+        mask = (positions[None, :] <= query_positions) & (positions[None, :] > query_positions - self.window)
+        if state is not None:
+            filled = state[self]
+            slots = torch.cat((filled, torch.ones(frames, dtype=torch.bool, device=x.device)))
+            mask = mask & slots[None, :]
+            filled.copy_(slots[-filled.shape[0]:])
+        h = self.input_proj(x)
+        cos, sin = rope_cos_sin(positions[None], self.inv_freq, h.dtype)
+        for layer in self.layers:
+            h = layer(h, cos, sin, mask, state)
+        return self.output_proj(self.norm(h))
+
+
+class Codebook(nn.Module):
+    """`_codebook`: code vectors stored as running sums and usage counts, left over from EMA training."""
+
+    def __init__(self, size: int, dim: int, device=None, dtype=None):
+        super().__init__()
+        self.cluster_usage = nn.Parameter(torch.ones(size, device=device, dtype=dtype))
+        self.embedding_sum = nn.Parameter(torch.zeros(size, dim, device=device, dtype=dtype))
+
+    def lookup(self, codes: torch.Tensor) -> torch.Tensor:
+        """codes [...] -> vectors [..., dim]; divides only the gathered rows, same values as the full table."""
+        usage = self.cluster_usage.clamp(min=CLUSTER_USAGE_FLOOR)
+        return F.embedding(codes, self.embedding_sum) / usage[codes][..., None]
+
+
+class CodebookGroup(nn.Module):
+    """`quantizer.rvq_first` / `quantizer.rvq_rest`: sum of codebook vectors, projected 1x1 to codebook_dim."""
+
+    def __init__(self, codebooks: int, size: int, dim: int, io_dim: int, device=None, dtype=None):
+        super().__init__()
+        factory = dict(device=device, dtype=dtype)
+        # input_proj only serves training-time encoding; it is kept because the checkpoint holds it.
+        self.input_proj = nn.Conv1d(io_dim, dim, 1, bias=False, **factory)
+        self.output_proj = nn.Conv1d(dim, io_dim, 1, bias=False, **factory)
+        # Nested containers reproduce the checkpoint names `vq.layers.N._codebook.*`.
+        self.vq = nn.ModuleDict({"layers": nn.ModuleList(
+            nn.ModuleDict({"_codebook": Codebook(size, dim, **factory)}) for _ in range(codebooks))})
+
+    def forward(self, codes: torch.Tensor) -> torch.Tensor:
+        """codes [batch, frames, codebooks] -> [batch, io_dim, frames]."""
+        total = None
+        for index, layer in enumerate(self.vq["layers"]):
+            vectors = layer["_codebook"].lookup(codes[..., index])
+            total = vectors if total is None else total + vectors
+        return self.output_proj(total.transpose(1, 2))
+
+
+class CodeDequantizer(nn.Module):
+    """`quantizer`: code 0 (semantic) and codes 1..15 (acoustic) dequantized separately, then added."""
+
+    def __init__(self, config: CodecDecoderConfig, device=None, dtype=None):
+        super().__init__()
+        factory = dict(device=device, dtype=dtype)
+        dim = config.codebook_dim // 2
+        self.rvq_first = CodebookGroup(1, config.codebook_size, dim, config.codebook_dim, **factory)
+        self.rvq_rest = CodebookGroup(config.num_quantizers - 1, config.codebook_size, dim, config.codebook_dim,
+                                      **factory)
+
+    def forward(self, codes: torch.Tensor) -> torch.Tensor:
+        """codes [batch, frames, num_quantizers] -> [batch, codebook_dim, frames]."""
+        return self.rvq_first(codes[..., :1]) + self.rvq_rest(codes[..., 1:])
+
+
+class ResidualUnit(nn.Module):
+    """SnakeBeta -> dilated causal conv k7 -> SnakeBeta -> conv k1, plus the input."""
+
+    def __init__(self, dim: int, dilation: int, device=None, dtype=None):
+        super().__init__()
+        factory = dict(device=device, dtype=dtype)
+        self.act1 = SnakeBeta(dim, **factory)
+        self.conv1 = CausalConv1d(dim, dim, 7, dilation=dilation, **factory)
+        self.act2 = SnakeBeta(dim, **factory)
+        self.conv2 = CausalConv1d(dim, dim, 1, **factory)
+
+    def forward(self, x: torch.Tensor, state: dict | None = None) -> torch.Tensor:
+        return x + self.conv2(self.act2(self.conv1(self.act1(x), state)))
+
+
+class DecoderBlock(nn.Module):
+    """`decoder.N` (N = 1..4): SnakeBeta, transposed conv upsampling by `rate`, residual units (dilation 1, 3, 9)."""
+
+    def __init__(self, in_dim: int, out_dim: int, rate: int, device=None, dtype=None):
+        super().__init__()
+        factory = dict(device=device, dtype=dtype)
+        self.block = nn.ModuleList([
+            SnakeBeta(in_dim, **factory),
+            CausalTransposedConv1d(in_dim, out_dim, 2 * rate, rate, **factory),
+            *(ResidualUnit(out_dim, dilation, **factory) for dilation in (1, 3, 9)),
+        ])
+
+    def forward(self, x: torch.Tensor, state: dict | None = None) -> torch.Tensor:
+        activation, upsample, *units = self.block
+        x = upsample(activation(x), state)
+        for unit in units:
+            x = unit(x, state)
+        return x
+
+
+class CodecDecoder(nn.Module):
+    """The speech tokenizer's `decoder.*`: codes [batch, frames, 16] -> waveform [batch, frames * 1920]."""
+
+    def __init__(self, config: CodecDecoderConfig, device=None, dtype=None):
+        super().__init__()
+        factory = dict(device=device, dtype=dtype)
+        self.config = config
+        latent = config.latent_dim
+        self.quantizer = CodeDequantizer(config, **factory)
+        self.pre_conv = CausalConv1d(config.codebook_dim, latent, 3, **factory)
+        self.pre_transformer = DecoderTransformer(config, **factory)
+        self.upsample = nn.ModuleList(
+            nn.ModuleList([CausalTransposedConv1d(latent, latent, ratio, ratio, **factory),
+                           ConvNeXtBlock(latent, **factory)])
+            for ratio in config.upsampling_ratios)
+        widths = [config.decoder_dim // 2**i for i in range(len(config.upsample_rates) + 1)]
+        self.decoder = nn.ModuleList([
+            CausalConv1d(latent, widths[0], 7, **factory),
+            *(DecoderBlock(widths[i], widths[i + 1], rate, **factory) for i, rate in enumerate(config.upsample_rates)),
+            SnakeBeta(widths[-1], **factory),
+            CausalConv1d(widths[-1], 1, 7, **factory),
+        ])
+        self.samples_per_frame = math.prod(config.upsample_rates) * math.prod(config.upsampling_ratios)
+
+    def forward(self, codes: torch.Tensor, state: dict | None = None) -> torch.Tensor:
+        """codes [batch, frames, num_quantizers] in [0, codebook_size) -> waveform in [-1, 1]."""
+        if codes.dim() != 3 or codes.shape[-1] != self.config.num_quantizers:
+            raise InputError(f"codec decoder expects codes [batch, frames, {self.config.num_quantizers}], "
+                             f"got shape {tuple(codes.shape)}")
+        h = self.pre_conv(self.quantizer(codes), state)
+        h = self.pre_transformer(h.transpose(1, 2), state).transpose(1, 2)
+        for transposed_conv, convnext in self.upsample:
+            h = convnext(transposed_conv(h, state), state)
+        conv_in, *blocks, activation, conv_out = self.decoder
+        h = conv_in(h, state)
+        for block in blocks:
+            h = block(h, state)
+        return conv_out(activation(h), state).squeeze(1).clamp(-1.0, 1.0)
+
+
+@torch.no_grad()
+def decode_official(decoder: CodecDecoder, codes: torch.Tensor, chunk_frames: int = 300,
+                    left_context_frames: int = 25) -> list[torch.Tensor]:
+    """Decode exactly as the official `Qwen3TTSTokenizerV2Model.decode` (spec 7.2 items 6-7).
+
+    codes [batch, frames, 16], each item right-padded with -1. Frames are decoded in chunks of 300, each
+    with up to 25 earlier frames of context whose audio is dropped; the result is therefore not a
+    one-pass decode past frame 300. Returns one waveform per item, `count(code 0 > -1) * 1920` samples.
+    """
+    if codes.dim() != 3 or codes.shape[-1] != decoder.config.num_quantizers:
+        raise InputError(f"codes must be [batch, frames, {decoder.config.num_quantizers}] (pad with -1), "
+                         f"got shape {tuple(codes.shape)}")
+    if codes.numel() and int(codes.max()) >= decoder.config.codebook_size:
+        raise InputError(f"codes must be below the codebook size {decoder.config.codebook_size}, "
+                         f"got {int(codes.max())}")
+    lengths = ((codes[..., 0] > -1).sum(1) * decoder.samples_per_frame).tolist()
+    codes = codes.clamp(min=0)
+    pieces = []
+    for start in range(0, codes.shape[1], chunk_frames):
+        context = min(left_context_frames, start)
+        wav = decoder(codes[:, start - context: start + chunk_frames])
+        pieces.append(wav[:, context * decoder.samples_per_frame:])
+    if not pieces:
+        return [codes.new_zeros(0, dtype=next(decoder.parameters()).dtype) for _ in lengths]
+    wav = torch.cat(pieces, dim=-1)
+    return [item[:length] for item, length in zip(wav, lengths)]
