@@ -27,13 +27,14 @@ DTYPES = [torch.float32, torch.bfloat16]
 
 
 def assert_same_function(out: torch.Tensor, ref: torch.Tensor):
-    """float32: agreement to ~1e-6 relative; bfloat16: within one rounding."""
+    """float32: agreement to ~1e-6 relative; bfloat16: within one rounding. Where a sum nearly cancels
+    (RoPE's rotation), one rounding of a term is a large relative change, hence the absolute term."""
     assert out.dtype == ref.dtype and out.shape == ref.shape
     assert not out.isnan().any()
     if out.dtype == torch.float32:
         torch.testing.assert_close(out, ref, rtol=2e-6, atol=2e-6)
     else:
-        torch.testing.assert_close(out.float(), ref.float(), rtol=2**-7, atol=1e-5)
+        torch.testing.assert_close(out.float(), ref.float(), rtol=2**-7, atol=2**-8 * ref.float().abs().max().item())
 
 
 @pytest.mark.parametrize("device", DEVICES)
