@@ -9,12 +9,11 @@ from safetensors.torch import load_file, save_file
 
 from qtts import CheckpointError
 from qtts.checkpoint import open_checkpoint, resolve
-from qtts.testing import write_tiny_checkpoint
 
 
-@pytest.fixture(scope="module")
-def tiny_custom(tmp_path_factory):
-    return write_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "cv", "custom_voice")
+@pytest.fixture
+def tiny_custom(tiny_checkpoint):
+    return tiny_checkpoint("custom_voice")
 
 
 def _copy(src, tmp_path):

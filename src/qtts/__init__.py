@@ -1,6 +1,27 @@
-"""qtts: a fast, faithful inference engine for Qwen3-TTS 12 Hz models."""
+"""qtts: a fast, faithful inference engine for Qwen3-TTS 12 Hz models.
+
+    tts = qtts.load("Qwen/Qwen3-TTS-12Hz-0.6B-CustomVoice")
+    tts.synthesize("Hello.", speaker="ryan").save("hello.wav")
+"""
 
 from .errors import CheckpointError, InputError, QttsError, VoiceError
 
-__all__ = ["QttsError", "CheckpointError", "InputError", "VoiceError"]
 __version__ = "0.1.0"
+__all__ = ["load", "TTS", "Voice", "Audio", "QttsError", "CheckpointError", "InputError", "VoiceError"]
+
+
+def __getattr__(name):
+    # torch and the models load on first use, so `import qtts` (and `qtts --help`) stays fast.
+    if name in ("load", "TTS"):
+        from . import api
+
+        return getattr(api, name)
+    if name == "Voice":
+        from .voices import Voice
+
+        return Voice
+    if name == "Audio":
+        from .audio import Audio
+
+        return Audio
+    raise AttributeError(f"module 'qtts' has no attribute {name!r}")

@@ -1,0 +1,228 @@
+"""The front door: `qtts.load(model)` -> `TTS`, whose methods turn text into codes and codes into audio.
+
+`TTS` wires the stages (prompt -> generation -> codec decoder) and owns the user-facing validation; the
+stages themselves live in their own modules and know nothing of each other.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+
+import numpy as np
+import torch
+
+from .audio import SAMPLE_RATE, Audio, load_audio, mel_spectrogram
+from .checkpoint import Checkpoint, build_empty, load_weights, open_checkpoint, split_prefixes
+from .engine.reference import generate_codes
+from .errors import InputError
+from .models.codec_decoder import CodecDecoder, decode_official
+from .models.codec_encoder import CodecEncoder, encode
+from .models.speaker_encoder import SpeakerEncoder
+from .models.talker import Talker
+from .prompt import PromptBuilder, PromptPlan, supported_languages, supported_speakers
+from .sampling import SamplingParams
+from .text import TextTokenizer
+from .voices import Voice
+
+_MAX_TEXT_CHARS = 20_000
+
+
+def load(model: str | os.PathLike, *, device: str | torch.device | None = None,
+         dtype: torch.dtype | None = None) -> "TTS":
+    """Load a Qwen3-TTS 12 Hz checkpoint from a folder or a Hugging Face repo id.
+
+    The talker runs in `dtype` (default bf16 on CUDA, float32 on CPU); the speaker encoder and the codec
+    stay in float32, as the official checkpoints store them and as their small cost allows.
+    """
+    ckpt = open_checkpoint(model)
+    device = torch.device(device) if device is not None else torch.device(
+        "cuda" if torch.cuda.is_available() else "cpu"
+    )
+    if dtype is None:
+        dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    cfg = ckpt.config
+    is_base = cfg.tts_model_type == "base"
+    split_prefixes(ckpt.model_file, ("talker.", "speaker_encoder.") if is_base else ("talker.",))
+
+    talker = build_empty(lambda **kw: Talker(cfg.talker_config, **kw), device, dtype)
+    load_weights(talker, ckpt.model_file, "talker.")
+    speaker_encoder = None
+    if is_base:
+        speaker_encoder = build_empty(
+            lambda **kw: SpeakerEncoder(cfg.speaker_encoder_config, **kw), device, torch.float32
+        )
+        load_weights(speaker_encoder, ckpt.model_file, "speaker_encoder.")
+    speech = ckpt.speech_tokenizer
+    split_prefixes(ckpt.speech_tokenizer_file, ("encoder.", "decoder."))
+    codec_encoder = build_empty(
+        lambda **kw: CodecEncoder(speech.encoder_config, speech.encoder_valid_num_quantizers, **kw),
+        device, torch.float32,
+    )
+    load_weights(codec_encoder, ckpt.speech_tokenizer_file, "encoder.")
+    codec_decoder = build_empty(lambda **kw: CodecDecoder(speech.decoder_config, **kw), device, torch.float32)
+    load_weights(codec_decoder, ckpt.speech_tokenizer_file, "decoder.")
+    tokenizer = TextTokenizer.from_folder(ckpt.path)
+    return TTS(ckpt, talker, speaker_encoder, codec_encoder, codec_decoder, tokenizer)
+
+
+class TTS:
+    """A loaded model. Thread-compatible, not thread-safe: serve concurrent requests through one engine."""
+
+    def __init__(self, checkpoint: Checkpoint, talker: Talker, speaker_encoder: SpeakerEncoder | None,
+                 codec_encoder: CodecEncoder, codec_decoder: CodecDecoder, tokenizer: TextTokenizer):
+        self.checkpoint = checkpoint
+        self.config = checkpoint.config
+        self.talker = talker
+        self.speaker_encoder = speaker_encoder
+        self.codec_encoder = codec_encoder
+        self.codec_decoder = codec_decoder
+        self.tokenizer = tokenizer
+        self.prompts = PromptBuilder(talker, self.config, tokenizer)
+
+    # -- what the model offers --------------------------------------------------------------------------
+    @property
+    def model_type(self) -> str:
+        """"base" (voice clone), "custom_voice" (preset speakers) or "voice_design" (described voices)."""
+        return self.config.tts_model_type
+
+    @property
+    def speakers(self) -> list[str]:
+        return supported_speakers(self.config)
+
+    @property
+    def languages(self) -> list[str]:
+        return supported_languages(self.config)
+
+    @property
+    def sample_rate(self) -> int:
+        return SAMPLE_RATE
+
+    @property
+    def device(self) -> torch.device:
+        return self.talker.codec_head.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.talker.codec_head.weight.dtype
+
+    @property
+    def hidden_size(self) -> int:
+        return self.config.talker_config.hidden_size
+
+    # -- text -> codes ----------------------------------------------------------------------------------
+    def sampling_params(self, **overrides) -> SamplingParams:
+        """Sampling settings: explicit keywords over generation_config.json over the official defaults."""
+        return SamplingParams.from_generation_config(self.checkpoint.generation, **overrides)
+
+    def plan(self, text: str, *, language: str = "auto", voice: Voice | None = None, speaker: str | None = None,
+             instruct: str | None = None, non_streaming_mode: bool | None = None) -> PromptPlan:
+        """The prefill embeddings and trailing text track for one request, after validating it."""
+        if not isinstance(text, str) or not text.strip():
+            raise InputError("text is empty; pass the words to speak")
+        if len(text) > _MAX_TEXT_CHARS:
+            raise InputError(
+                f"text is {len(text)} characters; the limit for one request is {_MAX_TEXT_CHARS}. "
+                "Split it into paragraphs and synthesize them one by one."
+            )
+        kind = self.model_type
+        if kind == "base":
+            if speaker is not None:
+                raise InputError("this is a Base (voice clone) model: it has no preset speakers; pass voice=")
+            if instruct:
+                raise InputError("this is a Base (voice clone) model: instruct is not supported")
+            if voice is None:
+                raise InputError("a Base model clones a voice: pass voice=tts.create_voice(reference_audio, ...)")
+            voice.check_compatible(self.hidden_size, self.checkpoint.name)
+            return self.prompts.voice_clone(
+                text, voice.speaker_embedding, language=language, ref_codes=voice.ref_codes,
+                ref_text=voice.ref_text, non_streaming_mode=bool(non_streaming_mode),
+            )
+        if voice is not None:
+            raise InputError(f"voices are for Base models; this is a {kind} model")
+        if kind == "custom_voice":
+            if speaker is None:
+                raise InputError(f"a CustomVoice model needs speaker=, one of: {', '.join(self.speakers)}")
+            if instruct and self.config.tts_model_size == "0b6":
+                warnings.warn("the 0.6B CustomVoice model ignores instruct (as the official package does)",
+                              stacklevel=3)
+            return self.prompts.custom_voice(
+                text, speaker, language=language, instruct=instruct,
+                non_streaming_mode=True if non_streaming_mode is None else non_streaming_mode,
+            )
+        if speaker is not None:
+            raise InputError("a VoiceDesign model has no preset speakers; describe the voice with instruct=")
+        return self.prompts.voice_design(
+            text, instruct or "", language=language,
+            non_streaming_mode=True if non_streaming_mode is None else non_streaming_mode,
+        )
+
+    @torch.inference_mode()
+    def generate_codes(self, text: str, *, language: str = "auto", voice: Voice | None = None,
+                       speaker: str | None = None, instruct: str | None = None,
+                       non_streaming_mode: bool | None = None, **sampling) -> torch.Tensor:
+        """Codes [frames, 16] for `text` (no audio); sampling keywords as in generation_config.json."""
+        params = self.sampling_params(**sampling)
+        plan = self.plan(text, language=language, voice=voice, speaker=speaker, instruct=instruct,
+                         non_streaming_mode=non_streaming_mode)
+        return generate_codes(self.talker, plan, params)
+
+    # -- codes -> audio -----------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def decode(self, codes: torch.Tensor) -> Audio:
+        """Audio for codes [frames, 16], exactly as the official decoder (300-frame chunks, 25 of context)."""
+        codes = self._check_codes(codes)
+        if codes.shape[0] == 0:
+            return Audio(np.zeros(0, dtype=np.float32), SAMPLE_RATE)
+        wav = decode_official(self.codec_decoder, codes.to(self.device)[None])[0]
+        return Audio(wav.float().cpu().numpy(), SAMPLE_RATE)
+
+    @torch.inference_mode()
+    def synthesize(self, text: str, *, language: str = "auto", voice: Voice | None = None,
+                   speaker: str | None = None, instruct: str | None = None,
+                   non_streaming_mode: bool | None = None, **sampling) -> Audio:
+        """Speech for `text` as one `Audio` (24 kHz float32)."""
+        codes = self.generate_codes(text, language=language, voice=voice, speaker=speaker, instruct=instruct,
+                                    non_streaming_mode=non_streaming_mode, **sampling)
+        if voice is None or voice.ref_codes is None:
+            return self.decode(codes)
+        # ICL: the reference frames are decoder left context; cut their share of the samples (spec 5.6).
+        ref = voice.ref_codes.to(codes.device)
+        audio = self.decode(torch.cat([ref, codes], dim=0))
+        total = ref.shape[0] + codes.shape[0]
+        cut = int(ref.shape[0] / max(total, 1) * audio.samples.shape[0])
+        return Audio(audio.samples[cut:], SAMPLE_RATE)
+
+    # -- audio -> codes, voices ---------------------------------------------------------------------------
+    @torch.inference_mode()
+    def encode(self, audio) -> torch.Tensor:
+        """Codes [frames, 16] of reference audio (a path, bytes, or (array, sample_rate))."""
+        samples = load_audio(audio)
+        return encode(self.codec_encoder, torch.from_numpy(samples).to(self.device)).cpu()
+
+    @torch.inference_mode()
+    def create_voice(self, ref_audio, ref_text: str | None = None) -> Voice:
+        """A reusable cloned voice: speaker embedding, plus reference codes and transcript when given (ICL)."""
+        if self.speaker_encoder is None:
+            raise InputError(f"voices are made with Base models; this is a {self.model_type} model")
+        if ref_text is not None and not ref_text.strip():
+            raise InputError("ref_text is empty; pass the transcript of the reference audio, or None for an "
+                             "x-vector-only voice")
+        samples = load_audio(ref_audio)
+        wav = torch.from_numpy(samples).to(self.device)
+        mels = mel_spectrogram(wav)[None]
+        embedding = self.speaker_encoder(mels)[0].to(self.dtype).cpu()
+        codes = encode(self.codec_encoder, wav).cpu() if ref_text is not None else None
+        return Voice(embedding, codes, ref_text, self.checkpoint.name, self.config.tts_model_size)
+
+    def _check_codes(self, codes) -> torch.Tensor:
+        codes = torch.as_tensor(codes)
+        groups = self.config.talker_config.num_code_groups
+        if codes.dim() != 2 or codes.shape[1] != groups:
+            raise InputError(f"codes must have shape [frames, {groups}], got {list(codes.shape)}")
+        if codes.is_floating_point():
+            raise InputError("codes must be integers")
+        if codes.numel() and (codes.min() < 0 or codes.max() >= self.codec_decoder.config.codebook_size):
+            raise InputError(f"codes must lie in [0, {self.codec_decoder.config.codebook_size})")
+        return codes.long()
+

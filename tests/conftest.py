@@ -1,0 +1,31 @@
+"""Session-wide fixtures: tiny random checkpoints in the official layout, written once per test run."""
+
+import pytest
+import torch
+
+from qtts.testing import write_tiny_checkpoint
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory):
+    """`tiny_checkpoint(variant, mtp_projection=True)` -> folder of a tiny random checkpoint (cached)."""
+    root = tmp_path_factory.mktemp("tiny-checkpoints")
+    made = {}
+
+    def get(variant: str, mtp_projection: bool = True):
+        key = (variant, mtp_projection)
+        if key not in made:
+            made[key] = write_tiny_checkpoint(root / f"{variant}-{int(mtp_projection)}", variant,
+                                              mtp_projection=mtp_projection)
+        return made[key]
+
+    return get
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)

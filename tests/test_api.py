@@ -1,0 +1,254 @@
+"""The public API end to end, against the official wrapper loading the very same checkpoint folder.
+
+Greedy decoding makes both engines deterministic, so codes must be identical and waveforms equal within
+float tolerance, for every mode.
+"""
+
+import json
+import shutil
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+import qtts
+from oracle import official
+from qtts import CheckpointError, InputError, VoiceError
+
+GREEDY = dict(do_sample=False, subtalker_dosample=False)
+TEXT = "Hello world, this is a test of qtts."
+FRAMES = 24
+
+
+def official_wrapper(folder):
+    official()
+    from qwen_tts import Qwen3TTSModel
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return Qwen3TTSModel.from_pretrained(str(folder), device_map="cpu", dtype=torch.float32)
+
+
+def reference_audio(seconds=2.0, seed=0):
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(24000 * seconds)) / 24000
+    wav = 0.3 * np.sin(2 * np.pi * 220 * t * (1 + 0.3 * t)) + 0.05 * rng.standard_normal(t.shape)
+    return wav.astype(np.float32), 24000
+
+
+@pytest.fixture(scope="module")
+def custom(tiny_checkpoint):
+    folder = tiny_checkpoint("custom_voice")
+    return folder, qtts.load(folder, device="cpu"), official_wrapper(folder)
+
+
+@pytest.fixture(scope="module")
+def base(tiny_checkpoint):
+    folder = tiny_checkpoint("base")
+    return folder, qtts.load(folder, device="cpu"), official_wrapper(folder)
+
+
+@pytest.fixture(scope="module")
+def design(tiny_checkpoint):
+    folder = tiny_checkpoint("voice_design", mtp_projection=False)
+    return folder, qtts.load(folder, device="cpu"), official_wrapper(folder)
+
+
+def assert_same_audio(ours, theirs):
+    theirs = np.asarray(theirs, dtype=np.float32)
+    assert ours.samples.shape == theirs.shape
+    assert np.abs(ours.samples).max() > 1e-3, "audio is silent: the comparison would prove nothing"
+    np.testing.assert_allclose(ours.samples, theirs, atol=1e-4)
+
+
+def test_load_reports_model_facts(custom):
+    _, tts, ref = custom
+    assert tts.model_type == "custom_voice"
+    assert tts.speakers == sorted(ref.get_supported_speakers())
+    assert tts.languages == sorted(ref.get_supported_languages())
+    assert tts.sample_rate == 24000
+    assert tts.dtype == torch.float32
+
+
+def test_custom_voice_matches_official(custom):
+    _, tts, ref = custom
+    for speaker, language, instruct in [("ryan", "english", None), ("dylan", "auto", None),
+                                        ("vivian", "chinese", None)]:
+        ours = tts.synthesize(TEXT, speaker=speaker, language=language, max_new_tokens=FRAMES, **GREEDY)
+        wavs, sr = ref.generate_custom_voice(TEXT, speaker=speaker, language=language,
+                                             max_new_tokens=FRAMES, **GREEDY)
+        assert sr == 24000
+        assert_same_audio(ours, wavs[0])
+
+
+def test_generate_codes_match_official_codes(custom):
+    _, tts, ref = custom
+    codes = tts.generate_codes(TEXT, speaker="serena", language="english", max_new_tokens=FRAMES, **GREEDY)
+    assert codes.shape == (FRAMES - 1, 16)  # N talker tokens -> N-1 frames, as the official
+    theirs = ref.model.generate(
+        input_ids=[ref._tokenize_texts([ref._build_assistant_text(TEXT)])[0]],
+        languages=["english"], speakers=["serena"], non_streaming_mode=True, max_new_tokens=FRAMES,
+        **GREEDY,
+    )[0][0]
+    assert torch.equal(codes, theirs)
+
+
+def test_voice_design_matches_official(design):
+    _, tts, ref = design
+    for instruct, layout in [("A calm, deep voice.", None), ("Bright and fast.", False)]:
+        ours = tts.synthesize(TEXT, instruct=instruct, language="english", non_streaming_mode=layout,
+                              max_new_tokens=FRAMES, **GREEDY)
+        wavs, _ = ref.generate_voice_design(TEXT, instruct=instruct, language="english",
+                                            non_streaming_mode=True if layout is None else layout,
+                                            max_new_tokens=FRAMES, **GREEDY)
+        assert_same_audio(ours, wavs[0])
+
+
+@pytest.mark.parametrize("icl", [True, False], ids=["icl", "xvector"])
+def test_voice_clone_matches_official(base, icl):
+    _, tts, ref = base
+    audio = reference_audio()
+    ref_text = "This is the reference transcript." if icl else None
+    voice = tts.create_voice(audio, ref_text)
+    ours = tts.synthesize(TEXT, voice=voice, language="english", max_new_tokens=FRAMES, **GREEDY)
+    wavs, _ = ref.generate_voice_clone(TEXT, language="english", ref_audio=audio, ref_text=ref_text,
+                                       x_vector_only_mode=not icl, max_new_tokens=FRAMES, **GREEDY)
+    assert_same_audio(ours, wavs[0])
+
+
+def test_saved_voice_gives_identical_codes(base, tmp_path):
+    _, tts, _ = base
+    voice = tts.create_voice(reference_audio(seed=1), "A reference transcript.")
+    voice.save(tmp_path / "v.safetensors")
+    loaded = qtts.Voice.load(tmp_path / "v.safetensors")
+    a = tts.generate_codes(TEXT, voice=voice, max_new_tokens=12, **GREEDY)
+    b = tts.generate_codes(TEXT, voice=loaded, max_new_tokens=12, **GREEDY)
+    assert torch.equal(a, b)
+
+
+def test_encode_and_decode_match_official(base):
+    _, tts, ref = base
+    wav, sr = reference_audio(1.7, seed=2)
+    codes = tts.encode((wav, sr))
+    theirs = ref.model.speech_tokenizer.encode(wav, sr=sr).audio_codes[0]
+    assert torch.equal(codes, theirs)
+    audio = tts.decode(codes)
+    their_wavs, _ = ref.model.speech_tokenizer.decode([{"audio_codes": theirs}])
+    assert_same_audio(audio, their_wavs[0])
+
+
+def test_seeded_sampling_is_reproducible(custom):
+    _, tts, _ = custom
+    a = tts.generate_codes(TEXT, speaker="ryan", max_new_tokens=10, seed=7)
+    b = tts.generate_codes(TEXT, speaker="ryan", max_new_tokens=10, seed=7)
+    c = tts.generate_codes(TEXT, speaker="ryan", max_new_tokens=10, seed=8)
+    assert torch.equal(a, b)
+    assert not torch.equal(a, c)
+
+
+# -- errors that name the problem ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(text="   ", speaker="ryan"), "text is empty"),
+    (dict(text="x" * 20_001, speaker="ryan"), "limit for one request"),
+    (dict(text=TEXT, speaker="nobody"), "unknown speaker 'nobody'.*ryan"),
+    (dict(text=TEXT, speaker="ryan", language="klingon"), "unsupported language 'klingon'.*english"),
+    (dict(text=TEXT), "needs speaker="),
+    (dict(text=TEXT, speaker="ryan", max_new_tokens=0), "max_new_tokens"),
+    (dict(text=TEXT, speaker="ryan", temperature=-1.0), "temperature"),
+    (dict(text=TEXT, speaker="ryan", top_p=1.5), "top_p"),
+    (dict(text=TEXT, speaker="ryan", bogus=1), "unknown sampling"),
+])
+def test_bad_requests_raise_input_error(custom, kwargs, message):
+    _, tts, _ = custom
+    text = kwargs.pop("text")
+    with pytest.raises(InputError, match=message):
+        tts.generate_codes(text, **kwargs)
+
+
+def test_mode_mismatches_are_input_errors(custom, base, design):
+    _, cv, _ = custom
+    _, b, _ = base
+    _, vd, _ = design
+    with pytest.raises(InputError, match="no preset speakers"):
+        b.generate_codes(TEXT, speaker="ryan")
+    with pytest.raises(InputError, match="pass voice="):
+        b.generate_codes(TEXT)
+    voice = b.create_voice(reference_audio())
+    with pytest.raises(InputError, match="voices are for Base models"):
+        cv.generate_codes(TEXT, speaker="ryan", voice=voice)
+    with pytest.raises(InputError, match="voices are made with Base models"):
+        cv.create_voice(reference_audio())
+    with pytest.raises(InputError, match="VoiceDesign model has no preset speakers"):
+        vd.generate_codes(TEXT, speaker="ryan")
+    with pytest.raises(InputError, match="ref_text is empty"):
+        b.create_voice(reference_audio(), "  ")
+
+
+def test_voice_for_another_width_is_rejected(base):
+    _, tts, _ = base
+    voice = tts.create_voice(reference_audio())
+    alien = qtts.Voice(torch.zeros(2048), None, None, "other", "1b7")
+    with pytest.raises(VoiceError):
+        tts.generate_codes(TEXT, voice=alien)
+    assert voice.hidden_size == tts.hidden_size
+
+
+def test_instruct_on_small_custom_voice_model_warns(custom):
+    _, tts, _ = custom
+    with pytest.warns(UserWarning, match="ignores instruct"):
+        tts.generate_codes(TEXT, speaker="ryan", instruct="whisper", max_new_tokens=4, **GREEDY)
+
+
+def test_bad_codes_to_decode_are_input_errors(custom):
+    _, tts, _ = custom
+    with pytest.raises(InputError, match=r"\[frames, 16\]"):
+        tts.decode(torch.zeros(5, 8, dtype=torch.long))
+    with pytest.raises(InputError, match="lie in"):
+        tts.decode(torch.full((3, 16), 5000))
+
+
+# -- loading what is not a good checkpoint ---------------------------------------------------------------
+
+def _copy(folder, tmp_path):
+    dst = tmp_path / "ckpt"
+    shutil.copytree(folder, dst)
+    return dst
+
+
+def test_wrongly_shaped_tensor_is_named(tiny_checkpoint, tmp_path):
+    bad = _copy(tiny_checkpoint("custom_voice"), tmp_path)
+    state = load_file(bad / "model.safetensors")
+    state["talker.codec_head.weight"] = state["talker.codec_head.weight"][:, :10].contiguous()
+    save_file(state, bad / "model.safetensors")
+    with pytest.raises(CheckpointError, match=r"talker\.codec_head\.weight is \[3072, 10\]"):
+        qtts.load(bad, device="cpu")
+
+
+def test_missing_tensor_is_named(tiny_checkpoint, tmp_path):
+    bad = _copy(tiny_checkpoint("custom_voice"), tmp_path)
+    state = load_file(bad / "speech_tokenizer" / "model.safetensors")
+    del state["decoder.pre_conv.conv.weight"]
+    save_file(state, bad / "speech_tokenizer" / "model.safetensors")
+    with pytest.raises(CheckpointError, match=r"missing 1 tensor\(s\): decoder\.pre_conv\.conv\.weight"):
+        qtts.load(bad, device="cpu")
+
+
+def test_truncated_weights_are_a_checkpoint_error(tiny_checkpoint, tmp_path):
+    bad = _copy(tiny_checkpoint("custom_voice"), tmp_path)
+    data = (bad / "model.safetensors").read_bytes()
+    (bad / "model.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="model.safetensors"):
+        qtts.load(bad, device="cpu")
+
+
+def test_config_that_does_not_match_weights_is_rejected(tiny_checkpoint, tmp_path):
+    # A Base checkpoint relabelled CustomVoice: the speaker-encoder tensors have no home.
+    bad = _copy(tiny_checkpoint("base"), tmp_path)
+    config = json.loads((bad / "config.json").read_text())
+    config["tts_model_type"] = "custom_voice"
+    (bad / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match="speaker_encoder"):
+        qtts.load(bad, device="cpu")
