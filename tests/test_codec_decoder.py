@@ -64,6 +64,16 @@ def no_grad():
         yield
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny-width convolutions over long signals run many times faster on one thread than on two
+    contended ones (other suites run beside us)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def models():
     """(official tokenizer, our decoder) holding the same randomised decoder weights."""

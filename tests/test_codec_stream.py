@@ -1,0 +1,83 @@
+"""CodecStream: decoding frames chunk by chunk gives the one-pass decode's audio, sample for sample."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from qtts.errors import InputError
+from qtts.models.codec_decoder import CodecDecoder
+from qtts.models.codec_stream import CodecStream
+from test_codec_decoder import decoder_config, one_thread, random_codes, randomize_decoder  # noqa: F401
+
+TOLERANCE = 1e-5
+
+
+@pytest.fixture(autouse=True)
+def no_grad():
+    with torch.no_grad():
+        yield
+
+
+@pytest.fixture(scope="module")
+def decoder():
+    module = CodecDecoder(decoder_config()).eval()
+    randomize_decoder(module, seed=7)
+    return module
+
+
+def ramp(total: int, sizes=(1, 2, 4, 8)) -> list[int]:
+    """Chunk sizes 1, 2, 4, 8, 8, ... covering `total` frames, as a streaming engine emits them."""
+    chunks = []
+    while sum(chunks) < total:
+        chunks.append(min(sizes[min(len(chunks), len(sizes) - 1)], total - sum(chunks)))
+    return chunks
+
+
+def stream(decoder: CodecDecoder, codes: torch.Tensor, chunks: list[int], stream_: CodecStream | None = None):
+    stream_ = stream_ or CodecStream(decoder, batch_size=codes.shape[0])
+    starts = [sum(chunks[:i]) for i in range(len(chunks))]
+    return torch.cat([stream_.decode(codes[:, s: s + n]) for s, n in zip(starts, chunks)], dim=-1)
+
+
+def test_ramping_chunks_equal_one_pass_past_the_attention_window(decoder):
+    # 100 frames: the 72-frame attention window slides for the last 28 frames.
+    codes = random_codes(1, 100, seed=11)
+    one_pass = decoder(codes)
+    streamed = stream(decoder, codes, ramp(100))
+    assert streamed.shape == one_pass.shape == (1, 100 * 1920)
+    assert (streamed - one_pass).abs().max().item() <= TOLERANCE
+    assert one_pass.abs().max().item() > 1e-2
+
+
+def test_chunks_longer_than_the_window_and_a_batch_equal_one_pass(decoder):
+    codes = random_codes(2, 95, seed=12)
+    one_pass = decoder(codes)
+    streamed = stream(decoder, codes, [3, 80, 1, 11])
+    assert (streamed - one_pass).abs().max().item() <= TOLERANCE
+
+
+def test_carried_state_matters(decoder):
+    """Decoding each chunk without the carried state is audibly wrong, so the equality above is earned."""
+    codes = random_codes(1, 24, seed=13)
+    one_pass = decoder(codes)
+    stateless = torch.cat([decoder(codes[:, s: s + 8]) for s in range(0, 24, 8)], dim=-1)
+    assert (stateless - one_pass).abs().max().item() > 100 * TOLERANCE
+
+
+def test_reset_starts_a_new_utterance_in_the_same_buffers(decoder):
+    codes = random_codes(1, 20, seed=14)
+    other = random_codes(1, 9, seed=15)
+    stream_ = CodecStream(decoder)
+    first = stream(decoder, codes, ramp(20), stream_)
+    stream(decoder, other, ramp(9), stream_)
+    stream_.reset()
+    assert stream_.frames_decoded == 0
+    again = stream(decoder, codes, ramp(20), stream_)
+    assert torch.equal(first, again)
+    assert stream_.frames_decoded == 20
+
+
+def test_wrong_batch_size_is_an_input_error(decoder):
+    with pytest.raises(InputError, match="decodes codes"):
+        CodecStream(decoder, batch_size=2).decode(random_codes(1, 1, seed=16))
