@@ -120,11 +120,16 @@ def test_decode_attention_matches_reference(device, dtype, seq, head_dim):
     k_cache = torch.randn(batch, n_kv, cache_len, head_dim, device=device).to(dtype)
     v_cache = torch.randn(batch, n_kv, cache_len, head_dim, device=device).to(dtype)
     lengths = torch.tensor([seq, 17, cache_len], device=device, dtype=torch.int32)
-    # rows past each length are garbage that must not be read
-    for b, n in enumerate(lengths.tolist()):
-        k_cache[b, :, n:] = float("nan")
-        v_cache[b, :, n:] = float("nan")
+    starts = torch.tensor([0, 3, 35], device=device, dtype=torch.int32)  # left padding before each start
+    # rows outside each [start, length) are garbage that must not be read
+    for b, (first, n) in enumerate(zip(starts.tolist(), lengths.tolist())):
+        for cache in (k_cache, v_cache):
+            cache[b, :, n:] = float("nan")
+            cache[b, :, :first] = float("nan")
     scale = head_dim**-0.5
-    out = decode_attention_triton(q, k_cache, v_cache, lengths, scale)
-    ref = decode_attention_reference(q, k_cache.nan_to_num(), v_cache.nan_to_num(), lengths, scale)
+    out = decode_attention_triton(q, k_cache, v_cache, lengths, scale, starts)
+    ref = decode_attention_reference(q, k_cache.nan_to_num(), v_cache.nan_to_num(), lengths, scale, starts)
     assert_same_function(out, ref)
+    no_padding = decode_attention_triton(q, k_cache.nan_to_num(), v_cache.nan_to_num(), lengths, scale)
+    assert_same_function(no_padding, decode_attention_reference(q, k_cache.nan_to_num(), v_cache.nan_to_num(),
+                                                                lengths, scale))

@@ -1,7 +1,8 @@
 """Attention of a few new query tokens over a static KV cache: the decode step of the talker and every
 step of the code predictor (whose cache holds at most 16 positions).
 
-Each sequence's valid length lives on the device (`lengths`), so one captured graph serves every step.
+Each sequence's valid cache range lives on the device (`starts`, `lengths`: left padding at the front,
+new rows at the end), so one captured graph serves every step.
 Scores and probabilities stay in float32 (as SDPA/flash kernels keep them) and one program serves all the
 query heads that share a KV head, so each cached row is read once.
 """
@@ -15,11 +16,13 @@ from qtts.kernels import enabled, jit, next_power_of_2, round_to, tl
 
 
 def decode_attention_reference(
-    q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, lengths: torch.Tensor, scale: float
+    q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, lengths: torch.Tensor, scale: float,
+    starts: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """q [B, Hq, S, D]; caches [B, Hkv, L, D]; lengths [B] = valid cache rows, the S new ones included.
+    """q [B, Hq, S, D]; caches [B, Hkv, L, D]; lengths [B] = cache rows in use, the S new ones included;
+    starts [B] = first valid row (rows before it are left padding; default 0).
 
-    Query s sits at position lengths - S + s and sees cache rows up to it. Returns [B, S, Hq * D].
+    Query s sits at row lengths - S + s and sees rows starts..itself. Returns [B, S, Hq * D].
     """
     batch, n_q_heads, seq_len, head_dim = q.shape
     group = n_q_heads // k_cache.shape[1]
@@ -27,7 +30,10 @@ def decode_attention_reference(
     v = v_cache.repeat_interleave(group, dim=1).to(torch.float32)
     scores = (q.to(torch.float32) @ k.transpose(-1, -2)) * scale
     query_pos = lengths.to(q.device)[:, None] - seq_len + torch.arange(seq_len, device=q.device)
-    visible = torch.arange(k.shape[2], device=q.device) <= query_pos[..., None]
+    rows = torch.arange(k.shape[2], device=q.device)
+    visible = rows <= query_pos[..., None]
+    if starts is not None:
+        visible &= rows >= starts.to(q.device)[:, None, None]
     scores = scores.masked_fill(~visible[:, None], float("-inf"))
     out = torch.softmax(scores, dim=-1) @ v
     return out.transpose(1, 2).reshape(batch, seq_len, n_q_heads * head_dim).to(q.dtype)
@@ -35,13 +41,14 @@ def decode_attention_reference(
 
 @jit
 def _decode_attention_kernel(
-    q_ptr, k_cache_ptr, v_cache_ptr, lengths_ptr, out_ptr, scale, seq_len, cache_len,
+    q_ptr, k_cache_ptr, v_cache_ptr, starts_ptr, lengths_ptr, out_ptr, scale, seq_len, cache_len,
     N_KV_HEADS: tl.constexpr, GROUP: tl.constexpr, BLOCK_G: tl.constexpr, HEAD_DIM: tl.constexpr,
     BLOCK_N: tl.constexpr,
 ):
     batch = tl.program_id(0).to(tl.int64)
     kv_head = tl.program_id(1)
     step = tl.program_id(2)
+    first = tl.load(starts_ptr + batch).to(tl.int32)
     n_visible = tl.load(lengths_ptr + batch).to(tl.int32) - seq_len + step + 1
 
     g = tl.arange(0, BLOCK_G)
@@ -54,7 +61,7 @@ def _decode_attention_kernel(
     m = tl.full([BLOCK_G], float("-inf"), dtype=tl.float32)
     denom = tl.zeros([BLOCK_G], dtype=tl.float32)
     acc = tl.zeros([BLOCK_G, HEAD_DIM], dtype=tl.float32)
-    for start in range(0, n_visible, BLOCK_N):
+    for start in range(first, n_visible, BLOCK_N):
         rows = start + tl.arange(0, BLOCK_N)
         valid = rows < n_visible
         offs = cache_base + rows[:, None] * HEAD_DIM + d[None, :]
@@ -75,7 +82,8 @@ def _decode_attention_kernel(
 
 
 def decode_attention_triton(
-    q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, lengths: torch.Tensor, scale: float
+    q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, lengths: torch.Tensor, scale: float,
+    starts: torch.Tensor | None = None,
 ) -> torch.Tensor:
     batch, n_q_heads, seq_len, head_dim = q.shape
     n_kv_heads, cache_len = k_cache.shape[1], k_cache.shape[2]
@@ -85,9 +93,11 @@ def decode_attention_triton(
     if not (q.is_contiguous() and k_cache.is_contiguous() and v_cache.is_contiguous()):
         raise InputError("decode attention wants contiguous q [B, Hq, S, D] and caches [B, Hkv, L, D]")
     group = n_q_heads // n_kv_heads
+    if starts is None:
+        starts = torch.zeros_like(lengths)
     out = torch.empty(batch, seq_len, n_q_heads * head_dim, device=q.device, dtype=q.dtype)
     _decode_attention_kernel[(batch, n_kv_heads, seq_len)](
-        q, k_cache, v_cache, lengths, out, scale, seq_len, cache_len,
+        q, k_cache, v_cache, starts, lengths, out, scale, seq_len, cache_len,
         N_KV_HEADS=n_kv_heads, GROUP=group, BLOCK_G=next_power_of_2(group), HEAD_DIM=head_dim,
         BLOCK_N=min(32, next_power_of_2(cache_len)), num_warps=4,
     )
@@ -95,8 +105,8 @@ def decode_attention_triton(
 
 
 def decode_attention(
-    q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, lengths: torch.Tensor, scale: float
+    q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, lengths: torch.Tensor, scale: float,
+    starts: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    if enabled(q.device):
-        return decode_attention_triton(q, k_cache, v_cache, lengths, scale)
-    return decode_attention_reference(q, k_cache, v_cache, lengths, scale)
+    impl = decode_attention_triton if enabled(q.device) else decode_attention_reference
+    return impl(q, k_cache, v_cache, lengths, scale, starts)
