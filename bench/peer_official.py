@@ -34,7 +34,7 @@ def main() -> None:
 
     def call(text: str, seed: int) -> int:
         wavs, rate = tts.generate_custom_voice(text=text, speaker=measure.SPEAKER, language=measure.LANGUAGE,
-                                               max_new_tokens=measure.official_max_new_tokens(args.frames))
+                                               max_new_tokens=measure.talker_tokens(args.frames))
         if rate != measure.SAMPLE_RATE:
             raise RuntimeError(f"official engine returned {rate} Hz, expected {measure.SAMPLE_RATE}")
         return len(wavs[0])

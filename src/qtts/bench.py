@@ -91,10 +91,11 @@ def frames_in(samples: int) -> int:
     return frames
 
 
-def official_max_new_tokens(frames: int) -> int:
-    """Talker tokens the official package must generate for `frames` frames.
+def talker_tokens(frames: int) -> int:
+    """`max_new_tokens` (= `min_new_tokens`) that gives `frames` frames in the official package and in qtts.
 
-    Its loop runs the code predictor of frame t inside talker step t+1, so N talker tokens give N-1 frames.
+    The official loop runs the code predictor of frame t inside talker step t+1, so N talker tokens give
+    N-1 frames; qtts keeps that meaning of max_new_tokens. (faster-qwen3-tts counts frames instead.)
     """
     return frames + 1
 
@@ -226,10 +227,10 @@ class Result:
 def markdown_table(results: Sequence[Result]) -> str:
     """Side-by-side table, one row per system and text, in the order given."""
     head = (
-        "| system | model | text | frames | x real time, e2e | step ms/frame | e2e ms/frame | decode ms/frame "
-        "| TTFA ms | peak GiB alloc / reserved |"
+        "| system | model | text | frames | x real time, e2e | x real time, streaming | step ms/frame "
+        "| e2e ms/frame | decode ms/frame | TTFA ms | peak GiB alloc / reserved |"
     )
-    rows = [head, "|" + "---|" * 10]
+    rows = [head, "|" + "---|" * 11]
     for r in results:
         def cell(s: Spread | None, digits: int = 2) -> str:
             return s.text(digits) if s is not None else "n/a"
@@ -237,7 +238,8 @@ def markdown_table(results: Sequence[Result]) -> str:
         ttfa = f"{cell(r.ttfa_ms, 0)} ({r.ttfa_note})" if r.ttfa_ms is not None else f"n/a ({r.ttfa_note})"
         rows.append(
             f"| {r.system} | {r.model} | {r.text} | {r.frames} x{r.runs} | **{cell(r.xrt, 3)}** "
-            f"| {cell(r.step_ms_per_frame)} | {cell(r.e2e_ms_per_frame)} | {cell(r.decode_ms_per_frame, 3)} "
+            f"| {cell(r.streaming_xrt, 3)} | {cell(r.step_ms_per_frame)} | {cell(r.e2e_ms_per_frame)} "
+            f"| {cell(r.decode_ms_per_frame, 3)} "
             f"| {ttfa} | {r.peak_alloc_gib:.2f} / {r.peak_reserved_gib:.2f} |"
         )
     return "\n".join(rows)
@@ -268,23 +270,30 @@ def _concat_samples(chunks) -> int:
     return sum(len(chunk.samples) for chunk in chunks)
 
 
-def bench_qtts(checkpoint: str, texts: Sequence[str], frames: int, runs: int, model: str) -> list[Result]:
-    """Measure qtts on the GPU: warm-up, `runs` full-length calls per text, the marginal frame cost from
-    calls of a fifth of the length, and time to first audio where `synthesize(stream=True)` exists."""
+def bench_qtts(checkpoint: str, texts: Sequence[str], frames: int, runs: int, model: str,
+               device: str = "cuda") -> list[Result]:
+    """Measure qtts: warm-up, `runs` full-length calls per text, the marginal frame cost from calls of a
+    fifth of the length, decode time, and time to first audio where `synthesize(stream=True)` exists.
+
+    `device="cpu"` (float32) is for dry-runs of the harness only."""
     import inspect
 
     import torch
 
     import qtts
 
-    tts = qtts.load(checkpoint, device="cuda", dtype=torch.bfloat16)
+    tts = qtts.load(checkpoint, device=device, dtype=torch.bfloat16 if device.startswith("cuda") else torch.float32)
     streams = "stream" in inspect.signature(tts.synthesize).parameters
     short = max(frames // 5, 2)
 
     def synthesize(text: str, n: int, seed: int, **extra):
-        return tts.synthesize(text, speaker=SPEAKER, language=LANGUAGE, max_new_tokens=n, min_new_tokens=n,
-                              seed=seed, **extra)
+        tokens = talker_tokens(n)
+        return tts.synthesize(text, speaker=SPEAKER, language=LANGUAGE, max_new_tokens=tokens,
+                              min_new_tokens=tokens, seed=seed, **extra)
 
+    codes = torch.randint(0, 2048, (frames, 16))
+    tts.decode(codes)  # warm-up: new shapes
+    decode = Spread.of(1000.0 * synced_wall(lambda: tts.decode(codes))[0] / frames for _ in range(3))
     results = []
     seeds = range(runs)
     for i, name in enumerate(texts):
@@ -323,7 +332,7 @@ def bench_qtts(checkpoint: str, texts: Sequence[str], frames: int, runs: int, mo
             xrt=Spread.of(speeds), e2e_ms_per_frame=Spread.of(1000.0 * w / frames for w in walls),
             step_ms_per_frame=marginal,
             step_method=f"marginal cost: (wall {frames} - wall {short} frames) / {frames - short}, decode included",
-            decode_ms_per_frame=None, ttfa_ms=ttfa,
+            decode_ms_per_frame=decode, ttfa_ms=ttfa,
             ttfa_note="synthesize(stream=True), first chunk" if streams else "no streaming API yet",
             streaming_xrt=stream_xrt, peak_alloc_gib=alloc, peak_reserved_gib=reserved,
             versions={"torch": torch.__version__, "qtts": qtts.__version__},
@@ -339,12 +348,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=3, help="measured runs per text, after warm-up")
     parser.add_argument("--texts", default="sentence,passage", help=f"comma list of {', '.join(TEXTS)}")
     parser.add_argument("--model", default="custom_voice", help="model label for the table")
+    parser.add_argument("--device", default="cuda", help="cpu only for dry-runs of the harness (float32)")
     args = parser.parse_args(argv)
     texts = args.texts.split(",")
     unknown = [t for t in texts if t not in TEXTS]
     if unknown or args.runs < 1 or args.frames < 10:
         parser.error(f"need known texts (got {unknown}), runs >= 1 and frames >= 10")
-    results = bench_qtts(args.checkpoint, texts, args.frames, args.runs, args.model)
+    results = bench_qtts(args.checkpoint, texts, args.frames, args.runs, args.model, args.device)
     for r in results:
         print(r.to_json(), flush=True)
     print(markdown_table(results), file=sys.stderr)
