@@ -165,7 +165,8 @@ class DecoderAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor,
                 state: dict | None = None) -> torch.Tensor:
-        """x [batch, frames, hidden]; cos/sin [1, keys, head_dim]; mask [frames, keys], True = may attend."""
+        """x [batch, frames, hidden]; cos/sin [1, keys, head_dim]; mask [frames, keys] or
+        [batch, 1, frames, keys], True where a query may attend."""
         batch, frames, _ = x.shape
         q = self.q_proj(x).view(batch, frames, self.heads, self.head_dim).transpose(1, 2)
         k = self.k_proj(x).view(batch, frames, self.kv_heads, self.head_dim).transpose(1, 2)
@@ -226,8 +227,8 @@ class DecoderTransformer(nn.Module):
                                                                   device=device), persistent=False)
 
     def new_stream_state(self, batch: int, device, dtype) -> torch.Tensor:
-        """Which of the window's cached slots hold a real earlier frame (none before the first chunk)."""
-        return torch.zeros(self.window - 1, dtype=torch.bool, device=device)
+        """[batch, window - 1]: which cached window slots hold a real earlier frame of each stream."""
+        return torch.zeros(batch, self.window - 1, dtype=torch.bool, device=device)
 
     def forward(self, x: torch.Tensor, state: dict | None = None) -> torch.Tensor:
         """x [batch, frames, latent_dim] -> [batch, frames, latent_dim]."""
@@ -238,9 +239,9 @@ class DecoderTransformer(nn.Module):
         mask = (positions[None, :] <= query_positions) & (positions[None, :] > query_positions - self.window)
         if state is not None:
             filled = state[self]
-            slots = torch.cat((filled, torch.ones(frames, dtype=torch.bool, device=x.device)))
-            mask = mask & slots[None, :]
-            filled.copy_(slots[-filled.shape[0]:])
+            slots = torch.cat((filled, filled.new_ones(filled.shape[0], frames)), dim=1)
+            mask = (mask & slots[:, None, :])[:, None]  # [batch, 1 (heads), frames, keys]
+            filled.copy_(slots[:, -filled.shape[1]:])
         h = self.input_proj(x)
         cos, sin = rope_cos_sin(positions[None], self.inv_freq, h.dtype)
         for layer in self.layers:

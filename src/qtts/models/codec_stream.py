@@ -20,7 +20,6 @@ class CodecStream:
         weight = next(decoder.parameters())
         self.decoder = decoder
         self.batch_size = batch_size
-        self.frames_decoded = 0
         self.state: dict = {}
         for module in decoder.modules():
             new_state = getattr(module, "new_stream_state", None)
@@ -29,12 +28,15 @@ class CodecStream:
                 if layer_state is not None:
                     self.state[module] = layer_state
 
-    def reset(self) -> None:
-        """Start a new utterance in the same buffers."""
+    def reset(self, rows: list[int] | None = None) -> None:
+        """Start new utterances in the same buffers: in every row, or only in `rows` (a batch slot that
+        a finished request leaves to a new one)."""
         for layer_state in self.state.values():
             for tensor in layer_state if isinstance(layer_state, tuple) else (layer_state,):
-                tensor.zero_()
-        self.frames_decoded = 0
+                if rows is None:
+                    tensor.zero_()
+                else:
+                    tensor[rows] = 0
 
     @torch.no_grad()
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
@@ -42,6 +44,4 @@ class CodecStream:
         if codes.dim() != 3 or codes.shape[0] != self.batch_size:
             raise InputError(f"this stream decodes codes [{self.batch_size}, frames, "
                              f"{self.decoder.config.num_quantizers}], got shape {tuple(codes.shape)}")
-        wav = self.decoder(codes, self.state)
-        self.frames_decoded += codes.shape[1]
-        return wav
+        return self.decoder(codes, self.state)
