@@ -22,7 +22,7 @@ from .layers import RMSNorm, SwiGLU, apply_rope, rope_cos_sin, rope_inverse_freq
 
 # The official codebooks divide by usage counts clamped to this floor (unused codes have usage ~0).
 CLUSTER_USAGE_FLOOR = 1e-5
-# SnakeBeta's guard against 1 / exp(beta) overflowing; the official value.
+# Keeps SnakeBeta's 1 / e^beta finite where e^beta underflows to zero; the official value.
 SNAKE_EPSILON = 1e-9
 
 

@@ -44,4 +44,6 @@ class CodecStream:
         if codes.dim() != 3 or codes.shape[0] != self.batch_size:
             raise InputError(f"this stream decodes codes [{self.batch_size}, frames, "
                              f"{self.decoder.config.num_quantizers}], got shape {tuple(codes.shape)}")
+        if codes.shape[1] == 0:
+            return codes.new_zeros(self.batch_size, 0, dtype=next(self.decoder.parameters()).dtype)
         return self.decoder(codes, self.state)
