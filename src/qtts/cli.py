@@ -26,7 +26,12 @@ def _read_text(value: str) -> str:
     return value
 
 
+# Random weights rarely sample EOS, so a demo run is capped at 4 s of audio unless asked otherwise.
+DEMO_MAX_FRAMES = 50
+
+
 def _model_or_demo(model: str | None, variant: str) -> str:
+    """`model`, or the tiny demo checkpoint of `variant` (written on first use) when none is given."""
     if model:
         return model
     from .testing import write_tiny_checkpoint
@@ -61,6 +66,8 @@ def cmd_speak(args) -> None:
         raise QttsError("--voice cannot be combined with --speaker or --instruct")
     variant = "base" if args.voice else "voice_design" if (args.instruct and not args.speaker) else "custom_voice"
     model = _model_or_demo(args.model, variant)
+    if not args.model and args.max_new_tokens is None:
+        args.max_new_tokens = DEMO_MAX_FRAMES
     tts = qtts.load(model, device=args.device)
     voice = qtts.Voice.load(args.voice) if args.voice else None
     speaker = args.speaker

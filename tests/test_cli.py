@@ -1,0 +1,66 @@
+"""The `qtts` command line, run as a real subprocess on tiny checkpoints."""
+
+import subprocess
+import sys
+
+import numpy as np
+import soundfile as sf
+
+import qtts
+
+
+def run(*args, stdin=None, env=None):
+    return subprocess.run([sys.executable, "-m", "qtts.cli", *map(str, args)], input=stdin,
+                          capture_output=True, text=True, timeout=300, env=env)
+
+
+def test_speak_writes_a_wav_of_the_requested_length(tiny_checkpoint, tmp_path):
+    out = tmp_path / "out.wav"
+    result = run("speak", "Hello there.", "--model", tiny_checkpoint("custom_voice"), "--speaker", "ryan",
+                 "--seed", 3, "--max-new-tokens", 9, "-o", out)
+    assert result.returncode == 0, result.stderr
+    samples, rate = sf.read(out)
+    assert rate == 24000
+    assert len(samples) <= 8 * 1920 and len(samples) % 1920 == 0 and len(samples) > 0
+    assert np.abs(samples).max() > 0
+
+
+def test_speak_reads_text_from_stdin_and_writes_flac(tiny_checkpoint, tmp_path):
+    out = tmp_path / "out.flac"
+    result = run("speak", "-", "--model", tiny_checkpoint("voice_design", False), "--instruct", "A calm voice.",
+                 "--max-new-tokens", 6, "--greedy", "-o", out, stdin="Text from standard input.")
+    assert result.returncode == 0, result.stderr
+    assert sf.info(out).format == "FLAC"
+
+
+def test_clone_then_speak_with_the_voice(tiny_checkpoint, tmp_path):
+    ref = tmp_path / "ref.wav"
+    t = np.arange(48000) / 24000
+    sf.write(ref, 0.3 * np.sin(2 * np.pi * 200 * t), 24000)
+    voice = tmp_path / "voice.safetensors"
+    model = tiny_checkpoint("base")
+    result = run("clone", ref, "--ref-text", "A short reference.", "--model", model, "-o", voice)
+    assert result.returncode == 0, result.stderr
+    assert qtts.Voice.load(voice).ref_text == "A short reference."
+    result = run("speak", "Cloned speech.", "--model", model, "--voice", voice, "--max-new-tokens", 5,
+                 "-o", tmp_path / "c.wav")
+    assert result.returncode == 0, result.stderr
+
+
+def test_user_errors_are_one_line_and_exit_2(tiny_checkpoint, tmp_path):
+    model = tiny_checkpoint("custom_voice")
+    result = run("speak", "Hi.", "--model", model, "--speaker", "nobody", "-o", tmp_path / "x.wav")
+    assert result.returncode == 2
+    assert "unknown speaker 'nobody'" in result.stderr and "Traceback" not in result.stderr
+    result = run("clone", tmp_path / "missing.wav", "--model", tiny_checkpoint("base"), "-o", tmp_path / "v")
+    assert result.returncode == 2 and "missing.wav" in result.stderr
+    result = run("info", tmp_path / "no-such-model")
+    assert result.returncode == 2 and "neither an existing folder" in result.stderr
+
+
+def test_make_tiny_writes_a_loadable_checkpoint(tmp_path):
+    result = run("make-tiny", tmp_path / "t", "--variant", "voice_design", "--seed", 5)
+    assert result.returncode == 0, result.stderr
+    result = run("info", tmp_path / "t")
+    assert result.returncode == 0, result.stderr
+    assert "voice_design" in result.stdout
