@@ -10,7 +10,7 @@ import torch
 from oracle import official
 from qtts.config import SpeechTokenizerConfig
 from qtts.errors import InputError
-from qtts.models.codec_decoder import CodecDecoder, decode_official
+from qtts.models.codec_decoder import CodecDecoder, decode_official, snake_beta
 from qtts.testing.configs import real_speech_tokenizer_config, tiny_speech_tokenizer_config
 
 TOLERANCE = 1e-5
@@ -153,3 +153,15 @@ def test_wrong_code_layout_is_an_input_error(models):
         decode_official(ours, random_codes(1, 5, seed=5)[..., :15])
     with pytest.raises(InputError, match="codebook size"):
         decode_official(ours, torch.full((1, 5, 16), 2048))
+
+
+def test_snake_beta_equals_official_activation():
+    official()
+    from qwen_tts.core.tokenizer_12hz.modeling_qwen3_tts_tokenizer_v2 import SnakeBeta
+
+    gen = torch.Generator().manual_seed(6)
+    activation = SnakeBeta(5)
+    activation.alpha.copy_(torch.randn(5, generator=gen))
+    activation.beta.copy_(torch.randn(5, generator=gen))
+    x = 3 * torch.randn(2, 5, 64, generator=gen)
+    assert torch.equal(snake_beta(x, activation.alpha, activation.beta), activation(x))
