@@ -40,14 +40,16 @@ def qk_norm_rope_cache_reference(
 
 
 @jit
-def _norm_rope(x_ptr, w_ptr, cos_a, sin_a, eps, half, HALF: tl.constexpr):
-    """One head row: RMSNorm, weight, rotation; returns the two rotated halves in the activation dtype."""
+def _norm_rope(x_ptr, w_ptr, heads, cos_a, sin_a, eps, half, HALF: tl.constexpr):
+    """Rows of `heads` [BLOCK_H] heads of one token: RMSNorm over each head, weight, rotation. Returns the
+    two rotated halves [BLOCK_H, HALF], rounded to the activation dtype."""
     dtype = x_ptr.dtype.element_ty
-    x1 = tl.load(x_ptr + half).to(tl.float32)
-    x2 = tl.load(x_ptr + HALF + half).to(tl.float32)
-    inv_rms = tl.math.rsqrt((tl.sum(x1 * x1, axis=0) + tl.sum(x2 * x2, axis=0)) / (2 * HALF) + eps)
-    w1 = tl.load(w_ptr + half).to(tl.float32)
-    w2 = tl.load(w_ptr + HALF + half).to(tl.float32)
+    offs = heads[:, None] * (2 * HALF) + half[None, :]
+    x1 = tl.load(x_ptr + offs).to(tl.float32)
+    x2 = tl.load(x_ptr + HALF + offs).to(tl.float32)
+    inv_rms = tl.math.rsqrt((tl.sum(x1 * x1, axis=1) + tl.sum(x2 * x2, axis=1)) / (2 * HALF) + eps)[:, None]
+    w1 = tl.load(w_ptr + half).to(tl.float32)[None, :]
+    w2 = tl.load(w_ptr + HALF + half).to(tl.float32)[None, :]
     n1 = round_to(round_to(x1 * inv_rms, dtype).to(tl.float32) * w1, dtype).to(tl.float32)
     n2 = round_to(round_to(x2 * inv_rms, dtype).to(tl.float32) * w2, dtype).to(tl.float32)
     # rotate_half(x) = [-x2, x1]; each product and the sum round like the eager dtype ops
@@ -63,34 +65,34 @@ def _qk_norm_rope_cache_kernel(
     q_row_stride, k_row_stride, v_row_stride, seq_len, cache_len, eps,
     N_Q_HEADS: tl.constexpr, N_KV_HEADS: tl.constexpr, HALF: tl.constexpr, LIBDEVICE: tl.constexpr,
 ):
+    """One program per token: all its query heads, all its key heads, and the cache writes."""
     token = tl.program_id(0).to(tl.int64)
-    head = tl.program_id(1)
     batch = token // seq_len
     step = token % seq_len
     half = tl.arange(0, HALF)
     head_dim = 2 * HALF
 
-    angle = tl.load(positions_ptr + token).to(tl.float32) * tl.load(inv_freq_ptr + half)
+    angle = (tl.load(positions_ptr + token).to(tl.float32) * tl.load(inv_freq_ptr + half))[None, :]
     dtype = q_out_ptr.dtype.element_ty
     cos_a = round_to(cos(angle, LIBDEVICE), dtype).to(tl.float32)
     sin_a = round_to(sin(angle, LIBDEVICE), dtype).to(tl.float32)
 
-    if head < N_Q_HEADS:
-        o1, o2 = _norm_rope(q_ptr + token * q_row_stride + head * head_dim, q_weight_ptr, cos_a, sin_a, eps, half, HALF)
-        out = q_out_ptr + ((batch * N_Q_HEADS + head) * seq_len + step) * head_dim
-        tl.store(out + half, o1)
-        tl.store(out + HALF + half, o2)
-    else:
-        kv_head = head - N_Q_HEADS
-        o1, o2 = _norm_rope(k_ptr + token * k_row_stride + kv_head * head_dim, k_weight_ptr, cos_a, sin_a, eps, half, HALF)
-        slot = tl.load(cache_index_ptr + token).to(tl.int64)
-        row = ((batch * N_KV_HEADS + kv_head) * cache_len + slot) * head_dim
-        cache_dtype = k_cache_ptr.dtype.element_ty
-        tl.store(k_cache_ptr + row + half, o1.to(cache_dtype))
-        tl.store(k_cache_ptr + row + HALF + half, o2.to(cache_dtype))
-        v = v_ptr + token * v_row_stride + kv_head * head_dim
-        tl.store(v_cache_ptr + row + half, tl.load(v + half).to(cache_dtype))
-        tl.store(v_cache_ptr + row + HALF + half, tl.load(v + HALF + half).to(cache_dtype))
+    q_heads = tl.arange(0, N_Q_HEADS)
+    o1, o2 = _norm_rope(q_ptr + token * q_row_stride, q_weight_ptr, q_heads, cos_a, sin_a, eps, half, HALF)
+    out = q_out_ptr + ((batch * N_Q_HEADS + q_heads[:, None]) * seq_len + step) * head_dim + half[None, :]
+    tl.store(out, o1)
+    tl.store(out + HALF, o2)
+
+    kv_heads = tl.arange(0, N_KV_HEADS)
+    o1, o2 = _norm_rope(k_ptr + token * k_row_stride, k_weight_ptr, kv_heads, cos_a, sin_a, eps, half, HALF)
+    slot = tl.load(cache_index_ptr + token).to(tl.int64)
+    rows = ((batch * N_KV_HEADS + kv_heads[:, None]) * cache_len + slot) * head_dim + half[None, :]
+    cache_dtype = k_cache_ptr.dtype.element_ty
+    tl.store(k_cache_ptr + rows, o1.to(cache_dtype))
+    tl.store(k_cache_ptr + rows + HALF, o2.to(cache_dtype))
+    v = v_ptr + token * v_row_stride + kv_heads[:, None] * head_dim + half[None, :]
+    tl.store(v_cache_ptr + rows, tl.load(v).to(cache_dtype))
+    tl.store(v_cache_ptr + rows + HALF, tl.load(v + HALF).to(cache_dtype))
 
 
 def _row_stride(x: torch.Tensor, name: str) -> int:
@@ -108,17 +110,18 @@ def qk_norm_rope_cache_triton(
 ) -> torch.Tensor:
     batch, seq_len, n_q_heads, head_dim = q.shape
     n_kv_heads = k.shape[2]
-    if head_dim & (head_dim - 1) or head_dim < 4:
-        raise InputError(f"head_dim must be a power of two >= 4 for the fused RoPE kernel, got {head_dim}")
+    for name, n in (("head_dim", head_dim), ("query heads", n_q_heads), ("KV heads", n_kv_heads)):
+        if n & (n - 1) or n < (4 if name == "head_dim" else 1):
+            raise InputError(f"the fused RoPE kernel needs {name} a power of two (head_dim >= 4), got {n}")
     if not (k_cache.is_contiguous() and v_cache.is_contiguous()):
         raise InputError("KV caches must be contiguous [B, Hkv, L, D] tensors")
     cache_index = positions if cache_index is None else cache_index
     q_out = torch.empty(batch, n_q_heads, seq_len, head_dim, device=q.device, dtype=q.dtype)
-    _qk_norm_rope_cache_kernel[(batch * seq_len, n_q_heads + n_kv_heads)](
+    _qk_norm_rope_cache_kernel[(batch * seq_len,)](
         q, k, v, q_weight, k_weight, inv_freq, positions.contiguous(), cache_index.contiguous(),
         q_out, k_cache, v_cache,
         _row_stride(q, "q"), _row_stride(k, "k"), _row_stride(v, "v"), seq_len, k_cache.shape[2], eps,
-        N_Q_HEADS=n_q_heads, N_KV_HEADS=n_kv_heads, HALF=head_dim // 2, LIBDEVICE=use_libdevice(), num_warps=1,
+        N_Q_HEADS=n_q_heads, N_KV_HEADS=n_kv_heads, HALF=head_dim // 2, LIBDEVICE=use_libdevice(), num_warps=4,
     )
     return q_out
 

@@ -1,0 +1,175 @@
+"""One frame of speech as a static, sync-free step over preallocated buffers: the fast path's unit of work
+and of CUDA-graph capture.
+
+A frame samples code 0 from the talker's last logits, runs the 15 code-predictor steps with their sampling,
+feeds back the sum of the 16 code embeddings plus the next text-track vector, and runs one talker step,
+which leaves the next frame's logits. It reads the weights of the `Talker` module it is given (no copies)
+and works on that module's static KV caches. Nothing in `step` reads a tensor value on the host, branches on
+one, or changes a shape, so the same code runs eagerly on CPU (CI) and replays as one CUDA graph.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.nn import functional as F
+
+from .. import kernels
+from ..errors import InputError
+from ..kernels.decode_attention import decode_attention_reference, decode_attention_triton
+from ..kernels.qk_norm_rope import qk_norm_rope_cache_reference, qk_norm_rope_cache_triton
+from ..kernels.rms_norm import add_rms_norm_reference, add_rms_norm_triton
+from ..kernels.swiglu import silu_mul_reference, silu_mul_triton
+from ..models.layers import DecoderStack
+from ..models.talker import Talker
+from ..sampling import PredictorSampler, SamplingParams, TalkerSampler
+from .rng import exponential_noise
+
+
+class LayerOps:
+    """The fused kernels (Triton) or their PyTorch references: the frame's math is the same either way."""
+
+    def __init__(self, fused: bool):
+        self.fused = fused
+        self.add_rms_norm = add_rms_norm_triton if fused else add_rms_norm_reference
+        self.qk_norm_rope_cache = qk_norm_rope_cache_triton if fused else qk_norm_rope_cache_reference
+        self.decode_attention = decode_attention_triton if fused else decode_attention_reference
+        self.silu_mul = silu_mul_triton if fused else silu_mul_reference
+
+
+def run_stack(stack: DecoderStack, ops: LayerOps, x: torch.Tensor, positions: torch.Tensor,
+              cache_index: torch.Tensor, lengths: torch.Tensor, starts: torch.Tensor) -> torch.Tensor:
+    """x [B, S, H] through every layer of `stack` and its final norm, with new tokens at RoPE `positions`
+    and cache rows `cache_index` [B, S]; attention sees cache rows `starts` [B] .. `lengths` [B] - 1.
+
+    The residual add of each block is fused into the next norm, as the official math allows: the stream is
+    still rounded to the activation dtype after every add."""
+    batch, seq, _ = x.shape
+    residual = None
+    for layer in stack.layers:
+        attn, mlp = layer.self_attn, layer.mlp
+        h, residual = ops.add_rms_norm(x, layer.input_layernorm.weight, layer.input_layernorm.eps, residual)
+        q = F.linear(h, attn.q_proj.weight).view(batch, seq, attn.num_heads, attn.head_dim)
+        k = F.linear(h, attn.k_proj.weight).view(batch, seq, attn.num_kv_heads, attn.head_dim)
+        v = F.linear(h, attn.v_proj.weight).view(batch, seq, attn.num_kv_heads, attn.head_dim)
+        cache = attn.kv_cache
+        q = ops.qk_norm_rope_cache(q, k, v, attn.q_norm.weight, attn.k_norm.weight, attn.q_norm.eps,
+                                   stack.inv_freq, positions, cache.k, cache.v, cache_index)
+        x = F.linear(ops.decode_attention(q, cache.k, cache.v, lengths, attn.head_dim**-0.5, starts),
+                     attn.o_proj.weight)
+        norm = layer.post_attention_layernorm
+        h, residual = ops.add_rms_norm(x, norm.weight, norm.eps, residual)
+        x = F.linear(ops.silu_mul(F.linear(h, mlp.gate_proj.weight), F.linear(h, mlp.up_proj.weight)),
+                     mlp.down_proj.weight)
+    return ops.add_rms_norm(x, stack.norm.weight, stack.norm.eps, residual)[0]
+
+
+class Frame:
+    """Static decode state of one batch bucket and the frame step over it.
+
+    Buffers: the talker's last hidden state and logits, each row's next cache row / RoPE position / first
+    valid row, the frame counter, the code-0 history table for the repetition penalty, finished flags,
+    the text track, per-request seeds and the codes of every frame so far.
+    """
+
+    def __init__(self, talker: Talker, batch: int, max_len: int, max_frames: int, max_text: int,
+                 params: SamplingParams, fused: bool | None = None):
+        weight = talker.codec_head.weight
+        device, dtype = weight.device, weight.dtype
+        config = talker.config
+        self.talker, self.params, self.batch = talker, params, batch
+        self.max_len, self.max_frames, self.max_text = max_len, max_frames, max_text
+        self.ops = LayerOps(kernels.enabled(device) if fused is None else fused)
+        self.groups = config.num_code_groups
+        self.eos = config.codec_eos_token_id
+        self.talker_sampler = TalkerSampler(config, params, device)
+        self.predictor_sampler = PredictorSampler(params)
+        talker.setup_caches(batch, max_len, device, dtype)
+
+        def zeros(*shape, dtype=dtype):
+            return torch.zeros(*shape, device=device, dtype=dtype)
+
+        hidden = config.hidden_size
+        self.hidden = zeros(batch, hidden)
+        self.logits = zeros(batch, config.vocab_size)
+        self.slot = zeros(batch, 1, dtype=torch.int64)
+        self.position = zeros(batch, 1, dtype=torch.int64)
+        self.first_row = zeros(batch, dtype=torch.int32)
+        self.step_count = zeros((), dtype=torch.int64)
+        self.seen = zeros(batch, config.vocab_size, dtype=torch.bool)
+        self.finished = zeros(batch, dtype=torch.bool)
+        self.text = zeros(batch, max_text + 1, hidden)
+        self.seeds = zeros(batch, dtype=torch.int64)
+        self.codes = zeros(batch, max_frames, self.groups, dtype=torch.int64)
+        # The predictor's positions are the same every frame: [0, 1] for the talker hidden state and code 0,
+        # then one position per code fed back.
+        first = torch.arange(2, device=device).expand(batch, 2)
+        self.predictor_positions = [first] + [torch.full((batch, 1), g + 1, device=device)
+                                              for g in range(1, self.groups - 1)]
+        self.predictor_lengths = [torch.full((batch,), int(p[0, -1]) + 1, device=device, dtype=torch.int32)
+                                  for p in self.predictor_positions]
+        self.predictor_starts = zeros(batch, dtype=torch.int32)
+
+    def start(self, hidden: torch.Tensor, logits: torch.Tensor, valid: torch.Tensor, trailing: torch.Tensor,
+              tts_pad: torch.Tensor, seeds: torch.Tensor | None = None) -> None:
+        """Load a prefilled batch: its last hidden state [B, H] and logits [B, V], the prompt's validity
+        [B, T] (False = left padding), trailing text track [B, N, H], tts_pad [H] and seeds [B]."""
+        batch, prompt_len = valid.shape
+        if batch != self.batch or trailing.shape[1] > self.max_text or prompt_len >= self.max_len:
+            raise InputError(f"batch {batch}, prompt {prompt_len}, text track {trailing.shape[1]} do not fit this "
+                             f"frame (batch {self.batch}, max_len {self.max_len}, max_text {self.max_text})")
+        pad = (~valid).sum(-1)
+        self.hidden.copy_(hidden)
+        self.logits.copy_(logits)
+        self.slot.fill_(prompt_len)
+        self.position.copy_((prompt_len - pad)[:, None])
+        self.first_row.copy_(pad)
+        self.step_count.zero_()
+        self.seen.zero_()
+        self.finished.zero_()
+        self.text.copy_(tts_pad.expand_as(self.text))
+        self.text[:, : trailing.shape[1]] = trailing
+        self.seeds.copy_(torch.zeros(batch, dtype=torch.int64) if seeds is None else seeds)
+
+    def _noise(self, group: int, vocab: int) -> torch.Tensor:
+        return exponential_noise(self.seeds, self.step_count * self.groups + group, vocab)
+
+    def _predict(self, x: torch.Tensor, index: int) -> torch.Tensor:
+        predictor = self.talker.code_predictor
+        x = predictor.small_to_mtp_projection(x)
+        positions = self.predictor_positions[index]
+        out = run_stack(predictor.model, self.ops, x, positions, positions, self.predictor_lengths[index],
+                        self.predictor_starts)
+        return out[:, -1]
+
+    def step(self) -> None:
+        """One frame: codes of frame `step_count` into `codes`, the talker's next hidden state and logits."""
+        talker, predictor = self.talker, self.talker.code_predictor
+        sampling, sub_sampling = self.params.do_sample, self.params.subtalker_dosample
+        vocab = predictor.config.vocab_size
+
+        noise = self._noise(0, self.logits.shape[-1]) if sampling else None
+        code0 = self.talker_sampler(self.logits, self.seen, self.step_count, noise=noise)
+        code0 = torch.where(self.finished, self.eos, code0)  # finished rows are fed EOS, as transformers does
+        self.seen.scatter_(1, code0[:, None], True)
+        self.finished |= code0 == self.eos
+
+        codes = [code0]
+        out = self._predict(torch.stack([self.hidden, talker.embed_codec(code0)], dim=1), 0)
+        for group in range(1, self.groups):
+            noise = self._noise(group, vocab) if sub_sampling else None
+            codes.append(self.predictor_sampler(F.linear(out, predictor.lm_head[group - 1].weight), noise=noise))
+            if group + 1 < self.groups:
+                out = self._predict(predictor.embed_code(group, codes[-1])[:, None], group)
+        codes = torch.stack(codes, dim=-1)
+        frame = self.step_count.clamp(max=self.max_frames - 1).view(1)
+        self.codes.index_copy_(1, frame, codes[:, None])
+
+        text = self.text.index_select(1, self.step_count.clamp(max=self.max_text).view(1))
+        x = talker.embed_frame(codes)[:, None] + text
+        lengths = (self.slot[:, 0] + 1).to(torch.int32)
+        hidden = run_stack(talker.model, self.ops, x, self.position, self.slot, lengths, self.first_row)[:, -1]
+        self.hidden.copy_(hidden)
+        self.logits.copy_(F.linear(hidden, talker.codec_head.weight))
+        self.slot += 1
+        self.position += 1
+        self.step_count += 1

@@ -1,0 +1,127 @@
+"""The fast frame (static buffers, sync-free, graph-capturable) generates the reference loop's codes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from qtts import kernels
+from qtts.config import TTSConfig
+from qtts.engine import fast, reference
+from qtts.engine.rng import exponential_noise
+from qtts.models.talker import Talker
+from qtts.prompt import PromptPlan
+from qtts.sampling import SamplingParams
+from qtts.testing.configs import tiny_tts_config
+
+GREEDY = SamplingParams(do_sample=False, subtalker_dosample=False)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny matmuls run ~10x faster on one thread than on two contended ones."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def tiny_talker(seed: int = 0, mtp_projection: bool = True, device="cpu", dtype=torch.float32) -> Talker:
+    torch.manual_seed(seed)
+    config = TTSConfig.from_dict(tiny_tts_config("base", mtp_projection=mtp_projection))
+    talker = Talker(config.talker_config, device=device, dtype=dtype)
+    with torch.no_grad():
+        for name, p in talker.named_parameters():
+            if "norm" in name:  # norms start at ones: randomise so a misplaced one cannot hide
+                p.uniform_(0.5, 1.5)
+    return talker.eval()
+
+
+def plans(talker: Talker, lengths=((7, 3), (4, 6)), seed: int = 1) -> list[PromptPlan]:
+    """Random prompts of different lengths (the batch is left-padded) and trailing text tracks."""
+    torch.manual_seed(seed)
+    weight = talker.codec_head.weight
+    hidden = weight.shape[1]
+    pad = torch.randn(hidden, device=weight.device, dtype=weight.dtype)
+    return [PromptPlan(torch.randn(n, hidden, device=weight.device, dtype=weight.dtype),
+                       torch.randn(m, hidden, device=weight.device, dtype=weight.dtype), pad)
+            for n, m in lengths]
+
+
+@pytest.mark.parametrize("mtp_projection", [True, False])
+def test_frame_gives_the_reference_codes_greedy_fp32(mtp_projection):
+    talker = tiny_talker(mtp_projection=mtp_projection)
+    batch = plans(talker)
+    expected = reference.generate_codes_batch(talker, batch, GREEDY, max_new_tokens=12)
+    got = fast.generate_codes_batch(talker, batch, GREEDY, max_new_tokens=12, graphs=False, fused=False)
+    assert [c.shape for c in got] == [c.shape for c in expected] == [(11, 16)] * 2
+    for g, e in zip(got, expected):
+        assert torch.equal(g, e)
+
+
+@pytest.mark.skipif(not kernels.available(), reason="Triton is not installed")
+def test_frame_with_triton_kernels_gives_the_reference_codes():
+    """The Triton kernels wired into the frame (interpreted on CPU, compiled on GPU) change no code."""
+    talker = tiny_talker(seed=3)
+    batch = plans(talker, seed=4)
+    expected = reference.generate_codes_batch(talker, batch, GREEDY, max_new_tokens=3)
+    got = fast.generate_codes_batch(talker, batch, GREEDY, max_new_tokens=3, graphs=False, fused=True)
+    assert [c.shape for c in got] == [(2, 16)] * 2
+    for g, e in zip(got, expected):
+        assert torch.equal(g, e)
+
+
+def test_rows_stop_at_eos_like_the_reference():
+    talker = tiny_talker(seed=5)
+    with torch.no_grad():  # make EOS likely once min_new_tokens allows it
+        talker.codec_head.weight[talker.config.codec_eos_token_id] *= 6
+    batch = plans(talker, lengths=((5, 2), (9, 1), (3, 4)), seed=6)
+    expected = reference.generate_codes_batch(talker, batch, GREEDY, max_new_tokens=30)
+    got = fast.generate_codes_batch(talker, batch, GREEDY, max_new_tokens=30, graphs=False, fused=False)
+    assert any(c.shape[0] < 29 for c in expected)  # the test only proves something if EOS came
+    assert [c.shape for c in got] == [c.shape for c in expected]
+    for g, e in zip(got, expected):
+        assert torch.equal(g, e)
+
+
+def test_sampling_is_seeded_per_request():
+    talker = tiny_talker(seed=7)
+    batch = plans(talker, lengths=((6, 3), (6, 3)), seed=8)
+    batch[1] = batch[0]  # the same prompt twice: only the seeds differ
+    params = SamplingParams(seed=11)
+    first = fast.generate_codes_batch(talker, batch, params, max_new_tokens=8, graphs=False, fused=False,
+                                      seeds=[11, 12])
+    again = fast.generate_codes_batch(talker, batch, params, max_new_tokens=8, graphs=False, fused=False,
+                                      seeds=[11, 12])
+    assert all(torch.equal(a, b) for a, b in zip(first, again))
+    assert not torch.equal(first[0], first[1])
+    assert all(int(c[:, 1:].max()) < 2048 and int(c[:, 0].max()) < 2048 for c in first)
+
+
+def test_exponential_noise_is_exp1_and_keyed_by_seed_and_counter():
+    seeds = torch.tensor([0, 1, 2**40 + 5])
+    noise = exponential_noise(seeds, torch.tensor(3), 20000)
+    assert noise.shape == (3, 20000) and torch.isfinite(noise).all() and (noise > 0).all()
+    assert abs(noise.mean().item() - 1) < 0.02 and abs(noise.var().item() - 1) < 0.05
+    assert not torch.equal(noise[0], noise[1])
+    assert not torch.equal(noise, exponential_noise(seeds, torch.tensor(4), 20000))
+    assert torch.equal(noise, exponential_noise(seeds, torch.tensor(3), 20000))
+
+
+@pytest.mark.gpu
+def test_graph_frames_run_without_host_sync_and_match_eager():
+    talker = tiny_talker(seed=9, device="cuda")
+    batch = plans(talker, seed=10)
+    expected = reference.generate_codes_batch(talker, batch, GREEDY, max_new_tokens=12)
+    frame_test = fast.Frame(talker, 2, 64, 16, 8, GREEDY)
+    graph = fast.FrameGraph(frame_test)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for _ in range(10):
+            graph()
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    got = fast.generate_codes_batch(talker, batch, GREEDY, max_new_tokens=12)
+    for g, e in zip(got, expected):
+        assert torch.equal(g, e)
