@@ -61,3 +61,23 @@ def test_missing_tokenizer_file_is_a_checkpoint_error(folder, tmp_path):
     (tmp_path / "vocab.json").write_text((folder / "vocab.json").read_text(encoding="utf-8"), encoding="utf-8")
     with pytest.raises(CheckpointError, match="merges.txt"):
         TextTokenizer.from_folder(tmp_path)
+
+
+def test_local_folder_with_config_gets_mistral_regex_but_we_keep_qwen(folder, tmp_path):
+    """Spec pitfall 12: transformers 4.57.3 swaps in a Mistral split regex for a local folder whose
+    config.json lacks `transformers_version`; loading by hub id keeps Qwen's. We tokenize as the hub id does."""
+    official()
+    from transformers import AutoTokenizer
+
+    for name in ("vocab.json", "merges.txt", "tokenizer_config.json"):
+        (tmp_path / name).write_bytes((folder / name).read_bytes())
+    (tmp_path / "config.json").write_text('{"model_type": "qwen3_tts"}', encoding="utf-8")
+    patched = AutoTokenizer.from_pretrained(tmp_path, fix_mistral_regex=True)
+    hub_like = AutoTokenizer.from_pretrained(folder, fix_mistral_regex=True)
+    ours = TextTokenizer.from_folder(folder)
+    text = "helloWorld and camelCaseWords"
+    assert ours.encode(text) == hub_like(text)["input_ids"]
+    def pieces(tokenizer):
+        return [piece for piece, _ in tokenizer.backend_tokenizer.pre_tokenizer.pre_tokenize_str(text)]
+
+    assert pieces(patched) != pieces(hub_like)  # the patch splits "helloWorld" into "hello", "World"

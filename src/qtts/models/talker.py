@@ -43,6 +43,9 @@ class TextProjection(nn.Module):
 
 
 class Talker(nn.Module):
+    """`talker.*`: decoder + text projection + codec head + code predictor, with embedding helpers for
+    the two input tracks and the frame feedback. Call `setup_caches` before the first forward."""
+
     def __init__(self, config: TalkerConfig, device=None, dtype=None):
         super().__init__()
         self.config = config
