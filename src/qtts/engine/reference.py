@@ -40,7 +40,8 @@ class DecodeState:
 def prefill(talker: Talker, embeds: torch.Tensor, state: DecodeState):
     """Run the prompt [batch, T, hidden]; return the last hidden state [batch, hidden] and logits [batch, vocab]."""
     slots = state.slots[: state.prompt_len]
-    hidden = talker(embeds, state.prompt_positions, slots, attention_mask(state.valid_slots, slots))[:, -1]
+    mask = attention_mask(state.valid_slots[:, : state.prompt_len], slots)
+    hidden = talker(embeds, state.prompt_positions, slots, mask)[:, -1]
     return hidden, talker.codec_head(hidden)
 
 
@@ -50,7 +51,9 @@ def talker_step(talker: Talker, inputs: torch.Tensor, step: int, state: DecodeSt
     slot = state.slots[state.prompt_len + step: state.prompt_len + step + 1]
     state.valid_slots.index_fill_(1, slot, True)
     positions = slot[None, :] - state.pad_count
-    hidden = talker(inputs[:, None], positions, slot, attention_mask(state.valid_slots, slot))[:, -1]
+    # Attend over the filled slots only (the host knows how many): cost grows with the sequence, not max_len.
+    mask = attention_mask(state.valid_slots[:, : state.prompt_len + step + 1], slot)
+    hidden = talker(inputs[:, None], positions, slot, mask)[:, -1]
     return hidden, talker.codec_head(hidden)
 
 

@@ -100,7 +100,8 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, slots: torch.Tensor,
                 mask: torch.Tensor) -> torch.Tensor:
-        """x [batch, seq, hidden]; cos/sin [batch, seq, head_dim]; slots [seq]; mask [batch, 1, seq, max_len]."""
+        """x [batch, seq, hidden]; cos/sin [batch, seq, head_dim]; slots [seq]; bool mask [batch, 1, seq, L]
+        over the first L <= max_len cache slots."""
         batch, seq, _ = x.shape
         q = self.q_norm(self.q_proj(x).view(batch, seq, self.num_heads, self.head_dim)).transpose(1, 2)
         k = self.k_norm(self.k_proj(x).view(batch, seq, self.num_kv_heads, self.head_dim)).transpose(1, 2)
@@ -109,6 +110,9 @@ class Attention(nn.Module):
         if self.kv_cache is None:
             raise RuntimeError("attention has no KV cache: call setup_caches() on the model first")
         k, v = self.kv_cache.update(slots, k, v)
+        # A mask shorter than the cache limits attention to its leading slots (a view: no copy, no sync),
+        # so a caller that knows how far the cache is filled does not pay for the empty rest.
+        k, v = k[:, :, : mask.shape[-1]], v[:, :, : mask.shape[-1]]
         # Repeat kv heads explicitly: SDPA's enable_gqa takes a path ~100x slower on CPU.
         groups = self.num_heads // self.num_kv_heads
         k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
@@ -154,7 +158,8 @@ class DecoderStack(nn.Module):
     def forward(self, x: torch.Tensor, positions: torch.Tensor, slots: torch.Tensor,
                 mask: torch.Tensor) -> torch.Tensor:
         """x [batch, seq, hidden]; RoPE `positions` [batch, seq]; cache `slots` [seq]; bool `mask`
-        [batch, 1, seq, max_len] (True = may attend). Returns the final-norm hidden states."""
+        [batch, 1, seq, L] over the first L <= max_len cache slots (True = may attend). Returns the
+        final-norm hidden states."""
         cos, sin = rope_cos_sin(positions, self.inv_freq, x.dtype)
         for layer in self.layers:
             x = layer(x, cos, sin, slots, mask)
