@@ -23,10 +23,6 @@ class PromptPlan:
     trailing: torch.Tensor  # [N, hidden]: text-track vector added to frame k's feedback, k < N
     tts_pad: torch.Tensor  # [hidden]: text-track vector after the trailing track ends
 
-    def text_vector(self, frame: int) -> torch.Tensor:
-        """Text-track vector for the input that follows `frame` (spec 5.4)."""
-        return self.trailing[frame] if frame < self.trailing.shape[0] else self.tts_pad
-
 
 def supported_languages(config: TTSConfig) -> list[str]:
     """`auto` plus every codec language tag except the dialect ones, lower-case and sorted."""
