@@ -66,3 +66,19 @@ def test_code_predictor_hidden_states_equal_official(mtp_projection):
     talker.code_predictor.setup_caches(2)
     ours = talker.code_predictor(x, torch.arange(5))
     torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("size", ["0.6b", "1.7b"])
+def test_real_size_state_dict_equals_official_on_meta(size):
+    official_model()  # imports the oracle
+    from qwen_tts.core.models.configuration_qwen3_tts import Qwen3TTSConfig
+    from qwen_tts.core.models.modeling_qwen3_tts import Qwen3TTSTalkerForConditionalGeneration
+    from qtts.testing.configs import real_tts_config
+
+    data = real_tts_config("custom_voice", size)
+    with torch.device("meta"):
+        theirs = Qwen3TTSTalkerForConditionalGeneration(Qwen3TTSConfig(**data).talker_config)
+    ours = Talker(TalkerConfig.from_dict(data["talker_config"]), device="meta")
+    assert {k: tuple(v.shape) for k, v in ours.state_dict().items()} == \
+        {k: tuple(v.shape) for k, v in theirs.state_dict().items()}
+    assert sum(p.numel() for p in ours.parameters()) == sum(p.numel() for p in theirs.parameters())
