@@ -13,6 +13,7 @@ from qtts import kernels
 from qtts.kernels.decode_attention import decode_attention_reference, decode_attention_triton
 from qtts.kernels.qk_norm_rope import qk_norm_rope_cache_reference, qk_norm_rope_cache_triton
 from qtts.kernels.rms_norm import add_rms_norm, add_rms_norm_reference, add_rms_norm_triton
+from qtts.kernels.sample import exponential_noise, sample_codes_reference, sample_codes_triton
 from qtts.kernels.snake import snake_beta_reference, snake_beta_triton
 from qtts.kernels.swiglu import silu_mul_reference, silu_mul_triton
 from qtts.models.layers import RMSNorm, rope_inverse_frequencies
@@ -133,3 +134,36 @@ def test_decode_attention_matches_reference(device, dtype, seq, head_dim):
     no_padding = decode_attention_triton(q, k_cache.nan_to_num(), v_cache.nan_to_num(), lengths, scale)
     assert_same_function(no_padding, decode_attention_reference(q, k_cache.nan_to_num(), v_cache.nan_to_num(),
                                                                 lengths, scale))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("do_sample", [True, False])
+@pytest.mark.parametrize("talker", [True, False])
+def test_sample_codes_matches_reference(device, do_sample, talker):
+    """Same ids as the PyTorch processors + exponential-trick draw with the same counter-based noise.
+    (A small vocabulary: the interpreter's sort is slow; the GPU run covers the real 3072 and 2048.)"""
+    vocab = 3072 if device == "cuda" else 100
+    batch = 4
+    logits = 3 * torch.randn(batch, vocab, device=device)
+    seeds = torch.tensor([0, 1, 7, 2**40], device=device)
+    kwargs = dict(do_sample=do_sample, temp=0.9, k=10)
+    if talker:
+        eos = vocab - 20
+        kwargs |= dict(seen=torch.rand(batch, vocab, device=device) < 0.2, generated=torch.tensor(1, device=device),
+                       penalty=1.05, eos_id=eos, min_new_tokens=2, suppress_from=vocab - 30)
+        logits[:, eos] = 50  # EOS would win if min_new_tokens did not mask it
+    for frame in range(3):
+        ids = sample_codes_triton(logits, seeds, torch.tensor(frame, device=device), counter_scale=16,
+                                  counter_offset=5, **kwargs)
+        expected = sample_codes_reference(logits, seeds, torch.tensor(frame * 16 + 5, device=device), **kwargs)
+        assert torch.equal(ids, expected)
+
+
+def test_exponential_noise_is_exp1_and_keyed_by_seed_and_counter():
+    seeds = torch.tensor([0, 1, 2**40 + 5])
+    noise = exponential_noise(seeds, torch.tensor(3), 20000)
+    assert noise.shape == (3, 20000) and torch.isfinite(noise).all() and (noise > 0).all()
+    assert abs(noise.mean().item() - 1) < 0.02 and abs(noise.var().item() - 1) < 0.05
+    assert not torch.equal(noise[0], noise[1])
+    assert not torch.equal(noise, exponential_noise(seeds, torch.tensor(4), 20000))
+    assert torch.equal(noise, exponential_noise(seeds, torch.tensor(3), 20000))

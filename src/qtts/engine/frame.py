@@ -18,11 +18,11 @@ from ..errors import InputError
 from ..kernels.decode_attention import decode_attention_reference, decode_attention_triton
 from ..kernels.qk_norm_rope import qk_norm_rope_cache_reference, qk_norm_rope_cache_triton
 from ..kernels.rms_norm import add_rms_norm_reference, add_rms_norm_triton
+from ..kernels.sample import exponential_noise, sample_codes_triton
 from ..kernels.swiglu import silu_mul_reference, silu_mul_triton
 from ..models.layers import DecoderStack
 from ..models.talker import Talker
 from ..sampling import PredictorSampler, SamplingParams, TalkerSampler
-from .rng import exponential_noise
 
 
 class LayerOps:
@@ -79,9 +79,12 @@ class Frame:
         self.talker, self.params, self.batch = talker, params, batch
         self.max_len, self.max_frames, self.max_text = max_len, max_frames, max_text
         self.ops = LayerOps(kernels.enabled(device) if fused is None else fused)
+        # The fused sampler has no top-p; with top-p < 1 the frame keeps the PyTorch processors.
+        self.fused_sampling = self.ops.fused and params.top_p >= 1.0 and params.subtalker_top_p >= 1.0
         self.groups = config.num_code_groups
         self.eos = config.codec_eos_token_id
         self.talker_sampler = TalkerSampler(config, params, device)
+        self.suppress_from = config.vocab_size - 1024  # control ids, as TalkerSampler suppresses them
         self.predictor_sampler = PredictorSampler(params)
         talker.setup_caches(batch, max_len, device, dtype)
 
@@ -130,7 +133,28 @@ class Frame:
         self.text[:, : trailing.shape[1]] = trailing
         self.seeds.copy_(torch.zeros(batch, dtype=torch.int64) if seeds is None else seeds)
 
+    def _sample_code0(self) -> torch.Tensor:
+        p = self.params
+        if self.fused_sampling:
+            return sample_codes_triton(
+                self.logits, self.seeds, self.step_count, do_sample=p.do_sample, temp=p.temperature, k=p.top_k,
+                seen=self.seen, generated=self.step_count, penalty=p.repetition_penalty, eos_id=self.eos,
+                min_new_tokens=p.min_new_tokens, suppress_from=self.suppress_from,
+                counter_scale=self.groups)
+        noise = self._noise(0, self.logits.shape[-1]) if p.do_sample else None
+        return self.talker_sampler(self.logits, self.seen, self.step_count, noise=noise)
+
+    def _sample_code(self, group: int, logits: torch.Tensor) -> torch.Tensor:
+        p = self.params
+        if self.fused_sampling:
+            return sample_codes_triton(
+                logits, self.seeds, self.step_count, do_sample=p.subtalker_dosample, temp=p.subtalker_temperature,
+                k=p.subtalker_top_k, counter_scale=self.groups, counter_offset=group)
+        noise = self._noise(group, logits.shape[-1]) if p.subtalker_dosample else None
+        return self.predictor_sampler(logits, noise=noise)
+
     def _noise(self, group: int, vocab: int) -> torch.Tensor:
+        """Exp(1) noise of draw `group` of this frame, keyed by each row's seed."""
         return exponential_noise(self.seeds, self.step_count * self.groups + group, vocab)
 
     def _predict(self, x: torch.Tensor, index: int) -> torch.Tensor:
@@ -144,11 +168,7 @@ class Frame:
     def step(self) -> None:
         """One frame: codes of frame `step_count` into `codes`, the talker's next hidden state and logits."""
         talker, predictor = self.talker, self.talker.code_predictor
-        sampling, sub_sampling = self.params.do_sample, self.params.subtalker_dosample
-        vocab = predictor.config.vocab_size
-
-        noise = self._noise(0, self.logits.shape[-1]) if sampling else None
-        code0 = self.talker_sampler(self.logits, self.seen, self.step_count, noise=noise)
+        code0 = self._sample_code0()
         code0 = torch.where(self.finished, self.eos, code0)  # finished rows are fed EOS, as transformers does
         self.seen.scatter_(1, code0[:, None], True)
         self.finished |= code0 == self.eos
@@ -156,8 +176,7 @@ class Frame:
         codes = [code0]
         out = self._predict(torch.stack([self.hidden, talker.embed_codec(code0)], dim=1), 0)
         for group in range(1, self.groups):
-            noise = self._noise(group, vocab) if sub_sampling else None
-            codes.append(self.predictor_sampler(F.linear(out, predictor.lm_head[group - 1].weight), noise=noise))
+            codes.append(self._sample_code(group, F.linear(out, predictor.lm_head[group - 1].weight)))
             if group + 1 < self.groups:
                 out = self._predict(predictor.embed_code(group, codes[-1])[:, None], group)
         codes = torch.stack(codes, dim=-1)

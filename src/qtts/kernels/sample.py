@@ -1,0 +1,130 @@
+"""Logits processing and the draw of one code per row in one launch (the eager path takes ~20 launches),
+with counter-based noise: Exp(1) samples that are a pure function of (request seed, draw counter, id).
+
+No generator state lives on the host or the device, so a captured CUDA graph replays fresh noise every
+frame (the counter is a device tensor the graph advances), and a request's draws do not depend on which
+other requests share its batch.
+
+The function is the official processing (spec 4) as `qtts.sampling` implements it, with the noise of
+`exponential_noise` generated in the kernel from (seed, counter, id): for the talker,
+repetition penalty over `seen` ids, EOS masked before `min_new_tokens`, ids from `suppress_from` on
+suppressed except EOS; then, when sampling, temperature -> top-k -> softmax -> argmax(p / Exp(1) noise);
+otherwise argmax. top-p < 1 is not fused: callers use the reference for it.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from qtts.kernels import jit, next_power_of_2, tl
+from qtts.sampling import draw, mask_eos_before, repetition_penalty, suppress, temperature, top_k
+
+_MASK32 = 0xFFFFFFFF
+
+
+def _mix32_reference(x: torch.Tensor) -> torch.Tensor:
+    """A 32-bit integer hash (the 'lowbias32' mixer) on int64 tensors holding values below 2**32."""
+    x = x ^ (x >> 16)
+    x = (x * 0x7FEB352D) & _MASK32
+    x = x ^ (x >> 15)
+    x = (x * 0x846CA68B) & _MASK32
+    return x ^ (x >> 16)
+
+
+def exponential_noise(seeds: torch.Tensor, counter: torch.Tensor, vocab: int) -> torch.Tensor:
+    """Exp(1) samples [batch, vocab] for request `seeds` [batch] (int64) at draw `counter` (int64 tensor,
+    0-d or [batch]). Uniforms have 24 bits, strictly inside (0, 1), so the log is finite."""
+    stream = _mix32_reference((seeds & _MASK32) ^ 0x9E3779B9)
+    stream = _mix32_reference((stream + (counter & _MASK32)) & _MASK32)
+    index = torch.arange(vocab, device=seeds.device, dtype=torch.int64)
+    bits = _mix32_reference((stream[:, None] ^ _mix32_reference(index)[None, :]) & _MASK32)
+    uniform = ((bits >> 8).to(torch.float32) + 0.5) * (1.0 / (1 << 24))
+    return -torch.log(uniform)
+
+
+def sample_codes_reference(
+    logits: torch.Tensor, seeds: torch.Tensor, counter: torch.Tensor, *, do_sample: bool, temp: float,
+    k: int, seen: torch.Tensor | None = None, generated: torch.Tensor | None = None, penalty: float = 1.0,
+    eos_id: int = -1, min_new_tokens: int = 0, suppress_from: int | None = None,
+) -> torch.Tensor:
+    """Ids [B] from logits [B, V]. `seen` (bool [B, V]) turns on the talker's processing; `counter` is the
+    draw's 0-d int64 tensor (frame * 16 + codebook) keying the noise with each row's seed."""
+    scores = logits.float()
+    if seen is not None:
+        if penalty != 1.0:
+            scores = repetition_penalty(scores, seen, penalty)
+        if min_new_tokens > 0:
+            scores = mask_eos_before(scores, eos_id, generated, min_new_tokens)
+        if suppress_from is not None:
+            ids = torch.arange(scores.shape[-1], device=scores.device)
+            scores = suppress(scores, (ids >= suppress_from) & (ids != eos_id))
+    if not do_sample:
+        return draw(scores, False)
+    scores = top_k(temperature(scores, temp), k)
+    return draw(scores, True, noise=exponential_noise(seeds, counter, scores.shape[-1]))
+
+
+@jit
+def _mix32(x):
+    x = x ^ (x >> 16)
+    x = (x * 0x7FEB352D) & 0xFFFFFFFF
+    x = x ^ (x >> 15)
+    x = (x * 0x846CA68B) & 0xFFFFFFFF
+    return x ^ (x >> 16)
+
+
+@jit
+def _sample_codes_kernel(
+    logits_ptr, seeds_ptr, counter_ptr, seen_ptr, generated_ptr, out_ptr,
+    vocab, temp, penalty, eos_id, min_new_tokens, suppress_from, counter_scale, counter_offset,
+    TALKER: tl.constexpr, DO_SAMPLE: tl.constexpr, TOP_K: tl.constexpr, BLOCK_V: tl.constexpr,
+):
+    row = tl.program_id(0).to(tl.int64)
+    ids = tl.arange(0, BLOCK_V)
+    in_vocab = ids < vocab
+    x = tl.load(logits_ptr + row * vocab + ids, mask=in_vocab, other=float("-inf")).to(tl.float32)
+    if TALKER:
+        seen = tl.load(seen_ptr + row * vocab + ids, mask=in_vocab, other=0) != 0
+        x = tl.where(seen, tl.where(x < 0, x * penalty, x / penalty), x)
+        generated = tl.load(generated_ptr)
+        x = tl.where((ids == eos_id) & (generated < min_new_tokens), float("-inf"), x)
+        x = tl.where((ids >= suppress_from) & (ids != eos_id), float("-inf"), x)
+    if DO_SAMPLE:
+        x = x / temp
+        if TOP_K > 0:
+            ranked = tl.sort(x, descending=True)
+            kth = tl.max(tl.where(ids == TOP_K - 1, ranked, float("-inf")), axis=0)
+            x = tl.where(x < kth, float("-inf"), x)
+        p = tl.exp(x - tl.max(x, axis=0))
+        p = p / tl.sum(p, axis=0)
+        # the noise of exponential_noise, bit for bit: 32-bit hashes kept in int64
+        counter = tl.load(counter_ptr).to(tl.int64) * counter_scale + counter_offset
+        stream = _mix32((tl.load(seeds_ptr + row).to(tl.int64) & 0xFFFFFFFF) ^ 0x9E3779B9)
+        stream = _mix32((stream + (counter & 0xFFFFFFFF)) & 0xFFFFFFFF)
+        bits = _mix32((stream ^ _mix32(ids.to(tl.int64))) & 0xFFFFFFFF)
+        uniform = ((bits >> 8).to(tl.float32) + 0.5) * (1.0 / 16777216.0)
+        x = tl.where(in_vocab, p / -tl.log(uniform), -1.0)
+    tl.store(out_ptr + row, tl.argmax(x, axis=0).to(tl.int64))
+
+
+def sample_codes_triton(
+    logits: torch.Tensor, seeds: torch.Tensor, counter: torch.Tensor, *, do_sample: bool, temp: float,
+    k: int, seen: torch.Tensor | None = None, generated: torch.Tensor | None = None, penalty: float = 1.0,
+    eos_id: int = -1, min_new_tokens: int = 0, suppress_from: int | None = None,
+    counter_scale: int = 1, counter_offset: int = 0,
+) -> torch.Tensor:
+    """As the reference, with the counter given as `counter * counter_scale + counter_offset` so a frame
+    can key all 16 draws off its one frame counter without extra launches."""
+    batch, vocab = logits.shape
+    talker = seen is not None
+    out = torch.empty(batch, device=logits.device, dtype=torch.int64)
+    block = next_power_of_2(vocab)
+    _sample_codes_kernel[(batch,)](
+        logits.contiguous(), seeds, counter, seen.view(torch.uint8) if talker else logits,
+        generated if talker else counter, out,
+        vocab, float(temp), float(penalty), eos_id, min_new_tokens,
+        vocab if suppress_from is None else suppress_from, counter_scale, counter_offset,
+        TALKER=talker, DO_SAMPLE=do_sample, TOP_K=min(k, vocab) if do_sample else 0, BLOCK_V=block,
+        num_warps=8 if block >= 4096 else 4,
+    )
+    return out
