@@ -66,7 +66,9 @@ def machine() -> dict:
     }
 
 
-def run_system(name: str, checkpoint: Path, args: argparse.Namespace, timeout_s: float, out: Path) -> list:
+def run_system(name: str, checkpoint: Path, args: argparse.Namespace, timeout_s: float,
+               out: Path) -> tuple[list, str]:
+    """Run one system's runner in its own process; its results and a one-line account of the run."""
     spec = SYSTEMS[name]
     command = [sys.executable, *spec["runner"], str(checkpoint), "--frames", str(args.frames),
                "--runs", str(args.runs), "--texts", args.texts, "--model", f"{args.size}-CV"]
@@ -82,10 +84,11 @@ def run_system(name: str, checkpoint: Path, args: argparse.Namespace, timeout_s:
         status = f"stopped after {timeout_s:.0f} s"
     log.write_text(stderr)
     results = [measure.Result.from_dict(json.loads(line)) for line in stdout.splitlines() if line.startswith("{")]
-    print(f"{name}: {status}, {len(results)} result(s) in {time.perf_counter() - start:.0f} s", flush=True)
+    account = f"{name}: {status}, {len(results)} result(s) in {time.perf_counter() - start:.0f} s (log: {log.name})"
+    print(account, flush=True)
     if len(results) < len(args.texts.split(",")):
         print("\n".join(stderr.strip().splitlines()[-15:]), flush=True)
-    return results
+    return results, account
 
 
 def main() -> None:
@@ -112,20 +115,24 @@ def main() -> None:
     host = machine()
     print(f"ready after {args.budget_s - (deadline - time.perf_counter()):.0f} s: {host}", flush=True)
 
-    results = []
+    results, accounts = [], []
     for name in args.systems.split(","):
         left = deadline - time.perf_counter()
         if left < 30:
-            print(f"{name}: skipped, {left:.0f} s of the budget left", flush=True)
+            accounts.append(f"{name}: skipped, {left:.0f} s of the budget left")
+            print(accounts[-1], flush=True)
             continue
-        results += run_system(name, checkpoint, args, left, args.out)
+        found, account = run_system(name, checkpoint, args, left, args.out)
+        results += found
+        accounts.append(account)
 
     table = measure.markdown_table(results)
     header = (f"{host['gpu']}, torch {host['torch']} (CUDA {host['cuda']}), Python {host['python']}, "
               f"{host['date']}; `{' '.join(sys.argv)}`")
+    footer = "\n".join(f"- {account}" for account in accounts)
     (args.out / "results.jsonl").write_text("".join(r.to_json() + "\n" for r in results))
-    (args.out / "table.md").write_text(f"{header}\n\n{table}\n")
-    print(f"\n{header}\n\n{table}")
+    (args.out / "table.md").write_text(f"{header}\n\n{table}\n\n{footer}\n")
+    print(f"\n{header}\n\n{table}\n\n{footer}")
 
 
 if __name__ == "__main__":

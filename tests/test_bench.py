@@ -171,3 +171,22 @@ def test_qtts_bench_measures_a_tiny_checkpoint_on_the_gpu(tmp_path):
     assert result.frames == 20 and result.xrt.n == 3
     assert math.isfinite(result.xrt.median) and result.xrt.median > 0
     assert result.peak_alloc_gib > 0
+
+
+def test_orchestrator_keeps_results_printed_before_a_runner_overran(tmp_path, monkeypatch):
+    """A slow engine stopped by the call's budget still contributes the texts it finished."""
+    import argparse
+
+    monkeypatch.syspath_prepend(str(BENCH_DIR))
+    import compare
+
+    line = _result("slow engine", None).to_json()
+    runner = tmp_path / "runner.py"
+    runner.write_text(f"import sys, time\nprint({line!r}, flush=True)\ntime.sleep(60)\n")
+    monkeypatch.setitem(compare.SYSTEMS, "slow", {"paths": [], "runner": [str(runner)]})
+    args = argparse.Namespace(frames=250, runs=3, texts="sentence,passage", size="0.6b")
+    start = time.perf_counter()
+    results, account = compare.run_system("slow", tmp_path, args, timeout_s=5, out=tmp_path)
+    assert time.perf_counter() - start < 30
+    assert [r.system for r in results] == ["slow engine"]
+    assert "stopped after 5 s" in account and (tmp_path / "slow.log").exists()
