@@ -1,0 +1,357 @@
+"""The OpenAI-compatible HTTP layer over one loaded `TTS`: speech, voices, models, health and metrics.
+
+Handlers check what only the server knows (model name, voice ids, formats, limits), hand the model work
+to the single `SynthesisWorker`, and turn its results into bytes. Nothing here touches the model directly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import math
+import time
+from collections.abc import AsyncIterator, Callable, Iterable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, File, Form, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from starlette.exceptions import HTTPException
+
+from .. import __version__
+from ..audio import SAMPLES_PER_FRAME
+from ..errors import InputError, VoiceError
+from .formats import DEFAULT_FORMAT, FORMATS, AudioFormat, StreamEncoder, encode
+from .metrics import Metrics, RequestCounter
+from .schemas import (
+    ApiError,
+    SpeechRequest,
+    audio_delta_event,
+    audio_done_event,
+    error_event,
+    voice_deleted,
+    voice_object,
+)
+from .voice_store import StoredVoice, VoiceStore
+from .worker import Job, JobCancelled, QueueFull, SynthesisWorker
+
+logger = logging.getLogger(__name__)
+
+MAX_INPUT_CHARS = 4096  # OpenAI's limit for one speech request
+MAX_UPLOAD_BYTES = 10 * 2**20  # OpenAI's limit for a voice sample
+DEFAULT_MAX_QUEUE = 64
+RETRY_AFTER_SECONDS = 1
+# Model names OpenAI clients are configured with; they all mean "the model this server runs".
+OPENAI_TTS_MODELS = ("tts-1", "tts-1-hd", "gpt-4o-mini-tts")
+CLIENT_CLOSED = 499  # nginx's status for a client that left before the answer; only logs ever see it
+
+
+def create_app(tts, *, model_name: str | None = None, voices_dir: str | Path | None = None,
+               max_queue: int = DEFAULT_MAX_QUEUE, max_input_chars: int = MAX_INPUT_CHARS) -> FastAPI:
+    """A FastAPI app serving `tts` (a `qtts.TTS`); its synthesis worker runs while the app is up.
+
+    `model_name` is the id clients send and `/v1/models` lists (default: the checkpoint's name);
+    `voices_dir` keeps cloned voices across restarts (Base models); `max_queue` requests may wait behind
+    the running one before new ones get 503.
+    """
+    served_name = model_name or tts.checkpoint.name
+    worker = SynthesisWorker(max_queue)
+    metrics = Metrics(worker)
+    is_base = tts.model_type == "base"
+    if voices_dir is not None and not is_base:
+        logger.warning("ignoring voices_dir: voices are for Base models and this is a %s model", tts.model_type)
+    voices = VoiceStore(voices_dir if is_base else None, hidden_size=tts.hidden_size)
+    started = int(time.time())
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        worker.start()
+        try:
+            yield
+        finally:
+            await asyncio.to_thread(worker.stop)
+
+    app = FastAPI(title="qtts", version=__version__, lifespan=lifespan,
+                  description="OpenAI-compatible speech synthesis with Qwen3-TTS")
+    app.add_middleware(RequestCounter, metrics=metrics)
+    _add_error_handlers(app)
+
+    def submit(produce: Callable[[], Iterable[Any]]) -> Job:
+        try:
+            return worker.submit(produce)
+        except QueueFull as exc:
+            raise ApiError(503, f"the server is busy ({exc}); retry in a moment", code="server_busy",
+                           headers={"Retry-After": str(RETRY_AFTER_SECONDS)}) from None
+
+    # -- speech -------------------------------------------------------------------------------------------
+    def check_model(name: str | None) -> None:
+        if name is None or name == served_name or name in OPENAI_TTS_MODELS or name.startswith("gpt-4o-mini-tts"):
+            return
+        raise ApiError(404, f"model {name!r} is not served here; this server runs {served_name!r}",
+                       code="model_not_found", param="model")
+
+    def voice_arguments(body: SpeechRequest) -> dict[str, Any]:
+        """The synthesize() keywords that pick the voice, by model type."""
+        voice_id = body.voice_id
+        if is_base:
+            if body.instructions:
+                raise ApiError(400, "instructions are not supported by a Base (voice clone) model",
+                               code="unsupported_parameter", param="instructions")
+            if not voice_id:
+                raise ApiError(400, "voice is required: the id of a voice made with POST /v1/voices",
+                               code="voice_not_found", param="voice")
+            stored = voices.get(voice_id)
+            if stored is None:
+                raise ApiError(400, f"unknown voice {voice_id!r}; make one with POST /v1/voices "
+                               "(GET /v1/voices lists them)", code="voice_not_found", param="voice")
+            return {"voice": stored.voice}
+        if tts.model_type == "custom_voice":
+            if not voice_id or voice_id.lower() not in tts.speakers:
+                given = f"unknown voice {voice_id!r}" if voice_id else "voice is required"
+                raise ApiError(400, f"{given}; this model's speakers are: {', '.join(tts.speakers)}",
+                               code="voice_not_found", param="voice")
+            return {"speaker": voice_id, "instruct": body.instructions}
+        return {"instruct": body.instructions}  # VoiceDesign: the instructions are the voice
+
+    def check_speech(body: SpeechRequest) -> AudioFormat:
+        check_model(body.model)
+        name = (body.response_format or DEFAULT_FORMAT).lower()
+        if name not in FORMATS:
+            raise ApiError(400, f"response_format {name!r} is not supported here; choose one of: "
+                           f"{', '.join(FORMATS)}", code="unsupported_format", param="response_format")
+        if not body.input.strip():
+            raise ApiError(400, "input is empty; send the text to speak", code="invalid_input", param="input")
+        if len(body.input) > max_input_chars:
+            raise ApiError(400, f"input is {len(body.input)} characters; the limit is {max_input_chars}. "
+                           "Split the text and send the parts one by one.", code="input_too_long", param="input")
+        if body.speed != 1.0:
+            raise ApiError(400, f"speed {body.speed:g} is not supported: qtts speaks at the model's own pace "
+                           "(speed 1.0)", code="unsupported_value", param="speed")
+        if body.language.lower() not in tts.languages:
+            raise ApiError(400, f"unsupported language {body.language!r}; choose one of: "
+                           f"{', '.join(tts.languages)}", code="unsupported_language", param="language")
+        return FORMATS[name]
+
+    @app.post("/v1/audio/speech", summary="Speech for text (OpenAI's create speech)")
+    async def speech(body: SpeechRequest, request: Request):
+        fmt = check_speech(body)
+        arguments = {"text": body.input, "language": body.language, **voice_arguments(body), **body.sampling()}
+        # pcm has no container, so it always leaves as it is made; wav streams when asked (its header then
+        # cannot know the length); flac, mp3 and opus need the whole signal.
+        incremental = fmt.incremental and (body.stream_format is not None or fmt.name == "pcm")
+        if incremental:
+            job = submit(lambda: tts.synthesize(stream=True, **arguments))
+        else:
+            job = submit(lambda: [tts.synthesize(**arguments)])
+        first = await first_result(job, request)
+        if first is CLIENT_GONE:
+            return Response(status_code=CLIENT_CLOSED)
+        if body.stream_format == "sse":
+            input_tokens = len(tts.tokenizer.encode(body.input))
+            return StreamingResponse(sse_stream(job, first, fmt, incremental, input_tokens),
+                                     media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+        if incremental:
+            return StreamingResponse(audio_stream(job, first, fmt), media_type=fmt.media_type)
+        metrics.audio_seconds += first.duration
+        return Response(encode(first.samples, fmt), media_type=fmt.media_type)
+
+    async def audio_stream(job: Job, first, fmt: AudioFormat) -> AsyncIterator[bytes]:
+        encoder = StreamEncoder(fmt)
+        try:
+            async for audio in _chain(first, job):
+                metrics.audio_seconds += audio.duration
+                yield encoder.encode(audio.samples)
+            yield encoder.finish()
+        except Exception:
+            # The status line has left; aborting the connection is how the client learns the audio is cut.
+            logger.exception("speech stream failed after its first chunk")
+            raise
+        finally:
+            job.cancel()  # a no-op when the job finished; stops generation when the client left mid-stream
+
+    async def sse_stream(job: Job, first, fmt: AudioFormat, incremental: bool,
+                         input_tokens: int) -> AsyncIterator[bytes]:
+        encoder = StreamEncoder(fmt) if incremental else None
+        samples = 0
+        try:
+            async for audio in _chain(first, job):
+                metrics.audio_seconds += audio.duration
+                samples += len(audio.samples)
+                data = encoder.encode(audio.samples) if encoder else encode(audio.samples, fmt)
+                yield audio_delta_event(base64.b64encode(data).decode("ascii"))
+            tail = encoder.finish() if encoder else b""
+            if tail:
+                yield audio_delta_event(base64.b64encode(tail).decode("ascii"))
+            yield audio_done_event(input_tokens, math.ceil(samples / SAMPLES_PER_FRAME))
+        except Exception as exc:
+            yield error_event(_api_error(exc))
+        finally:
+            job.cancel()
+
+    # -- voices -------------------------------------------------------------------------------------------
+    def voice_json(stored: StoredVoice) -> dict:
+        return voice_object(stored.id, stored.name, stored.created_at, icl=stored.voice.icl)
+
+    async def create_voice(
+        request: Request,
+        audio_sample: UploadFile | None = File(None, description="reference recording, 1-60 s (OpenAI's name)"),
+        file: UploadFile | None = File(None, description="the same, under a shorter name"),
+        ref_text: str | None = Form(None, description="its transcript; enables in-context cloning"),
+        name: str | None = Form(None),
+    ):
+        if not is_base:
+            raise ApiError(400, f"voices are made with Base models; this server runs a {tts.model_type} model",
+                           code="unsupported_model")
+        upload = audio_sample or file
+        if upload is None:
+            raise ApiError(400, "no reference audio: send the recording as the multipart file field "
+                           "'audio_sample' (or 'file')", code="invalid_input", param="audio_sample")
+        if upload.size is not None and upload.size > MAX_UPLOAD_BYTES:
+            raise ApiError(413, f"the reference recording is {upload.size} bytes; the limit is "
+                           f"{MAX_UPLOAD_BYTES} (1-60 s of audio is plenty)", code="file_too_large",
+                           param="audio_sample")
+        data = await upload.read()
+        # HTML forms send empty fields: an empty transcript means "none" (an x-vector-only voice).
+        ref_text = ref_text if ref_text else None
+        job = submit(lambda: [tts.create_voice(data, ref_text)])
+        voice = await first_result(job, request)
+        if voice is CLIENT_GONE:
+            return Response(status_code=CLIENT_CLOSED)
+        return voice_json(voices.add(voice, (name or "").strip() or None))
+
+    async def list_voices():
+        return {"object": "list", "data": [voice_json(stored) for stored in voices.list()]}
+
+    async def delete_voice(voice_id: str):
+        if not voices.delete(voice_id):
+            raise ApiError(404, f"there is no voice {voice_id!r} (GET /v1/voices lists them)",
+                           code="voice_not_found", param="voice_id")
+        return voice_deleted(voice_id)
+
+    # OpenAI's client calls /v1/audio/voices; /v1/voices is the shorter name of the same thing.
+    for prefix in ("/v1/voices", "/v1/audio/voices"):
+        app.add_api_route(prefix, create_voice, methods=["POST"], summary="Clone a voice from a recording")
+        app.add_api_route(prefix, list_voices, methods=["GET"], summary="List cloned voices")
+        app.add_api_route(prefix + "/{voice_id}", delete_voice, methods=["DELETE"], summary="Delete a voice")
+
+    # -- models, health, metrics ----------------------------------------------------------------------------
+    @app.get("/v1/models")
+    async def models():
+        card = {"id": served_name, "object": "model", "created": started, "owned_by": "qtts",
+                "model_type": tts.model_type, "speakers": tts.speakers, "languages": tts.languages,
+                "sample_rate": tts.sample_rate, "response_formats": list(FORMATS)}
+        return {"object": "list", "data": [card]}
+
+    @app.get("/health")
+    async def health():
+        if not worker.alive:
+            return JSONResponse({"status": "error", "message": "the synthesis worker is not running"}, 503)
+        return {"status": "ok", "model": served_name, "in_flight": worker.in_flight}
+
+    @app.get("/metrics")
+    async def prometheus():
+        return PlainTextResponse(metrics.render(), media_type="text/plain; version=0.0.4")
+
+    return app
+
+
+# -- waiting on the worker -----------------------------------------------------------------------------------
+CLIENT_GONE = object()
+_NO_RESULT = object()
+
+
+async def first_result(job: Job, request: Request):
+    """The job's first result (or `_NO_RESULT`), or `CLIENT_GONE` (job cancelled) if the client hangs up first.
+
+    Raises ApiError for what the job raised.
+    """
+    result = asyncio.ensure_future(_next(job))
+    gone = asyncio.ensure_future(_disconnected(request))
+    try:
+        await asyncio.wait({result, gone}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        gone.cancel()
+        finished = result.done()
+        if not finished:
+            result.cancel()
+            job.cancel()
+    if not finished:
+        return CLIENT_GONE
+    try:
+        return result.result()
+    except Exception as exc:
+        raise _api_error(exc) from None
+
+
+async def _next(job: Job):
+    try:
+        return await anext(job)
+    except StopAsyncIteration:
+        return _NO_RESULT
+
+
+async def _disconnected(request: Request) -> None:
+    # The body has been read, so the next message is the client's disconnect (uvicorn says so on hang-up).
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+async def _chain(first, job: Job) -> AsyncIterator[Any]:
+    if first is not _NO_RESULT:
+        yield first
+    async for item in job:
+        yield item
+
+
+# -- errors in OpenAI's shape ------------------------------------------------------------------------------
+def _api_error(exc: BaseException) -> ApiError:
+    """What a failure of the model's work means for the client."""
+    if isinstance(exc, ApiError):
+        return exc
+    if isinstance(exc, (InputError, VoiceError)):
+        return ApiError(400, str(exc), code="invalid_input")
+    if isinstance(exc, JobCancelled):
+        return ApiError(503, "the server is shutting down; retry on another replica or in a moment",
+                        code="server_shutting_down", headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
+    logger.error("synthesis failed", exc_info=exc)
+    return ApiError(500, f"internal error while synthesizing ({type(exc).__name__}); see the server log",
+                    code="internal_error")
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, exc: ApiError):
+        return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError):
+        return await api_error(request, _validation_error(exc))
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException):
+        code = "not_found" if exc.status_code == 404 else None
+        return await api_error(request, ApiError(exc.status_code, str(exc.detail), code=code,
+                                                 headers=dict(exc.headers or {})))
+
+
+def _validation_error(exc: RequestValidationError) -> ApiError:
+    """One clear 400 for the first thing wrong with the request body."""
+    problems = exc.errors()
+    first = problems[0] if problems else {"loc": (), "msg": "invalid request", "type": ""}
+    field = ".".join(str(part) for part in first["loc"][1:] if not isinstance(part, int)) or None
+    kind = first["type"]
+    if kind == "json_invalid":
+        message = f"the request body is not valid JSON: {first.get('ctx', {}).get('error', first['msg'])}"
+        field = None
+    elif kind == "extra_forbidden":
+        message = f"unknown field {field!r}"
+    elif kind == "missing":
+        message = f"{field} is required"
+    else:
+        message = f"{field}: {first['msg']}" if field else first["msg"]
+    if len(problems) > 1:
+        message += f" (and {len(problems) - 1} more problem{'s' if len(problems) > 2 else ''})"
+    return ApiError(400, message, code="invalid_request", param=field)

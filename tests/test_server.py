@@ -1,0 +1,360 @@
+"""The HTTP server end to end: a real uvicorn server on a free local port over tiny random checkpoints.
+
+Audio from the server is compared with `TTS.synthesize` run in the test on its own copy of the model, so
+these tests prove the request reaches the engine intact (text, speaker, language, seed) and that every
+format and stream carries the very same samples.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import socket
+import struct
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import numpy as np
+import pytest
+import soundfile
+import torch
+
+import qtts
+
+fastapi = pytest.importorskip("fastapi")
+uvicorn = pytest.importorskip("uvicorn")
+pytest.importorskip("multipart", reason="voice uploads need python-multipart")
+
+from qtts.audio import SAMPLES_PER_FRAME  # noqa: E402
+from qtts.server import create_app  # noqa: E402
+from qtts.server.formats import FORMATS, pcm16  # noqa: E402
+
+TEXT = "Hello from the server."
+FRAMES = 12  # max_new_tokens of most requests: random weights rarely sample EOS, so about this many frames
+SPEAKER = "ryan"
+
+
+class Server:
+    """A uvicorn server running `app` on a background thread, bound to a free port picked by the OS."""
+
+    def __init__(self, app):
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [sock]}, daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("the test server did not start")
+            time.sleep(0.02)
+        self.client = httpx.Client(base_url=self.url, timeout=60)
+
+    def close(self):
+        self.client.close()
+        self.server.should_exit = True
+        self.thread.join(30)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    # Tiny models run several times faster on one thread than on two contended ones.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def start(folder, **options):
+    return Server(create_app(qtts.load(folder, device="cpu"), **options))
+
+
+@pytest.fixture(scope="module")
+def custom(tiny_checkpoint):
+    """(server, reference TTS): the reference is a second copy of the model, used only by the test thread."""
+    folder = tiny_checkpoint("custom_voice")
+    server = start(folder, model_name="tiny-custom")
+    yield server, qtts.load(folder, device="cpu")
+    server.close()
+
+
+@pytest.fixture(scope="module")
+def base(tiny_checkpoint, tmp_path_factory):
+    folder = tiny_checkpoint("base")
+    voices_dir = tmp_path_factory.mktemp("voices")
+    server = start(folder, voices_dir=voices_dir)
+    yield server, folder, voices_dir
+    server.close()
+
+
+def speak(server, **fields):
+    body = {"model": "tiny-custom", "input": TEXT, "voice": SPEAKER, "seed": 7, "max_new_tokens": FRAMES}
+    body.update(fields)
+    return server.client.post("/v1/audio/speech", json=body)
+
+
+def samples_of(response, fmt):
+    """The int16 samples of a response body (pcm: raw; others: decoded by libsndfile)."""
+    if fmt == "pcm":
+        return np.frombuffer(response.content, dtype="<i2")
+    data, rate = soundfile.read(io.BytesIO(response.content), dtype="int16")
+    assert rate == 24000
+    return data
+
+
+def reference_samples(tts, **kwargs):
+    audio = tts.synthesize(TEXT, speaker=SPEAKER, seed=7, max_new_tokens=FRAMES, **kwargs)
+    return np.frombuffer(pcm16(audio.samples), dtype="<i2")
+
+
+def metric(server, name, default=None):
+    text = server.client.get("/metrics").text
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    if default is None:
+        raise AssertionError(f"{name} not in /metrics:\n{text}")
+    return default
+
+
+def assert_error(response, status, *words, param=None):
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert set(error) >= {"message", "type", "code"}
+    for word in words:
+        assert word.lower() in error["message"].lower(), error["message"]
+    if param is not None:
+        assert error["param"] == param
+    return error
+
+
+# -- speech --------------------------------------------------------------------------------------------------
+def test_wav_equals_the_python_api_for_the_same_request(custom):
+    server, tts = custom
+    response = speak(server, response_format="wav", language="English")
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == "audio/wav"
+    got = samples_of(response, "wav")
+    want = reference_samples(tts, language="English")
+    assert 0 < len(got) <= FRAMES * SAMPLES_PER_FRAME and len(got) % SAMPLES_PER_FRAME == 0
+    np.testing.assert_array_equal(got, want)
+    # The header is exact (not the streaming one): sizes match the body.
+    assert struct.unpack("<I", response.content[40:44])[0] == len(response.content) - 44
+
+
+def test_lossless_formats_carry_the_same_samples(custom):
+    server, tts = custom
+    want = reference_samples(tts)
+    for fmt in ("pcm", "flac"):
+        response = speak(server, response_format=fmt)
+        assert response.status_code == 200, response.text
+        assert response.headers["content-type"] == FORMATS[fmt].media_type
+        np.testing.assert_array_equal(samples_of(response, fmt), want)
+
+
+@pytest.mark.parametrize("fmt", [f for f in ("mp3", "opus") if f in FORMATS])
+def test_lossy_formats_decode_to_the_right_length(custom, fmt):
+    server, tts = custom
+    response = speak(server, response_format=fmt)
+    assert response.status_code == 200, response.text
+    got = samples_of(response, fmt)
+    want = len(reference_samples(tts))
+    # Encoders pad to whole packets and add priming delay: a few tens of milliseconds at most.
+    assert want <= len(got) <= want + 0.1 * 24000
+
+
+def test_default_format_is_openais_mp3_where_writable(custom):
+    server, _ = custom
+    response = speak(server)
+    assert response.status_code == 200
+    want = "audio/mpeg" if "mp3" in FORMATS else "audio/wav"
+    assert response.headers["content-type"] == want
+
+
+def test_sampling_extensions_reach_the_engine(custom):
+    server, tts = custom
+    greedy = dict(do_sample=False, subtalker_dosample=False)
+    response = speak(server, response_format="pcm", seed=None, **greedy)
+    np.testing.assert_array_equal(samples_of(response, "pcm"), reference_samples(tts, **greedy))
+    other_seed = speak(server, response_format="pcm", seed=8)
+    assert not np.array_equal(samples_of(other_seed, "pcm"), reference_samples(tts))
+
+
+# -- models, health, metrics ------------------------------------------------------------------------------
+def test_models_health_and_metrics(custom):
+    server, tts = custom
+    models = server.client.get("/v1/models").json()
+    assert models["object"] == "list"
+    card = models["data"][0]
+    assert card["id"] == "tiny-custom" and card["object"] == "model"
+    assert card["speakers"] == tts.speakers and card["model_type"] == "custom_voice"
+    health = server.client.get("/health")
+    assert health.status_code == 200 and health.json()["status"] == "ok"
+
+    speech_requests = 'qtts_requests_total{endpoint="/v1/audio/speech"}'
+    bad_requests = 'qtts_request_errors_total{status="400"}'
+    seconds, requests, errors = (metric(server, name, 0) for name in
+                                 ("qtts_audio_seconds_total", speech_requests, bad_requests))
+    response = speak(server, response_format="wav")
+    assert metric(server, "qtts_audio_seconds_total") == pytest.approx(seconds + len(samples_of(response, "wav")) / 24000)
+    assert metric(server, speech_requests) == requests + 1
+    assert metric(server, "qtts_requests_in_flight") == 0
+    speak(server, input="")
+    assert metric(server, speech_requests) == requests + 2
+    assert metric(server, bad_requests) == errors + 1
+
+
+# -- errors ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("fields, status, words, param", [
+    ({"input": ""}, 400, ["input", "empty"], "input"),
+    ({"input": "   "}, 400, ["input", "empty"], "input"),
+    ({"input": "a" * 4097}, 400, ["4097", "4096"], "input"),
+    ({"voice": "alloy"}, 400, ["alloy", "ryan"], "voice"),
+    ({"voice": None}, 400, ["voice is required"], "voice"),
+    ({"language": "klingon"}, 400, ["klingon", "english"], "language"),
+    ({"response_format": "aac"}, 400, ["aac", "wav"], "response_format"),
+    ({"speed": 1.5}, 400, ["speed", "1.5"], "speed"),
+    ({"model": "someone-elses-model"}, 404, ["someone-elses-model", "tiny-custom"], "model"),
+    ({"temprature": 0.5}, 400, ["temprature"], "temprature"),
+    ({"stream_format": "ogg"}, 400, ["stream_format"], "stream_format"),
+    ({"temperature": -1}, 400, ["temperature"], None),
+    ({"max_new_tokens": 0}, 400, ["max_new_tokens"], None),
+])
+def test_bad_speech_requests_get_a_clear_openai_error(custom, fields, status, words, param):
+    server, _ = custom
+    error = assert_error(speak(server, **fields), status, *words, param=param)
+    assert error["type"] == ("not_found_error" if status == 404 else "invalid_request_error")
+
+
+def test_malformed_bodies_and_unknown_routes(custom):
+    server, _ = custom
+    bad_json = server.client.post("/v1/audio/speech", content=b"{not json",
+                                  headers={"content-type": "application/json"})
+    assert_error(bad_json, 400, "json")
+    missing = server.client.post("/v1/audio/speech", json={"voice": SPEAKER})
+    assert_error(missing, 400, "input is required", param="input")
+    assert_error(server.client.get("/v1/nothing-here"), 404)
+    assert_error(server.client.delete("/v1/voices/voice_0"), 404, "voice_0")
+
+
+def test_an_openai_model_name_is_accepted(custom):
+    server, _ = custom
+    for name in ("tts-1", "gpt-4o-mini-tts"):
+        assert speak(server, model=name, max_new_tokens=2, response_format="pcm").status_code == 200
+
+
+# -- concurrency ------------------------------------------------------------------------------------------
+def test_concurrent_requests_all_succeed_and_do_not_mix(custom):
+    server, tts = custom
+    seeds = [1, 2, 1, 2, 3, 1]
+    with ThreadPoolExecutor(len(seeds)) as pool:
+        responses = list(pool.map(lambda seed: speak(server, response_format="wav", seed=seed), seeds))
+    assert [r.status_code for r in responses] == [200] * len(seeds)
+    audio = [samples_of(r, "wav") for r in responses]
+    by_seed = {}
+    for seed, samples in zip(seeds, audio):
+        by_seed.setdefault(seed, samples)
+        np.testing.assert_array_equal(samples, by_seed[seed])
+    assert not np.array_equal(by_seed[1], by_seed[2])
+    assert metric(server, "qtts_requests_in_flight") == 0
+
+
+def test_full_queue_answers_503_with_retry_after(tiny_checkpoint):
+    server = start(tiny_checkpoint("custom_voice"), max_queue=1)
+    try:
+        body = {"input": TEXT, "voice": SPEAKER, "response_format": "pcm", "stream_format": "audio"}
+        # A long stream occupies the worker; one request waits; the next finds the queue full.
+        with server.client.stream("POST", "/v1/audio/speech", json={**body, "max_new_tokens": 2000}) as running:
+            assert running.status_code == 200
+            next(running.iter_raw())
+            with ThreadPoolExecutor(1) as pool:
+                waiting = pool.submit(speak, server, response_format="wav")
+                deadline = time.monotonic() + 20
+                while metric(server, "qtts_queue_depth") < 1:
+                    assert time.monotonic() < deadline, "the second request never queued"
+                    time.sleep(0.02)
+                busy = speak(server, response_format="wav")
+                assert_error(busy, 503, "busy")
+                assert busy.headers["retry-after"] == "1"
+                running.close()  # the client leaves: the worker moves on to the waiting request
+                assert waiting.result().status_code == 200
+    finally:
+        server.close()
+
+
+# -- voices (Base model) ---------------------------------------------------------------------------------
+def reference_wav(seconds=2.0):
+    rng = np.random.default_rng(0)
+    t = np.arange(int(24000 * seconds)) / 24000
+    wav = 0.3 * np.sin(2 * np.pi * 220 * t * (1 + 0.3 * t)) + 0.05 * rng.standard_normal(t.shape)
+    buffer = io.BytesIO()
+    soundfile.write(buffer, wav.astype(np.float32), 24000, format="WAV", subtype="PCM_16")
+    return buffer.getvalue()
+
+
+def upload(server, data, **form):
+    return server.client.post("/v1/voices", files={"audio_sample": ("ref.wav", data, "audio/wav")}, data=form)
+
+
+def test_voice_upload_then_speech_then_delete(base):
+    server, folder, voices_dir = base
+    made = upload(server, reference_wav(), ref_text="A short reference sentence.", name="alice")
+    assert made.status_code == 200, made.text
+    voice = made.json()
+    assert voice["object"] == "audio.voice" and voice["name"] == "alice" and voice["icl"] is True
+    assert (voices_dir / f"{voice['id']}.safetensors").is_file()
+    listed = server.client.get("/v1/voices").json()["data"]
+    assert voice["id"] in [v["id"] for v in listed]
+
+    body = {"input": TEXT, "voice": voice["id"], "response_format": "wav", "seed": 3, "max_new_tokens": FRAMES}
+    spoken = server.client.post("/v1/audio/speech", json=body)
+    assert spoken.status_code == 200, spoken.text
+    # The same voice read back from its file, run through the Python API, gives the same audio.
+    tts = qtts.load(folder, device="cpu")
+    saved = qtts.Voice.load(voices_dir / f"{voice['id']}.safetensors")
+    want = tts.synthesize(TEXT, voice=saved, seed=3, max_new_tokens=FRAMES)
+    np.testing.assert_array_equal(samples_of(spoken, "wav"), np.frombuffer(pcm16(want.samples), dtype="<i2"))
+    # OpenAI's voice reference object works too.
+    as_object = server.client.post("/v1/audio/speech", json={**body, "voice": {"id": voice["id"]}})
+    assert as_object.content == spoken.content
+
+    deleted = server.client.delete(f"/v1/audio/voices/{voice['id']}")
+    assert deleted.json() == {"id": voice["id"], "object": "audio.voice.deleted", "deleted": True}
+    assert not (voices_dir / f"{voice['id']}.safetensors").exists()
+    assert_error(server.client.post("/v1/audio/speech", json=body), 400, voice["id"], param="voice")
+    assert_error(server.client.delete(f"/v1/voices/{voice['id']}"), 404, voice["id"])
+
+
+def test_voices_dir_survives_a_restart(base):
+    server, folder, voices_dir = base
+    made = upload(server, reference_wav(), name="bob").json()  # x-vector only: no transcript
+    assert made["icl"] is False
+    restarted = start(folder, voices_dir=voices_dir)
+    try:
+        listed = {v["id"]: v for v in restarted.client.get("/v1/voices").json()["data"]}
+        assert listed[made["id"]]["name"] == "bob" and listed[made["id"]]["created_at"] == made["created_at"]
+        body = {"input": TEXT, "voice": made["id"], "response_format": "pcm", "max_new_tokens": 3}
+        assert restarted.client.post("/v1/audio/speech", json=body).status_code == 200
+    finally:
+        restarted.close()
+
+
+def test_bad_voice_uploads_get_400_naming_the_problem(base, custom):
+    server, _, _ = base
+    assert_error(upload(server, b"this is not audio"), 400, "cannot read")
+    short = io.BytesIO()
+    soundfile.write(short, np.full(2400, 0.1, dtype=np.float32), 24000, format="WAV")
+    assert_error(upload(server, short.getvalue()), 400, "too short")
+    assert_error(server.client.post("/v1/voices", data={"name": "x"}), 400, "audio_sample")
+    assert_error(upload(server, reference_wav(), ref_text="   "), 400, "ref_text")
+    body = {"input": TEXT, "voice": "voice_missing", "response_format": "wav"}
+    assert_error(server.client.post("/v1/audio/speech", json=body), 400, "voice_missing", param="voice")
+    assert_error(server.client.post("/v1/audio/speech", json={**body, "instructions": "happy"}), 400,
+                 "instructions")
+    custom_server, _ = custom
+    assert_error(upload(custom_server, reference_wav()), 400, "base")
