@@ -84,7 +84,8 @@ def run_system(name: str, checkpoint: Path, args: argparse.Namespace, timeout_s:
         status = f"stopped after {timeout_s:.0f} s"
     log.write_text(stderr)
     results = [measure.Result.from_dict(json.loads(line)) for line in stdout.splitlines() if line.startswith("{")]
-    account = f"{name}: {status}, {len(results)} result(s) in {time.perf_counter() - start:.0f} s (log: {log.name})"
+    took = time.perf_counter() - start
+    account = f"{name}: {status}, {len(results)} result(s) in {took:.0f} s (log: {log.name})"
     print(account, flush=True)
     if len(results) < len(args.texts.split(",")):
         print("\n".join(stderr.strip().splitlines()[-15:]), flush=True)

@@ -245,7 +245,8 @@ def markdown_table(results: Sequence[Result]) -> str:
     return "\n".join(rows)
 
 
-def measure_calls(call: Callable[[int], int], frames: int, seeds: Sequence[int]) -> tuple[list[float], list[float]]:
+def measure_calls(call: Callable[[int], int], frames: int,
+                  seeds: Sequence[int]) -> tuple[list[float], list[float]]:
     """Run `call(seed) -> samples` once per seed; returns (wall seconds, x real time) per run.
 
     Raises if any run returned other than `frames` frames: a forced length that did not hold makes the
@@ -332,7 +333,7 @@ def bench_qtts(checkpoint: str, texts: Sequence[str], frames: int, runs: int, mo
             system=f"qtts {qtts.__version__}", model=model, text=name, frames=frames, runs=runs,
             xrt=Spread.of(speeds), e2e_ms_per_frame=Spread.of(1000.0 * w / frames for w in walls),
             step_ms_per_frame=marginal,
-            step_method=f"marginal cost: (wall {frames} - wall {short} frames) / {frames - short}, decode included",
+            step_method=f"marginal: (wall {frames} - wall {short} frames) / {frames - short}, decode included",
             decode_ms_per_frame=decode, ttfa_ms=ttfa,
             ttfa_note="synthesize(stream=True), first chunk" if streams else "no streaming API yet",
             streaming_xrt=stream_xrt, peak_alloc_gib=alloc, peak_reserved_gib=reserved,
