@@ -156,6 +156,18 @@ def test_official_engine_gives_exactly_the_forced_frames():
     assert frames(bench.talker_tokens(6)) == 6
 
 
+def test_qtts_bench_gives_the_forced_frame_count_on_cpu(tmp_path):
+    """`qtts bench` end to end on a tiny checkpoint: measure_calls raises unless every call returned exactly
+    the forced frames, so this also pins the max_new_tokens meaning that `talker_tokens` assumes."""
+    from qtts.testing import write_tiny_checkpoint
+
+    write_tiny_checkpoint(tmp_path, "custom_voice")
+    (result,) = bench.bench_qtts(str(tmp_path), ["sentence"], frames=10, runs=1, model="tiny", device="cpu")
+    assert (result.frames, result.runs, result.text) == (10, 1, "sentence")
+    assert result.xrt.median > 0 and result.decode_ms_per_frame.median > 0
+    assert math.isfinite(result.step_ms_per_frame.median)
+
+
 @pytest.mark.gpu
 def test_qtts_bench_measures_a_tiny_checkpoint_on_the_gpu(tmp_path):
     if not torch.cuda.is_available():
