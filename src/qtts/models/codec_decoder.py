@@ -18,33 +18,26 @@ from torch.nn import functional as F
 
 from ..config import CodecDecoderConfig
 from ..errors import CheckpointError, InputError
+from ..kernels import snake
 from .layers import RMSNorm, SwiGLU, apply_rope, rope_cos_sin, rope_inverse_frequencies
 
 # The official codebooks divide by usage counts clamped to this floor (unused codes have usage ~0).
 CLUSTER_USAGE_FLOOR = 1e-5
-# Keeps SnakeBeta's 1 / e^beta finite where e^beta underflows to zero; the official value.
-SNAKE_EPSILON = 1e-9
-
-
-def snake_beta(x: torch.Tensor, alpha: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
-    """SnakeBeta on x [batch, channels, time]: x + sin(e^alpha * x)^2 / (e^beta + 1e-9).
-
-    `alpha` and `beta` [channels] are stored in log scale in the checkpoint. This is the reference for
-    the fused kernel; the operation order follows the official module so float32 results agree.
-    """
-    frequency = alpha.exp()[:, None]
-    magnitude = 1.0 / (beta.exp()[:, None] + SNAKE_EPSILON)
-    return x + magnitude * torch.sin(x * frequency).pow(2)
+# The activation's plain PyTorch form, bit-equal to the official SnakeBeta (tested); the fused kernel's
+# reference. `SnakeBeta` dispatches to the Triton kernel on CUDA and to this everywhere else.
+snake_beta = snake.snake_beta_reference
 
 
 class SnakeBeta(nn.Module):
+    """x + sin(e^alpha * x)^2 / (e^beta + 1e-9) per channel; `alpha`, `beta` [channels] in log scale."""
+
     def __init__(self, channels: int, device=None, dtype=None):
         super().__init__()
         self.alpha = nn.Parameter(torch.zeros(channels, device=device, dtype=dtype))
         self.beta = nn.Parameter(torch.zeros(channels, device=device, dtype=dtype))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return snake_beta(x, self.alpha, self.beta)
+        return snake.snake_beta(x, self.alpha, self.beta)
 
 
 class CausalConv1d(nn.Module):
