@@ -28,15 +28,21 @@ class CodecStream:
                 if layer_state is not None:
                     self.state[module] = layer_state
 
+    def state_tensors(self) -> list[torch.Tensor]:
+        """Every tensor of the stream state, each [batch, ...]; updated in place by `decode`."""
+        tensors = []
+        for layer_state in self.state.values():
+            tensors.extend(layer_state if isinstance(layer_state, tuple) else (layer_state,))
+        return tensors
+
     def reset(self, rows: list[int] | None = None) -> None:
         """Start new utterances in the same buffers: in every row, or only in `rows` (a batch slot that
         a finished request leaves to a new one)."""
-        for layer_state in self.state.values():
-            for tensor in layer_state if isinstance(layer_state, tuple) else (layer_state,):
-                if rows is None:
-                    tensor.zero_()
-                else:
-                    tensor[rows] = 0
+        for tensor in self.state_tensors():
+            if rows is None:
+                tensor.zero_()
+            else:
+                tensor[rows] = 0
 
     @torch.no_grad()
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
