@@ -5,7 +5,7 @@ Weights are random, built on the GPU with the released checkpoints' dimensions (
 context starts at `--context` tokens (a prefill through the reference path) and grows one per frame.
 
 Variants (names combine): `eager` = PyTorch ops captured in one graph; `fused` = the Triton kernels
-(layers and sampling); `compiled` = torch.compile of the frame step, then captured (compile time in
+(layers and sampling); `proj` = q/k/v and gate/up weights as one matrix each; `compiled` = torch.compile of the frame step, then captured (compile time in
 setup_s); `greedy` = argmax picks instead of the checkpoints' default sampling (as the earlier probe).
 Checks: fused vs eager codes under greedy decoding, in float32 (must be identical) and bfloat16 (agreement).
 
@@ -51,10 +51,10 @@ def random_talker(size: str, dtype: torch.dtype, seed: int = 0) -> Talker:
 
 
 def ready_frame(talker: Talker, batch: int, context: int, frames: int, params: SamplingParams,
-                fused: bool, compile: bool):
+                fused: bool, compile: bool, fuse_weights: bool | None = None):
     """A frame captured as one graph and loaded with a random `context`-token prefill."""
     hidden = talker.config.hidden_size
-    frame = Frame(talker, batch, context + frames + 8, frames + 8, 4, params, fused=fused)
+    frame = Frame(talker, batch, context + frames + 8, frames + 8, 4, params, fused=fused, fuse_weights=fuse_weights)
     began = time.perf_counter()
     graph = FrameGraph(frame, compile=compile)
     setup_s = time.perf_counter() - began
@@ -128,13 +128,13 @@ def main():
         talker = random_talker(size, torch.bfloat16)
         for batch in args.batches:
             for variant in args.variants:
-                compile, fused = "compiled" in variant, "fused" in variant
+                compile, fused, proj = "compiled" in variant, "fused" in variant, "proj" in variant
                 params = GREEDY if "greedy" in variant else SAMPLING
                 if compile and (size not in args.compile_sizes or batch not in args.compile_batches):
                     continue
                 try:
                     frame, graph, setup_s = ready_frame(talker, batch, args.context, args.frames + 10, params,
-                                                        fused, compile)
+                                                        fused, compile, proj)
                     time_replays(graph, 5)
                     ms = time_replays(graph, args.frames)
                     emit({"size": size, "batch": batch, "variant": variant, "context": args.context,

@@ -61,13 +61,31 @@ def test_frame_gives_the_reference_codes_greedy_fp32(mtp_projection):
 @pytest.mark.skipif(not kernels.available(), reason="Triton is not installed")
 def test_frame_with_triton_kernels_gives_the_reference_codes():
     """The Triton kernels wired into the frame (interpreted on CPU, compiled on GPU) change no code."""
-    talker = tiny_talker(seed=3)
+    talker = tiny_talker(seed=3, device="cpu" if kernels.interpreted() else "cuda")
     batch = plans(talker, seed=4)
     expected = reference.generate_codes_batch(talker, batch, GREEDY, max_new_tokens=3)
     got = fast.generate_codes_batch(talker, batch, GREEDY, max_new_tokens=3, graphs=False, fused=True)
     assert [c.shape for c in got] == [(2, 16)] * 2
     for g, e in zip(got, expected):
         assert torch.equal(g, e)
+
+
+def test_fused_projection_weights_change_no_code_and_no_state_dict():
+    talker = tiny_talker(seed=12)
+    state = {k: v.clone() for k, v in talker.state_dict().items()}
+    batch = plans(talker, seed=13)
+    expected = reference.generate_codes_batch(talker, batch, GREEDY, max_new_tokens=6)
+    got = fast.generate_codes_batch(talker, batch, GREEDY, max_new_tokens=6, graphs=False, fused=False,
+                                    fuse_weights=True)
+    layer = talker.model.layers[0].self_attn
+    assert layer.k_proj.weight.untyped_storage().data_ptr() == layer.q_proj.weight.untyped_storage().data_ptr()
+    after = talker.state_dict()
+    assert after.keys() == state.keys() and all(torch.equal(after[k], v) for k, v in state.items())
+    for g, e in zip(got, expected):
+        assert torch.equal(g, e)
+    # the reference path still runs on the re-pointed weights
+    assert all(torch.equal(a, b) for a, b in zip(
+        reference.generate_codes_batch(talker, batch, GREEDY, max_new_tokens=6), expected))
 
 
 def test_rows_stop_at_eos_like_the_reference():

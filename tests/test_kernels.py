@@ -15,7 +15,9 @@ from qtts.kernels.qk_norm_rope import qk_norm_rope_cache_reference, qk_norm_rope
 from qtts.kernels.rms_norm import add_rms_norm, add_rms_norm_reference, add_rms_norm_triton
 from qtts.kernels.sample import exponential_noise, sample_codes_reference, sample_codes_triton
 from qtts.kernels.snake import snake_beta_reference, snake_beta_triton
-from qtts.kernels.swiglu import silu_mul_reference, silu_mul_triton
+from qtts.kernels.swiglu import (
+    silu_mul_halves_reference, silu_mul_halves_triton, silu_mul_reference, silu_mul_triton,
+)
 from qtts.models.layers import RMSNorm, rope_inverse_frequencies
 
 pytestmark = pytest.mark.skipif(not kernels.available(), reason="Triton is not installed")
@@ -167,3 +169,10 @@ def test_exponential_noise_is_exp1_and_keyed_by_seed_and_counter():
     assert not torch.equal(noise[0], noise[1])
     assert not torch.equal(noise, exponential_noise(seeds, torch.tensor(4), 20000))
     assert torch.equal(noise, exponential_noise(seeds, torch.tensor(3), 20000))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_silu_mul_halves_matches_reference(device, dtype):
+    gate_up = (3 * torch.randn(2, 3, 2 * 600, device=device)).to(dtype)
+    assert_same_function(silu_mul_halves_triton(gate_up), silu_mul_halves_reference(gate_up))

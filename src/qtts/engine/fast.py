@@ -45,9 +45,10 @@ class EosWatch:
 @torch.no_grad()
 def generate_codes_batch(talker: Talker, plans: list[PromptPlan], params: SamplingParams, *,
                          max_new_tokens: int | None = None, graphs: bool | None = None,
-                         fused: bool | None = None, seeds: list[int] | None = None) -> list[torch.Tensor]:
+                         fused: bool | None = None, fuse_weights: bool | None = None,
+                         seeds: list[int] | None = None) -> list[torch.Tensor]:
     """Codes [frames, 16] per plan. `graphs` (default: on CUDA) replays each frame from one CUDA graph;
-    `fused` (default: where Triton runs compiled) picks the Triton kernels over their references."""
+    `fused` and `fuse_weights` are `Frame`'s; `seeds` (default: params.seed or 0) key each row's draws."""
     if not plans:
         raise InputError("no prompts to generate from")
     limit = params.max_new_tokens if max_new_tokens is None else max_new_tokens
@@ -58,7 +59,7 @@ def generate_codes_batch(talker: Talker, plans: list[PromptPlan], params: Sampli
     device = embeds.device
     graphs = device.type == "cuda" if graphs is None else graphs
     max_frames = max(limit - 1, 1)
-    frame = Frame(talker, batch, prompt_len + limit, max_frames, trailing.shape[1], params, fused)
+    frame = Frame(talker, batch, prompt_len + limit, max_frames, trailing.shape[1], params, fused, fuse_weights)
     run = FrameGraph(frame) if graphs else frame.step
 
     state = DecodeState(valid, prompt_len + limit, talker.config.vocab_size)

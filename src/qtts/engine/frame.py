@@ -19,21 +19,44 @@ from ..kernels.decode_attention import decode_attention_reference, decode_attent
 from ..kernels.qk_norm_rope import qk_norm_rope_cache_reference, qk_norm_rope_cache_triton
 from ..kernels.rms_norm import add_rms_norm_reference, add_rms_norm_triton
 from ..kernels.sample import exponential_noise, sample_codes_triton
-from ..kernels.swiglu import silu_mul_reference, silu_mul_triton
+from ..kernels.swiglu import (
+    silu_mul_halves_reference, silu_mul_halves_triton, silu_mul_reference, silu_mul_triton,
+)
 from ..models.layers import DecoderStack
 from ..models.talker import Talker
 from ..sampling import PredictorSampler, SamplingParams, TalkerSampler
+from .fused_weights import fuse_projections
 
 
 class LayerOps:
-    """The fused kernels (Triton) or their PyTorch references: the frame's math is the same either way."""
+    """The fused kernels (Triton) or their PyTorch references: the frame's math is the same either way.
+    `projections` ({layer: (qkv, gate_up)} from `fuse_projections`) turns 5 matrix products into 2."""
 
-    def __init__(self, fused: bool):
+    def __init__(self, fused: bool, projections: dict | None = None):
         self.fused = fused
+        self.projections = projections or {}
         self.add_rms_norm = add_rms_norm_triton if fused else add_rms_norm_reference
         self.qk_norm_rope_cache = qk_norm_rope_cache_triton if fused else qk_norm_rope_cache_reference
         self.decode_attention = decode_attention_triton if fused else decode_attention_reference
         self.silu_mul = silu_mul_triton if fused else silu_mul_reference
+        self.silu_mul_halves = silu_mul_halves_triton if fused else silu_mul_halves_reference
+
+    def qkv(self, layer, h: torch.Tensor):
+        attn = layer.self_attn
+        sizes = (attn.num_heads * attn.head_dim, attn.num_kv_heads * attn.head_dim, attn.num_kv_heads * attn.head_dim)
+        if layer in self.projections:
+            q, k, v = F.linear(h, self.projections[layer][0]).split(sizes, dim=-1)
+        else:
+            q, k, v = (F.linear(h, p.weight) for p in (attn.q_proj, attn.k_proj, attn.v_proj))
+        return (t.unflatten(-1, (-1, attn.head_dim)) for t in (q, k, v))
+
+    def mlp(self, layer, h: torch.Tensor) -> torch.Tensor:
+        mlp = layer.mlp
+        if layer in self.projections:
+            gated = self.silu_mul_halves(F.linear(h, self.projections[layer][1]))
+        else:
+            gated = self.silu_mul(F.linear(h, mlp.gate_proj.weight), F.linear(h, mlp.up_proj.weight))
+        return F.linear(gated, mlp.down_proj.weight)
 
 
 def run_stack(stack: DecoderStack, ops: LayerOps, x: torch.Tensor, positions: torch.Tensor,
@@ -43,14 +66,11 @@ def run_stack(stack: DecoderStack, ops: LayerOps, x: torch.Tensor, positions: to
 
     The residual add of each block is fused into the next norm, as the official math allows: the stream is
     still rounded to the activation dtype after every add."""
-    batch, seq, _ = x.shape
     residual = None
     for layer in stack.layers:
-        attn, mlp = layer.self_attn, layer.mlp
+        attn = layer.self_attn
         h, residual = ops.add_rms_norm(x, layer.input_layernorm.weight, layer.input_layernorm.eps, residual)
-        q = F.linear(h, attn.q_proj.weight).view(batch, seq, attn.num_heads, attn.head_dim)
-        k = F.linear(h, attn.k_proj.weight).view(batch, seq, attn.num_kv_heads, attn.head_dim)
-        v = F.linear(h, attn.v_proj.weight).view(batch, seq, attn.num_kv_heads, attn.head_dim)
+        q, k, v = ops.qkv(layer, h)
         cache = attn.kv_cache
         q = ops.qk_norm_rope_cache(q, k, v, attn.q_norm.weight, attn.k_norm.weight, attn.q_norm.eps,
                                    stack.inv_freq, positions, cache.k, cache.v, cache_index)
@@ -58,13 +78,15 @@ def run_stack(stack: DecoderStack, ops: LayerOps, x: torch.Tensor, positions: to
                      attn.o_proj.weight)
         norm = layer.post_attention_layernorm
         h, residual = ops.add_rms_norm(x, norm.weight, norm.eps, residual)
-        x = F.linear(ops.silu_mul(F.linear(h, mlp.gate_proj.weight), F.linear(h, mlp.up_proj.weight)),
-                     mlp.down_proj.weight)
+        x = ops.mlp(layer, h)
     return ops.add_rms_norm(x, stack.norm.weight, stack.norm.eps, residual)[0]
 
 
 class Frame:
     """Static decode state of one batch bucket and the frame step over it.
+
+    `fused` (default: where Triton runs compiled) picks the Triton kernels; `fuse_weights` (default: the
+    same) makes the talker's q/k/v and gate/up weights views of one matrix each, see `fused_weights`.
 
     Buffers: the talker's last hidden state and logits, each row's next cache row / RoPE position / first
     valid row, the frame counter, the code-0 history table for the repetition penalty, finished flags,
@@ -72,13 +94,16 @@ class Frame:
     """
 
     def __init__(self, talker: Talker, batch: int, max_len: int, max_frames: int, max_text: int,
-                 params: SamplingParams, fused: bool | None = None):
+                 params: SamplingParams, fused: bool | None = None, fuse_weights: bool | None = None):
         weight = talker.codec_head.weight
         device, dtype = weight.device, weight.dtype
         config = talker.config
         self.talker, self.params, self.batch = talker, params, batch
         self.max_len, self.max_frames, self.max_text = max_len, max_frames, max_text
-        self.ops = LayerOps(kernels.enabled(device) if fused is None else fused)
+        fused = kernels.enabled(device) if fused is None else fused
+        # Fusing re-points the talker's q/k/v and gate/up weights into shared matrices (no copies kept).
+        projections = fuse_projections(talker) if (fused if fuse_weights is None else fuse_weights) else None
+        self.ops = LayerOps(fused, projections)
         # The fused sampler has no top-p; with top-p < 1 the frame keeps the PyTorch processors.
         self.fused_sampling = self.ops.fused and params.top_p >= 1.0 and params.subtalker_top_p >= 1.0
         self.groups = config.num_code_groups

@@ -62,7 +62,8 @@ def _norm_rope(x_ptr, w_ptr, heads, cos_a, sin_a, eps, half, HALF: tl.constexpr)
 def _qk_norm_rope_cache_kernel(
     q_ptr, k_ptr, v_ptr, q_weight_ptr, k_weight_ptr, inv_freq_ptr, positions_ptr, cache_index_ptr,
     q_out_ptr, k_cache_ptr, v_cache_ptr,
-    q_row_stride, k_row_stride, v_row_stride, seq_len, cache_len, eps,
+    q_batch_stride, q_seq_stride, k_batch_stride, k_seq_stride, v_batch_stride, v_seq_stride,
+    seq_len, cache_len, eps,
     N_Q_HEADS: tl.constexpr, N_KV_HEADS: tl.constexpr, HALF: tl.constexpr, LIBDEVICE: tl.constexpr,
 ):
     """One program per token: all its query heads, all its key heads, and the cache writes."""
@@ -78,29 +79,28 @@ def _qk_norm_rope_cache_kernel(
     sin_a = round_to(sin(angle, LIBDEVICE), dtype).to(tl.float32)
 
     q_heads = tl.arange(0, N_Q_HEADS)
-    o1, o2 = _norm_rope(q_ptr + token * q_row_stride, q_weight_ptr, q_heads, cos_a, sin_a, eps, half, HALF)
+    o1, o2 = _norm_rope(q_ptr + batch * q_batch_stride + step * q_seq_stride, q_weight_ptr, q_heads, cos_a, sin_a, eps, half, HALF)
     out = q_out_ptr + ((batch * N_Q_HEADS + q_heads[:, None]) * seq_len + step) * head_dim + half[None, :]
     tl.store(out, o1)
     tl.store(out + HALF, o2)
 
     kv_heads = tl.arange(0, N_KV_HEADS)
-    o1, o2 = _norm_rope(k_ptr + token * k_row_stride, k_weight_ptr, kv_heads, cos_a, sin_a, eps, half, HALF)
+    o1, o2 = _norm_rope(k_ptr + batch * k_batch_stride + step * k_seq_stride, k_weight_ptr, kv_heads, cos_a, sin_a, eps, half, HALF)
     slot = tl.load(cache_index_ptr + token).to(tl.int64)
     rows = ((batch * N_KV_HEADS + kv_heads[:, None]) * cache_len + slot) * head_dim + half[None, :]
     cache_dtype = k_cache_ptr.dtype.element_ty
     tl.store(k_cache_ptr + rows, o1.to(cache_dtype))
     tl.store(k_cache_ptr + rows + HALF, o2.to(cache_dtype))
-    v = v_ptr + token * v_row_stride + kv_heads[:, None] * head_dim + half[None, :]
+    v = v_ptr + batch * v_batch_stride + step * v_seq_stride + kv_heads[:, None] * head_dim + half[None, :]
     tl.store(v_cache_ptr + rows, tl.load(v).to(cache_dtype))
     tl.store(v_cache_ptr + rows + HALF, tl.load(v + HALF).to(cache_dtype))
 
 
-def _row_stride(x: torch.Tensor, name: str) -> int:
-    """Tokens may be strided (views of a fused projection); heads and head_dim must be packed."""
-    b, s, h, d = x.shape
-    if x.stride(3) != 1 or x.stride(2) != d or x.stride(0) != s * x.stride(1):
-        raise InputError(f"{name} must have packed heads [B, S, H, D] rows; got strides {x.stride()}")
-    return x.stride(1)
+def _token_strides(x: torch.Tensor, name: str) -> tuple[int, int]:
+    """Tokens may be strided (views of a fused projection); each token's heads must be packed."""
+    if x.stride(3) != 1 or x.stride(2) != x.shape[3]:
+        raise InputError(f"{name} must have packed heads [B, S, H, D] per token; got strides {x.stride()}")
+    return x.stride(0), x.stride(1)
 
 
 def qk_norm_rope_cache_triton(
@@ -120,7 +120,7 @@ def qk_norm_rope_cache_triton(
     _qk_norm_rope_cache_kernel[(batch * seq_len,)](
         q, k, v, q_weight, k_weight, inv_freq, positions.contiguous(), cache_index.contiguous(),
         q_out, k_cache, v_cache,
-        _row_stride(q, "q"), _row_stride(k, "k"), _row_stride(v, "v"), seq_len, k_cache.shape[2], eps,
+        *_token_strides(q, "q"), *_token_strides(k, "k"), *_token_strides(v, "v"), seq_len, k_cache.shape[2], eps,
         N_Q_HEADS=n_q_heads, N_KV_HEADS=n_kv_heads, HALF=head_dim // 2, LIBDEVICE=use_libdevice(), num_warps=4,
     )
     return q_out
