@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Iterator
 
 import numpy as np
 import torch
 
 from .audio import SAMPLE_RATE, Audio, load_audio, mel_spectrogram
 from .checkpoint import Checkpoint, build_empty, load_weights, open_checkpoint, split_prefixes
-from .engine.reference import generate_codes
+from .engine.reference import generate_codes, iter_frames
 from .errors import InputError
 from .models.codec_decoder import CodecDecoder, decode_official
 from .models.codec_encoder import CodecEncoder, encode
@@ -22,6 +23,7 @@ from .models.speaker_encoder import SpeakerEncoder
 from .models.talker import Talker
 from .prompt import PromptBuilder, PromptPlan, supported_languages, supported_speakers
 from .sampling import SamplingParams
+from .streaming import stream_audio
 from .text import TextTokenizer
 from .voices import Voice
 
@@ -177,21 +179,42 @@ class TTS:
         wav = decode_official(self.codec_decoder, codes.to(self.device)[None])[0]
         return Audio(wav.float().cpu().numpy(), SAMPLE_RATE)
 
-    @torch.inference_mode()
     def synthesize(self, text: str, *, language: str = "auto", voice: Voice | None = None,
                    speaker: str | None = None, instruct: str | None = None,
-                   non_streaming_mode: bool | None = None, **sampling) -> Audio:
-        """Speech for `text` as one `Audio` (24 kHz float32)."""
-        codes = self.generate_codes(text, language=language, voice=voice, speaker=speaker, instruct=instruct,
-                                    non_streaming_mode=non_streaming_mode, **sampling)
-        if voice is None or voice.ref_codes is None:
-            return self.decode(codes)
-        # ICL: the reference frames are decoder left context; cut their share of the samples (spec 5.6).
-        ref = voice.ref_codes.to(codes.device)
-        audio = self.decode(torch.cat([ref, codes], dim=0))
-        total = ref.shape[0] + codes.shape[0]
-        cut = int(ref.shape[0] / max(total, 1) * audio.samples.shape[0])
-        return Audio(audio.samples[cut:], SAMPLE_RATE)
+                   non_streaming_mode: bool | None = None, stream: bool = False,
+                   **sampling) -> Audio | Iterator[Audio]:
+        """Speech for `text` as one `Audio` (24 kHz float32), or with `stream=True` an iterator of `Audio`
+        chunks as they are made (the first after one frame); joined, the chunks equal the whole audio.
+
+        The request is validated before this returns, so a bad argument raises here, not mid-stream."""
+        with torch.inference_mode():
+            params = self.sampling_params(**sampling)
+            plan = self.plan(text, language=language, voice=voice, speaker=speaker, instruct=instruct,
+                             non_streaming_mode=non_streaming_mode)
+        context = None if voice is None else voice.ref_codes
+        if stream:
+            return self._stream(plan, params, context)
+        with torch.inference_mode():
+            codes = generate_codes(self.talker, plan, params)
+            if context is None:
+                return self.decode(codes)
+            # ICL: the reference frames are decoder left context; cut their share of the samples (spec 5.6).
+            audio = self.decode(torch.cat([context.to(codes.device), codes], dim=0))
+            total = context.shape[0] + codes.shape[0]
+            cut = int(context.shape[0] / max(total, 1) * audio.samples.shape[0])
+            return Audio(audio.samples[cut:], SAMPLE_RATE)
+
+    def _stream(self, plan: PromptPlan, params: SamplingParams, context: torch.Tensor | None) -> Iterator[Audio]:
+        frames = iter_frames(self.talker, plan, params)  # blocks [1, 16]: one frame of the single row
+        context = None if context is None else context.to(self.device)
+        chunks = stream_audio(self.codec_decoder, frames, context=context)
+        while True:
+            # Each step runs in inference mode; between chunks the caller's own mode is left alone.
+            with torch.inference_mode():
+                chunk = next(chunks, None)
+            if chunk is None:
+                return
+            yield chunk
 
     # -- audio -> codes, voices ---------------------------------------------------------------------------
     @torch.inference_mode()

@@ -11,6 +11,8 @@ reached (the last token never gets its residual codes), and a row's codes end be
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import torch
 
 from ..errors import InputError
@@ -73,15 +75,25 @@ def predict_codes(talker: Talker, hidden: torch.Tensor, code0: torch.Tensor, sam
     return torch.stack(codes, dim=-1)
 
 
-@torch.no_grad()
-def generate_codes_batch(talker: Talker, plans: list[PromptPlan], params: SamplingParams, *,
-                         max_new_tokens: int | None = None) -> list[torch.Tensor]:
-    """Codes [frames, 16] per plan, generated together from left-padded prompts (spec 5.5)."""
-    if not plans:
-        raise InputError("no prompts to generate from")
+def _limit(params: SamplingParams, max_new_tokens: int | None) -> int:
     limit = params.max_new_tokens if max_new_tokens is None else max_new_tokens
     if not isinstance(limit, int) or limit < 1:
         raise InputError(f"max_new_tokens must be a positive integer, got {limit!r}")
+    return limit
+
+
+def iter_frames_batch(talker: Talker, plans: list[PromptPlan], params: SamplingParams, *,
+                      max_new_tokens: int | None = None) -> Iterator[torch.Tensor]:
+    """Frames [batch, 16] as they are made, from left-padded prompts (spec 5.5), until every row has
+    sampled EOS or the limit is reached. A row that finished earlier carries EOS in code 0 from then on."""
+    if not plans:
+        raise InputError("no prompts to generate from")
+    limit = _limit(params, max_new_tokens)
+    return _frames(talker, plans, params, limit)
+
+
+@torch.no_grad()
+def _frames(talker: Talker, plans: list[PromptPlan], params: SamplingParams, limit: int):
     config = talker.config
     embeds, valid, trailing = pad_batch(plans)
     batch, prompt_len, _ = embeds.shape
@@ -96,25 +108,37 @@ def generate_codes_batch(talker: Talker, plans: list[PromptPlan], params: Sampli
 
     hidden, logits = prefill(talker, embeds, state)
     finished = torch.zeros(batch, dtype=torch.bool, device=device)
-    frames = []
     for step in range(limit):
         code0 = talker_sampler(logits, state.seen, torch.tensor(step, device=device), generator)
         code0 = torch.where(finished, eos, code0)  # finished rows are fed EOS, as transformers pads them
         state.seen.scatter_(1, code0[:, None], True)
         finished |= code0 == eos
         if bool(finished.all()) or step == limit - 1:
-            break
+            return
         codes = predict_codes(talker, hidden, code0, predictor_sampler, generator)
-        frames.append(codes)
+        yield codes
         text = trailing[:, step] if step < trailing.shape[1] else tts_pad.expand(batch, -1)
         hidden, logits = talker_step(talker, talker.embed_frame(codes) + text, step, state)
 
+
+def generate_codes_batch(talker: Talker, plans: list[PromptPlan], params: SamplingParams, *,
+                         max_new_tokens: int | None = None) -> list[torch.Tensor]:
+    """Codes [frames, 16] per plan, generated together from left-padded prompts (spec 5.5)."""
+    frames = list(iter_frames_batch(talker, plans, params, max_new_tokens=max_new_tokens))
+    config = talker.config
     if not frames:
+        device = plans[0].prefill.device
         return [torch.zeros(0, config.num_code_groups, dtype=torch.long, device=device) for _ in plans]
     codes = torch.stack(frames, dim=1)  # [batch, frames, 16]
-    is_eos = codes[..., 0] == eos
+    is_eos = codes[..., 0] == config.codec_eos_token_id
     lengths = torch.where(is_eos.any(-1), is_eos.int().argmax(-1), codes.shape[1])
     return [codes[row, : int(n)] for row, n in enumerate(lengths)]
+
+
+def iter_frames(talker: Talker, plan: PromptPlan, params: SamplingParams, *,
+                max_new_tokens: int | None = None) -> Iterator[torch.Tensor]:
+    """Frames [1, 16] of one prompt as they are made (a single row stops at its EOS, so all are valid)."""
+    return iter_frames_batch(talker, [plan], params, max_new_tokens=max_new_tokens)
 
 
 def generate_codes(talker: Talker, plan: PromptPlan, params: SamplingParams, *,

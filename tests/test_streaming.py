@@ -1,0 +1,63 @@
+"""Streaming audio equals the non-streamed (official) audio, chunk seams and 300-frame windows included."""
+
+import numpy as np
+import pytest
+import torch
+
+import qtts
+from qtts.models.codec_decoder import decode_official
+from qtts.streaming import stream_audio
+
+
+@pytest.fixture(scope="module")
+def tts(tiny_checkpoint):
+    return qtts.load(tiny_checkpoint("custom_voice"), device="cpu")
+
+
+def random_codes(frames, seed=0):
+    return torch.randint(0, 2048, (frames, 16), generator=torch.Generator().manual_seed(seed))
+
+
+def as_frames(codes, sizes):
+    """Split codes into blocks of the given sizes (repeating the last), as an engine would emit them."""
+    blocks, i, k = [], 0, 0
+    while i < codes.shape[0]:
+        n = sizes[min(k, len(sizes) - 1)]
+        blocks.append(codes[i:i + n])
+        i, k = i + n, k + 1
+    return blocks
+
+
+def joined(chunks):
+    return np.concatenate([c.samples for c in chunks])
+
+
+@pytest.mark.parametrize("frames, blocks", [(40, [1]), (37, [3, 1, 5]), (330, [7])],
+                         ids=["frame-by-frame", "uneven-blocks", "past-300-frame-window"])
+def test_stream_equals_official_decode(tts, frames, blocks):
+    codes = random_codes(frames)
+    chunks = list(stream_audio(tts.codec_decoder, as_frames(codes, blocks)))
+    expected = decode_official(tts.codec_decoder, codes[None])[0].numpy()
+    assert chunks[0].samples.shape == (1920,)  # first audio after a single frame
+    assert [c.samples.shape[0] // 1920 for c in chunks[:4]] == [1, 2, 4, 8]
+    np.testing.assert_allclose(joined(chunks), expected, atol=1e-4)
+
+
+def test_stream_with_reference_context_equals_official_icl_decode(tts):
+    ref, codes = random_codes(20, seed=1), random_codes(290, seed=2)  # windows straddle ref + generated
+    chunks = list(stream_audio(tts.codec_decoder, as_frames(codes, [1]), context=ref))
+    expected = decode_official(tts.codec_decoder, torch.cat([ref, codes])[None])[0].numpy()
+    np.testing.assert_allclose(joined(chunks), expected[20 * 1920:], atol=1e-4)
+
+
+def test_synthesize_stream_equals_synthesize(tts):
+    kwargs = dict(speaker="ryan", language="english", max_new_tokens=30, seed=11)
+    whole = tts.synthesize("Streaming should not change the audio.", **kwargs)
+    chunks = list(tts.synthesize("Streaming should not change the audio.", stream=True, **kwargs))
+    assert len(chunks) > 3 and chunks[0].samples.shape == (1920,)
+    np.testing.assert_allclose(joined(chunks), whole.samples, atol=1e-4)
+
+
+def test_stream_validates_before_the_first_chunk(tts):
+    with pytest.raises(qtts.InputError, match="unknown speaker"):
+        tts.synthesize("Hi.", speaker="nobody", stream=True)
