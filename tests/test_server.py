@@ -112,6 +112,12 @@ def reference_samples(tts, **kwargs):
     return np.frombuffer(pcm16(audio.samples), dtype="<i2")
 
 
+def assert_streamed_equals(streamed, complete):
+    """Streamed audio equals the complete decode up to float rounding, which can flip a sample's last bit."""
+    assert len(streamed) == len(complete) > 0
+    assert np.abs(streamed.astype(np.int32) - complete).max() <= 1
+
+
 def metric(server, name, default=None):
     text = server.client.get("/metrics").text
     for line in text.splitlines():
@@ -120,6 +126,14 @@ def metric(server, name, default=None):
     if default is None:
         raise AssertionError(f"{name} not in /metrics:\n{text}")
     return default
+
+
+def wait_until_idle(server, seconds=15.0, why="the worker is still busy"):
+    """The worker finishes its bookkeeping just after the last bytes leave, so idleness is polled for."""
+    deadline = time.monotonic() + seconds
+    while metric(server, "qtts_requests_in_flight") > 0:
+        assert time.monotonic() < deadline, why
+        time.sleep(0.02)
 
 
 def assert_error(response, status, *words, param=None):
@@ -150,11 +164,12 @@ def test_wav_equals_the_python_api_for_the_same_request(custom):
 def test_lossless_formats_carry_the_same_samples(custom):
     server, tts = custom
     want = reference_samples(tts)
-    for fmt in ("pcm", "flac"):
-        response = speak(server, response_format=fmt)
-        assert response.status_code == 200, response.text
-        assert response.headers["content-type"] == FORMATS[fmt].media_type
-        np.testing.assert_array_equal(samples_of(response, fmt), want)
+    flac = speak(server, response_format="flac")
+    assert flac.headers["content-type"] == "audio/flac"
+    np.testing.assert_array_equal(samples_of(flac, "flac"), want)
+    pcm = speak(server, response_format="pcm")  # raw samples always leave as they are made
+    assert pcm.headers["content-type"] == "audio/pcm"
+    assert_streamed_equals(samples_of(pcm, "pcm"), want)
 
 
 @pytest.mark.parametrize("fmt", [f for f in ("mp3", "opus") if f in FORMATS])
@@ -179,10 +194,85 @@ def test_default_format_is_openais_mp3_where_writable(custom):
 def test_sampling_extensions_reach_the_engine(custom):
     server, tts = custom
     greedy = dict(do_sample=False, subtalker_dosample=False)
-    response = speak(server, response_format="pcm", seed=None, **greedy)
-    np.testing.assert_array_equal(samples_of(response, "pcm"), reference_samples(tts, **greedy))
-    other_seed = speak(server, response_format="pcm", seed=8)
-    assert not np.array_equal(samples_of(other_seed, "pcm"), reference_samples(tts))
+    response = speak(server, response_format="wav", seed=None, **greedy)
+    np.testing.assert_array_equal(samples_of(response, "wav"), reference_samples(tts, **greedy))
+    other_seed = speak(server, response_format="wav", seed=8)
+    assert not np.array_equal(samples_of(other_seed, "wav"), reference_samples(tts))
+
+
+# -- streaming ----------------------------------------------------------------------------------------------
+def test_pcm_stream_arrives_before_the_end_and_equals_the_complete_wav(custom):
+    server, _ = custom
+    frames = 40
+    body = {"input": TEXT, "voice": SPEAKER, "seed": 7, "max_new_tokens": frames, "response_format": "pcm"}
+    pieces, arrivals = [], []
+    start_time = time.monotonic()
+    with server.client.stream("POST", "/v1/audio/speech", json=body) as response:
+        assert response.status_code == 200
+        assert response.headers["transfer-encoding"] == "chunked"
+        for piece in response.iter_raw():
+            pieces.append(piece)
+            arrivals.append(time.monotonic() - start_time)
+    assert len(pieces) > 1
+    assert arrivals[0] < 0.5 * arrivals[-1], arrivals  # the first chunk leaves after one frame, not at the end
+    complete = speak(server, response_format="wav", max_new_tokens=frames)
+    assert_streamed_equals(np.frombuffer(b"".join(pieces), dtype="<i2"), samples_of(complete, "wav"))
+
+
+def test_wav_stream_has_a_streaming_header_and_the_same_samples(custom):
+    server, _ = custom
+    streamed = speak(server, response_format="wav", stream_format="audio")
+    assert streamed.status_code == 200, streamed.text
+    assert streamed.content[4:8] == streamed.content[40:44] == b"\xff\xff\xff\xff"
+    assert_streamed_equals(samples_of(streamed, "wav"), samples_of(speak(server, response_format="wav"), "wav"))
+
+
+def sse_events(response):
+    assert response.headers["content-type"].startswith("text/event-stream")
+    return [json.loads(line[len("data: "):]) for line in response.text.splitlines() if line.startswith("data: ")]
+
+
+def test_sse_sends_audio_deltas_then_done_with_usage(custom):
+    server, _ = custom
+    events = sse_events(speak(server, response_format="pcm", stream_format="sse"))
+    assert [e["type"] for e in events] == ["speech.audio.delta"] * (len(events) - 1) + ["speech.audio.done"]
+    assert len(events) > 2  # several deltas: the audio left as it was made
+    audio = np.frombuffer(b"".join(base64.b64decode(e["audio"]) for e in events[:-1]), dtype="<i2")
+    assert_streamed_equals(audio, samples_of(speak(server, response_format="wav"), "wav"))
+    usage = events[-1]["usage"]
+    assert usage["output_tokens"] == len(audio) // SAMPLES_PER_FRAME and usage["input_tokens"] > 0
+    assert usage["total_tokens"] == usage["input_tokens"] + usage["output_tokens"]
+
+
+def test_sse_of_a_whole_file_format_is_one_delta(custom):
+    server, _ = custom
+    events = sse_events(speak(server, response_format="flac", stream_format="sse"))
+    assert [e["type"] for e in events] == ["speech.audio.delta", "speech.audio.done"]
+    flac = soundfile.read(io.BytesIO(base64.b64decode(events[0]["audio"])), dtype="int16")[0]
+    np.testing.assert_array_equal(flac, samples_of(speak(server, response_format="wav"), "wav"))
+
+
+def test_sse_error_before_audio_is_a_plain_400(custom):
+    server, _ = custom
+    assert_error(speak(server, stream_format="sse", response_format="pcm", top_p=2.0), 400, "top_p")
+
+
+def test_clients_that_leave_free_the_worker_and_others_carry_on(custom):
+    server, tts = custom
+    cancelled = metric(server, "qtts_cancelled_jobs_total")
+    long = {"input": TEXT, "voice": SPEAKER, "response_format": "pcm", "max_new_tokens": 2000}
+    with server.client.stream("POST", "/v1/audio/speech", json=long) as leaving:
+        chunks = leaving.iter_raw()  # held: dropping a half-read iterator would close the connection now
+        next(chunks)  # generation is under way; 2000 frames would take half a minute
+        # A second client gives up while its request still waits behind the first.
+        with pytest.raises(httpx.ReadTimeout):
+            server.client.post("/v1/audio/speech", json={**long, "response_format": "wav"}, timeout=0.5)
+    # Leaving the block hung up the first client mid-stream: both jobs end, no slot stays taken.
+    wait_until_idle(server, why="the worker is still busy with requests whose clients left")
+    assert metric(server, "qtts_cancelled_jobs_total") == cancelled + 2
+    response = speak(server, response_format="wav")
+    assert response.status_code == 200
+    np.testing.assert_array_equal(samples_of(response, "wav"), reference_samples(tts))
 
 
 # -- models, health, metrics ------------------------------------------------------------------------------
@@ -201,9 +291,10 @@ def test_models_health_and_metrics(custom):
     seconds, requests, errors = (metric(server, name, 0) for name in
                                  ("qtts_audio_seconds_total", speech_requests, bad_requests))
     response = speak(server, response_format="wav")
-    assert metric(server, "qtts_audio_seconds_total") == pytest.approx(seconds + len(samples_of(response, "wav")) / 24000)
+    spoken = len(samples_of(response, "wav")) / 24000
+    assert metric(server, "qtts_audio_seconds_total") == pytest.approx(seconds + spoken)
     assert metric(server, speech_requests) == requests + 1
-    assert metric(server, "qtts_requests_in_flight") == 0
+    wait_until_idle(server, seconds=5)
     speak(server, input="")
     assert metric(server, speech_requests) == requests + 2
     assert metric(server, bad_requests) == errors + 1
@@ -261,17 +352,18 @@ def test_concurrent_requests_all_succeed_and_do_not_mix(custom):
         by_seed.setdefault(seed, samples)
         np.testing.assert_array_equal(samples, by_seed[seed])
     assert not np.array_equal(by_seed[1], by_seed[2])
-    assert metric(server, "qtts_requests_in_flight") == 0
+    wait_until_idle(server, seconds=5)
 
 
 def test_full_queue_answers_503_with_retry_after(tiny_checkpoint):
-    server = start(tiny_checkpoint("custom_voice"), max_queue=1)
+    server = start(tiny_checkpoint("custom_voice"), model_name="tiny-custom", max_queue=1)
     try:
         body = {"input": TEXT, "voice": SPEAKER, "response_format": "pcm", "stream_format": "audio"}
         # A long stream occupies the worker; one request waits; the next finds the queue full.
         with server.client.stream("POST", "/v1/audio/speech", json={**body, "max_new_tokens": 2000}) as running:
             assert running.status_code == 200
-            next(running.iter_raw())
+            chunks = running.iter_raw()  # held: dropping a half-read iterator would close the connection now
+            next(chunks)
             with ThreadPoolExecutor(1) as pool:
                 waiting = pool.submit(speak, server, response_format="wav")
                 deadline = time.monotonic() + 20
@@ -358,3 +450,65 @@ def test_bad_voice_uploads_get_400_naming_the_problem(base, custom):
                  "instructions")
     custom_server, _ = custom
     assert_error(upload(custom_server, reference_wav()), 400, "base")
+
+
+# -- OpenAI's own client, and the command line -----------------------------------------------------------
+def test_the_official_openai_client_works_unchanged(custom, base):
+    openai = pytest.importorskip("openai")
+    server, tts = custom
+    client = openai.OpenAI(base_url=server.url + "/v1", api_key="not-needed")
+    extensions = {"seed": 7, "max_new_tokens": FRAMES}
+    wav = client.audio.speech.create(model="tts-1", voice=SPEAKER, input=TEXT, response_format="wav",
+                                     extra_body=extensions)
+    np.testing.assert_array_equal(soundfile.read(io.BytesIO(wav.content), dtype="int16")[0], reference_samples(tts))
+    with client.audio.speech.with_streaming_response.create(
+        model="tts-1", voice=SPEAKER, input=TEXT, response_format="pcm", extra_body=extensions
+    ) as streamed:
+        pcm = b"".join(streamed.iter_bytes())
+    assert_streamed_equals(np.frombuffer(pcm, dtype="<i2"), reference_samples(tts))
+    with pytest.raises(openai.BadRequestError, match="alloy"):
+        client.audio.speech.create(model="tts-1", voice="alloy", input=TEXT)
+
+    base_server = base[0]
+    base_client = openai.OpenAI(base_url=base_server.url + "/v1", api_key="not-needed")
+    voice = base_client.audio.voices.create(audio_sample=("ref.wav", reference_wav(), "audio/wav"),
+                                            consent="cons_test", name="carol")
+    assert voice.name == "carol" and voice.object == "audio.voice"
+    spoken = base_client.audio.speech.create(model="tts-1", voice={"id": voice.id}, input=TEXT,
+                                             response_format="pcm", extra_body={"max_new_tokens": 3})
+    assert len(spoken.content) > 0
+    assert base_client.audio.voices.delete(voice.id).deleted
+
+
+def test_qtts_serve_command(tiny_checkpoint):
+    import subprocess
+    import sys
+
+    with socket.socket() as probe:  # a port free a moment ago; the server binds it right away
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    folder = str(tiny_checkpoint("voice_design", mtp_projection=False))
+    process = subprocess.Popen([sys.executable, "-m", "qtts.cli", "serve", "--model", folder, "--port", str(port),
+                                "--device", "cpu", "--served-model-name", "designer"],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while True:
+            assert process.poll() is None, process.stdout.read()
+            try:
+                if httpx.get(url + "/health").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "qtts serve did not come up"
+            time.sleep(0.2)
+        assert httpx.get(url + "/v1/models").json()["data"][0]["id"] == "designer"
+        body = {"model": "designer", "input": TEXT, "instructions": "A calm, low voice.", "response_format": "wav",
+                "max_new_tokens": 3}
+        response = httpx.post(url + "/v1/audio/speech", json=body, timeout=60)
+        assert response.status_code == 200, response.text
+        assert len(samples_of(response, "wav")) > 0
+    finally:
+        process.terminate()
+        process.wait(30)

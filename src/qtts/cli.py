@@ -133,6 +133,17 @@ def cmd_info(args) -> None:
     print(f"device:     {tts.device} ({tts.dtype})")
 
 
+def cmd_serve(args) -> None:
+    try:
+        from .server import serve
+    except ImportError as e:
+        raise QttsError(f"qtts serve needs the server extra ({e.name} is not installed): "
+                        "pip install 'qtts[server]'") from None
+    options = {"max_queue": args.max_queue, "voices_dir": args.voices_dir, "model_name": args.served_model_name}
+    serve(_model_or_demo(args.model, "custom_voice"), host=args.host, port=args.port, device=args.device,
+          **{key: value for key, value in options.items() if value is not None})
+
+
 def cmd_bench(args) -> None:
     from .bench import main as bench_main
 
@@ -186,6 +197,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model")
     p.add_argument("--device")
     p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("serve", help="serve the model over HTTP with OpenAI's speech API")
+    common(p)
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0: all)")
+    p.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000)")
+    p.add_argument("--voices-dir", help="folder that keeps cloned voices across restarts (Base models)")
+    p.add_argument("--max-queue", type=int, help="requests that may wait before new ones get 503 (default 64)")
+    p.add_argument("--served-model-name", help="model id clients send and /v1/models lists (default: --model)")
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("bench", help="benchmark qtts on a checkpoint (see bench/README.md)", add_help=False)
     p.add_argument("bench_args", nargs=argparse.REMAINDER)

@@ -156,19 +156,18 @@ def create_app(tts, *, model_name: str | None = None, voices_dir: str | Path | N
         if incremental:
             return StreamingResponse(audio_stream(job, first, fmt), media_type=fmt.media_type)
         metrics.audio_seconds += first.duration
-        return Response(encode(first.samples, fmt), media_type=fmt.media_type)
+        # Compressing minutes of audio takes a while: off the event loop, beside the worker's next job.
+        return Response(await asyncio.to_thread(encode, first.samples, fmt), media_type=fmt.media_type)
 
     async def audio_stream(job: Job, first, fmt: AudioFormat) -> AsyncIterator[bytes]:
+        """Bytes as chunks are made. A failure after the first chunk propagates: the status line has left,
+        so an aborted connection is how the client learns that the audio is cut."""
         encoder = StreamEncoder(fmt)
         try:
             async for audio in _chain(first, job):
                 metrics.audio_seconds += audio.duration
                 yield encoder.encode(audio.samples)
             yield encoder.finish()
-        except Exception:
-            # The status line has left; aborting the connection is how the client learns the audio is cut.
-            logger.exception("speech stream failed after its first chunk")
-            raise
         finally:
             job.cancel()  # a no-op when the job finished; stops generation when the client left mid-stream
 
@@ -180,7 +179,7 @@ def create_app(tts, *, model_name: str | None = None, voices_dir: str | Path | N
             async for audio in _chain(first, job):
                 metrics.audio_seconds += audio.duration
                 samples += len(audio.samples)
-                data = encoder.encode(audio.samples) if encoder else encode(audio.samples, fmt)
+                data = encoder.encode(audio.samples) if encoder else await asyncio.to_thread(encode, audio.samples, fmt)
                 yield audio_delta_event(base64.b64encode(data).decode("ascii"))
             tail = encoder.finish() if encoder else b""
             if tail:

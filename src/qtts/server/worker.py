@@ -14,6 +14,8 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from ..errors import InputError
+
 
 class QueueFull(Exception):
     """The waiting queue is at capacity (answer 503 and ask the client to retry)."""
@@ -105,7 +107,7 @@ class SynthesisWorker:
 
     def __init__(self, max_queue: int):
         if max_queue < 1:
-            raise ValueError(f"max_queue must be at least 1, got {max_queue}")
+            raise InputError(f"max_queue must be at least 1, got {max_queue}")
         self.max_queue = max_queue
         self.cancelled_jobs = 0  # jobs stopped or skipped because they were cancelled
         self._waiting: deque[Job] = deque()
