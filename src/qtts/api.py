@@ -15,10 +15,12 @@ import torch
 
 from .audio import SAMPLE_RATE, Audio, load_audio, mel_spectrogram
 from .checkpoint import Checkpoint, build_empty, load_weights, open_checkpoint, split_prefixes
+from .engine.codec_graphs import GraphedCodecStream
 from .engine.reference import generate_codes, iter_frames
 from .errors import InputError
 from .models.codec_decoder import CodecDecoder, decode_official
 from .models.codec_encoder import CodecEncoder, encode
+from .models.codec_stream import CodecStream
 from .models.speaker_encoder import SpeakerEncoder
 from .models.talker import Talker
 from .prompt import PromptBuilder, PromptPlan, supported_languages, supported_speakers
@@ -81,6 +83,7 @@ class TTS:
         self.codec_decoder = codec_decoder
         self.tokenizer = tokenizer
         self.prompts = PromptBuilder(talker, self.config, tokenizer)
+        self._decoder_stream: GraphedCodecStream | None = None  # made on the first streamed request
 
     # -- what the model offers --------------------------------------------------------------------------
     @property
@@ -207,7 +210,7 @@ class TTS:
     def _stream(self, plan: PromptPlan, params: SamplingParams, context: torch.Tensor | None) -> Iterator[Audio]:
         frames = iter_frames(self.talker, plan, params)  # blocks [1, 16]: one frame of the single row
         context = None if context is None else context.to(self.device)
-        chunks = stream_audio(self.codec_decoder, frames, context=context)
+        chunks = stream_audio(self.codec_decoder, frames, context=context, stream=self._streaming_decoder())
         while True:
             # Each step runs in inference mode; between chunks the caller's own mode is left alone.
             with torch.inference_mode():
@@ -233,10 +236,21 @@ class TTS:
                              "x-vector-only voice")
         samples = load_audio(ref_audio)
         wav = torch.from_numpy(samples).to(self.device)
-        mels = mel_spectrogram(wav)[None]
-        embedding = self.speaker_encoder(mels)[0].to(self.dtype).cpu()
-        codes = encode(self.codec_encoder, wav).cpu() if ref_text is not None else None
-        return Voice(embedding, codes, ref_text, self.checkpoint.name, self.config.tts_model_size)
+        # Launch the speaker encoder and the codec encoder before copying anything back to the host.
+        embedding = self.speaker_encoder(mel_spectrogram(wav)[None])[0].to(self.dtype)
+        codes = encode(self.codec_encoder, wav) if ref_text is not None else None
+        return Voice(embedding.cpu(), None if codes is None else codes.cpu(), ref_text, self.checkpoint.name,
+                     self.config.tts_model_size)
+
+    def _streaming_decoder(self) -> GraphedCodecStream:
+        """One batch-1 decoder stream, graph-captured per chunk size on CUDA, reused by every request.
+
+        Capture costs far more than a chunk, so it happens once per model; requests take turns (TTS is
+        not thread-safe)."""
+        if self._decoder_stream is None:
+            with torch.inference_mode():
+                self._decoder_stream = GraphedCodecStream(CodecStream(self.codec_decoder, batch_size=1))
+        return self._decoder_stream
 
     def _check_codes(self, codes) -> torch.Tensor:
         codes = torch.as_tensor(codes)

@@ -7,6 +7,7 @@ clear message instead of producing a silent or garbled voice later.
 
 from __future__ import annotations
 
+import functools
 import io
 import math
 from dataclasses import dataclass
@@ -227,6 +228,12 @@ def mel_filterbank(
 _FILTERBANK = mel_filterbank()
 
 
+@functools.lru_cache(maxsize=8)
+def _filterbank_on(device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    # Kept on the device: a host-to-device copy per call would block the GPU voice-creation path.
+    return torch.from_numpy(_FILTERBANK).to(device=device, dtype=dtype)
+
+
 def mel_spectrogram(samples: np.ndarray | torch.Tensor) -> torch.Tensor:
     """Log-mel features [..., frames, 128] of 24 kHz audio [..., n], frames = n // 256.
 
@@ -252,6 +259,6 @@ def mel_spectrogram(samples: np.ndarray | torch.Tensor) -> torch.Tensor:
     spec = torch.stft(flat, N_FFT, hop_length=HOP_LENGTH, win_length=WIN_LENGTH, window=window,
                       center=False, onesided=True, return_complex=True)
     magnitude = torch.sqrt(torch.view_as_real(spec).pow(2).sum(-1) + MAGNITUDE_EPS)
-    filters = torch.from_numpy(_FILTERBANK).to(device=samples.device, dtype=samples.dtype)
+    filters = _filterbank_on(samples.device, samples.dtype)
     mel = torch.log(torch.clamp(torch.matmul(filters, magnitude), min=LOG_MEL_FLOOR))
     return mel.transpose(-1, -2).reshape(*lead_shape, mel.shape[-1], N_MELS)

@@ -14,6 +14,7 @@ import torch
 
 from .audio import SAMPLE_RATE, Audio
 from .models.codec_decoder import CodecDecoder
+from .engine.codec_graphs import GraphedCodecStream
 from .models.codec_stream import CodecStream
 
 OFFICIAL_WINDOW = 300
@@ -24,10 +25,12 @@ CHUNK_RAMP = (1, 2, 4, 8, 16)
 class OfficialWindowStream:
     """Decodes frames incrementally with the same 300/25 windowing as the official decode."""
 
-    def __init__(self, decoder: CodecDecoder, context: torch.Tensor | None = None):
-        """`context`: frames [n, 16] that precede the stream (ICL reference codes); their audio is dropped."""
-        self.stream = CodecStream(decoder, batch_size=1)
-        self.samples_per_frame = decoder.samples_per_frame
+    def __init__(self, decoder: CodecDecoder, context: torch.Tensor | None = None,
+                 stream: CodecStream | GraphedCodecStream | None = None):
+        """`context`: frames [n, 16] that precede the stream (ICL reference codes); their audio is dropped.
+        `stream`: a batch-1 stream over `decoder` to reuse (e.g. graph-captured); it is reset first."""
+        self.stream = stream if stream is not None else CodecStream(decoder, batch_size=1)
+        self.stream.reset()
         self.history: torch.Tensor | None = None  # the last OFFICIAL_CONTEXT frames, for window restarts
         self.frames_seen = 0
         if context is not None and context.shape[0]:
@@ -51,13 +54,15 @@ class OfficialWindowStream:
 
 
 def stream_audio(decoder: CodecDecoder, frames: Iterable[torch.Tensor], *,
-                 context: torch.Tensor | None = None, ramp: tuple[int, ...] = CHUNK_RAMP) -> Iterator[Audio]:
+                 context: torch.Tensor | None = None, ramp: tuple[int, ...] = CHUNK_RAMP,
+                 stream: CodecStream | GraphedCodecStream | None = None) -> Iterator[Audio]:
     """Yield `Audio` chunks for `frames` (an iterable of code tensors [n, 16], n >= 1, as generated).
 
     Frames are grouped into chunks of `ramp[0]`, `ramp[1]`, ... frames (the last size repeats); each
-    chunk is decoded as soon as it is complete, and the remainder when `frames` ends.
+    chunk is decoded as soon as it is complete, and the remainder when `frames` ends. `stream` reuses a
+    decoder stream (one utterance at a time) instead of allocating one.
     """
-    window = OfficialWindowStream(decoder, context)
+    window = OfficialWindowStream(decoder, context, stream)
     pending: list[torch.Tensor] = []
     have = 0
     index = 0
