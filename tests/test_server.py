@@ -283,6 +283,7 @@ def test_models_health_and_metrics(custom):
     card = models["data"][0]
     assert card["id"] == "tiny-custom" and card["object"] == "model"
     assert card["speakers"] == tts.speakers and card["model_type"] == "custom_voice"
+    assert server.client.get("/openapi.json").status_code == 200  # /docs can describe every route
     health = server.client.get("/health")
     assert health.status_code == 200 and health.json()["status"] == "ok"
 
@@ -315,6 +316,7 @@ def test_models_health_and_metrics(custom):
     ({"stream_format": "ogg"}, 400, ["stream_format"], "stream_format"),
     ({"temperature": -1}, 400, ["temperature"], None),
     ({"max_new_tokens": 0}, 400, ["max_new_tokens"], None),
+    ({"max_new_tokens": 10**9}, 400, ["max_new_tokens", "limit"], "max_new_tokens"),
 ])
 def test_bad_speech_requests_get_a_clear_openai_error(custom, fields, status, words, param):
     server, _ = custom
@@ -512,3 +514,56 @@ def test_qtts_serve_command(tiny_checkpoint):
     finally:
         process.terminate()
         process.wait(30)
+
+
+# -- the parts on their own ------------------------------------------------------------------------------
+def test_worker_stop_cancels_running_and_waiting_jobs():
+    import asyncio
+
+    from qtts.server.worker import JobCancelled, QueueFull, SynthesisWorker
+
+    closed = threading.Event()
+
+    def endless():
+        try:
+            while True:
+                time.sleep(0.01)
+                yield "chunk"
+        finally:
+            closed.set()
+
+    async def scenario():
+        worker = SynthesisWorker(max_queue=1)
+        worker.start()
+        running = worker.submit(endless)
+        assert await anext(running) == "chunk"
+        waiting = worker.submit(lambda: ["never made"])
+        with pytest.raises(QueueFull):
+            worker.submit(lambda: ["no room"])
+        await asyncio.to_thread(worker.stop)
+        assert closed.is_set() and not worker.alive and worker.in_flight == 0
+        with pytest.raises(JobCancelled):
+            async for _ in waiting:
+                pass
+        with pytest.raises(JobCancelled):
+            async for _ in running:  # the chunks made before the stop, then the cancellation
+                pass
+        assert worker.cancelled_jobs == 2
+
+    asyncio.run(scenario())
+
+
+def test_voice_store_reads_hand_made_files_and_skips_foreign_ones(tmp_path):
+    from qtts.server.voice_store import VoiceStore
+
+    qtts.Voice(torch.randn(16)).save(tmp_path / "narrator.safetensors")  # as `qtts clone -o` writes it
+    qtts.Voice(torch.randn(32)).save(tmp_path / "too-wide.safetensors")  # made for another model width
+    qtts.Voice(torch.randn(16)).save(tmp_path / ".hidden.safetensors")  # not a valid id
+    (tmp_path / "broken.safetensors").write_bytes(b"not a voice")
+    store = VoiceStore(tmp_path, hidden_size=16)
+    assert [stored.id for stored in store.list()] == ["narrator"]
+    assert store.get("narrator").name == "narrator"
+    added = store.add(qtts.Voice(torch.randn(16)), name="new")
+    assert [stored.id for stored in VoiceStore(tmp_path, hidden_size=16).list()] == ["narrator", added.id]
+    assert store.delete(added.id) and not store.delete(added.id)
+    assert not (tmp_path / f"{added.id}.safetensors").exists() and not (tmp_path / f"{added.id}.json").exists()

@@ -65,6 +65,7 @@ def create_app(tts, *, model_name: str | None = None, voices_dir: str | Path | N
         logger.warning("ignoring voices_dir: voices are for Base models and this is a %s model", tts.model_type)
     voices = VoiceStore(voices_dir if is_base else None, hidden_size=tts.hidden_size)
     started = int(time.time())
+    max_new_tokens = tts.checkpoint.generation.max_new_tokens
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -130,6 +131,11 @@ def create_app(tts, *, model_name: str | None = None, voices_dir: str | Path | N
         if body.speed != 1.0:
             raise ApiError(400, f"speed {body.speed:g} is not supported: qtts speaks at the model's own pace "
                            "(speed 1.0)", code="unsupported_value", param="speed")
+        if body.max_new_tokens is not None and body.max_new_tokens > max_new_tokens:
+            # Caches are sized by this bound up front: an absurd value would exhaust memory, not just time.
+            raise ApiError(400, f"max_new_tokens {body.max_new_tokens} exceeds this server's limit of "
+                           f"{max_new_tokens} frames (the checkpoint's generation_config.json)",
+                           code="unsupported_value", param="max_new_tokens")
         if body.language.lower() not in tts.languages:
             raise ApiError(400, f"unsupported language {body.language!r}; choose one of: "
                            f"{', '.join(tts.languages)}", code="unsupported_language", param="language")
