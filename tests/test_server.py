@@ -26,7 +26,7 @@ import qtts
 
 fastapi = pytest.importorskip("fastapi")
 uvicorn = pytest.importorskip("uvicorn")
-pytest.importorskip("multipart", reason="voice uploads need python-multipart")
+pytest.importorskip("python_multipart", reason="the server needs python-multipart (the server extra)")
 
 from qtts.audio import SAMPLES_PER_FRAME  # noqa: E402
 from qtts.server import create_app  # noqa: E402

@@ -1,7 +1,7 @@
 """The OpenAI-compatible HTTP layer over one loaded `TTS`: speech, voices, models, health and metrics.
 
 Handlers check what only the server knows (model name, voice ids, formats, limits), hand the model work
-to the single `SynthesisWorker`, and turn its results into bytes. Nothing here touches the model directly.
+to the single `SynthesisWorker`, and turn its results into bytes. Nothing here runs the model itself.
 """
 
 from __future__ import annotations
@@ -346,7 +346,8 @@ def _validation_error(exc: RequestValidationError) -> ApiError:
     """One clear 400 for the first thing wrong with the request body."""
     problems = exc.errors()
     first = problems[0] if problems else {"loc": (), "msg": "invalid request", "type": ""}
-    field = ".".join(str(part) for part in first["loc"][1:] if not isinstance(part, int)) or None
+    # loc is ("body", field, ...); deeper parts name union members or list indices, not request fields.
+    field = str(first["loc"][1]) if len(first["loc"]) > 1 else None
     kind = first["type"]
     if kind == "json_invalid":
         message = f"the request body is not valid JSON: {first.get('ctx', {}).get('error', first['msg'])}"
