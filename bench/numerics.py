@@ -30,10 +30,11 @@ sys.path.insert(0, str(BENCH.parent / "src"))
 def official_package_available() -> bool:
     """Make `qwen_tts` importable if it can be (before anything imports transformers or tokenizers)."""
     if importlib.util.find_spec("qwen_tts") is None and (BENCH.parent / ".whl" / "official").is_dir():
-        from compare import install
+        from compare import ENVS, install
 
-        for wheel_set in ("official", "shared"):
-            sys.path.insert(1, str(install(wheel_set)))
+        for wheel_set in ("official", "shared"):  # reuse what an earlier compare.py run installed
+            target = ENVS / wheel_set
+            sys.path.insert(1, str(target if target.is_dir() else install(wheel_set)))
     if importlib.util.find_spec("qwen_tts") is None:
         return False
     import transformers  # noqa: F401  (probes torchaudio itself: the stand-in must come after it)
@@ -117,16 +118,18 @@ def measure(args, with_official: bool) -> dict:
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     return {
         "checkpoint": str(args.checkpoint), "device": gpu, "torch": torch.__version__,
-        "size": config.hidden_size, "request": request, "prompt_len": int(plan.prefill.shape[0]),
+        "hidden_size": config.hidden_size, "request": request, "prompt_len": int(plan.prefill.shape[0]),
         "frames": args.frames, "official": official_note, "bf16_vs_fp32": runs,
         "fp32_max_abs_diff_vs_qtts_reference": fp32_vs_reference,
         "fp32_logit_std": float(fp32["qtts reference"].code0.std()),
+        "bf16_reduced_precision_reduction": torch.backends.cuda.matmul.allow_bf16_reduced_precision_reduction,
         "seconds": round(time.perf_counter() - start, 1),
     }
 
 
 def table(result: dict) -> str:
-    """Markdown: one row per engine, bf16 against the same engine in fp32."""
+    """Markdown: one row per engine, bf16 against the same engine in fp32, then the cross-engine lines."""
+    runs = result["bf16_vs_fp32"]
     lines = [
         f"bf16 vs fp32, teacher-forced, {result['frames']} frames, prompt {result['prompt_len']} positions "
         f"({result['request']}), {result['device']}; official: {result['official']}",
@@ -135,16 +138,25 @@ def table(result: dict) -> str:
         "| code 0 max / mean rel. diff | codes 1-15 max / mean rel. diff |",
         "|---|---|---|---|---|---|---|",
     ]
-    for name, run in result["bf16_vs_fp32"].items():
+    for name, run in runs.items():
         c0, cs = run["code0"], run["codes1_15"]
         lines.append(
             f"| {name} | {c0['top1']:.3f} | {cs['top1']:.3f} | {c0['kl']:.2e} | {cs['kl']:.2e} "
             f"| {c0['max_rel_diff']:.3f} / {c0['mean_rel_diff']:.4f} "
             f"| {cs['max_rel_diff']:.3f} / {cs['mean_rel_diff']:.4f} |"
         )
+    lines.append("")
+    if "official" in runs:
+        official = runs["official"]
+        ratios = ", ".join(
+            f"{name} {run['code0']['kl'] / official['code0']['kl']:.3f} / "
+            f"{run['codes1_15']['kl'] / official['codes1_15']['kl']:.3f}"
+            for name, run in runs.items() if name != "official"
+        )
+        lines.append(f"bf16 KL over the official package's (code 0 / codes 1-15; at most 1 = no worse): {ratios}")
     diffs = ", ".join(f"{k} {v:.2e}" for k, v in result["fp32_max_abs_diff_vs_qtts_reference"].items())
-    lines += ["", f"fp32 max |logit diff| against the qtts reference: {diffs or 'n/a'} "
-                  f"(logit std {result['fp32_logit_std']:.2f})"]
+    lines.append(f"fp32 max |logit diff| against the qtts reference: {diffs or 'n/a'} "
+                 f"(logit std {result['fp32_logit_std']:.2f})")
     return "\n".join(lines)
 
 

@@ -8,7 +8,7 @@ fed the fixed codes. Each engine keeps its own step pattern (one prefill, then o
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
 
@@ -56,7 +56,7 @@ class ForcedSampler:
 
     def __call__(self, logits: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         code = self.codes[len(self.seen)]
-        self.seen.append(logits.float().clone())
+        self.seen.append(logits.float().clone())  # a copy: the fast frame rewrites its logits buffer in place
         return code
 
     def logits(self) -> torch.Tensor:
@@ -72,8 +72,8 @@ def fixed_frames(talker: Talker, plan: PromptPlan, frames: int) -> torch.Tensor:
 
 def cast_plan(plan: PromptPlan, device, dtype: torch.dtype) -> PromptPlan:
     """The same plan in another precision: every engine then reads the same rounded prompt."""
-    return PromptPlan(plan.prefill.to(device, dtype), plan.trailing.to(device, dtype),
-                      plan.tts_pad.to(device, dtype))
+    return replace(plan, prefill=plan.prefill.to(device, dtype), trailing=plan.trailing.to(device, dtype),
+                   tts_pad=plan.tts_pad.to(device, dtype))
 
 
 def _check_frames(frames: torch.Tensor, groups: int) -> None:
