@@ -41,15 +41,19 @@ class Job:
     Consume it on the event loop with `async for`; it raises what `produce` raised.
     """
 
-    def __init__(self, produce: Callable[[], Iterable[Any]], loop: asyncio.AbstractEventLoop):
+    def __init__(self, produce: Callable[[], Iterable[Any]], loop: asyncio.AbstractEventLoop,
+                 withdraw: Callable[[Job], None]):
         self._produce = produce
         self._loop = loop
+        self._withdraw = withdraw  # takes the job out of the waiting queue, if it is still there
         self._results: asyncio.Queue = asyncio.Queue()
         self._cancelled = threading.Event()
 
     def cancel(self) -> None:
-        """Ask the worker to stop this job at its next result (or to skip it if it has not started)."""
-        self._cancelled.set()
+        """Stop this job at its next result; a job still waiting leaves the queue at once (its slot is free)."""
+        if not self._cancelled.is_set():
+            self._cancelled.set()
+            self._withdraw(self)
 
     @property
     def cancelled(self) -> bool:
@@ -72,7 +76,7 @@ class Job:
     def run(self) -> bool:
         """Produce every result (on the worker thread); return False when the job was cancelled."""
         if self.cancelled:
-            self._send(_Failed(JobCancelled()))
+            self.refuse()
             return False
         try:
             results = iter(self._produce())
@@ -90,10 +94,14 @@ class Job:
             self._send(_Failed(exc))
             return True
         if self.cancelled:
-            self._send(_Failed(JobCancelled()))
+            self.refuse()
             return False
         self._send(_END)
         return True
+
+    def refuse(self) -> None:
+        """Answer JobCancelled, for whoever still listens (a request waiting while the server stops)."""
+        self._send(_Failed(JobCancelled()))
 
     def _send(self, item: Any) -> None:
         try:
@@ -123,7 +131,7 @@ class SynthesisWorker:
         """Cancel every job (waiting ones are answered with JobCancelled) and let the thread finish."""
         with self._condition:
             self._stopping = True
-            for job in self._waiting:
+            for job in list(self._waiting):
                 job.cancel()
             if self._running is not None:
                 self._running.cancel()
@@ -133,7 +141,7 @@ class SynthesisWorker:
 
     def submit(self, produce: Callable[[], Iterable[Any]]) -> Job:
         """Queue `produce` (call from the event loop); raise QueueFull when the queue is at capacity."""
-        job = Job(produce, asyncio.get_running_loop())
+        job = Job(produce, asyncio.get_running_loop(), self._withdraw)
         with self._condition:
             if self._stopping:
                 raise QueueFull("the server is shutting down")
@@ -158,6 +166,14 @@ class SynthesisWorker:
         with self._condition:
             return len(self._waiting) + (self._running is not None)
 
+    def _withdraw(self, job: Job) -> None:
+        with self._condition:
+            if job not in self._waiting:
+                return  # running (it stops at its next result) or done
+            self._waiting.remove(job)
+            self.cancelled_jobs += 1
+        job.refuse()
+
     def _serve(self) -> None:
         while True:
             with self._condition:
@@ -166,9 +182,11 @@ class SynthesisWorker:
                 if not self._waiting:
                     return
                 job = self._running = self._waiting.popleft()
+            completed = False
             try:
-                if not job.run():
-                    self.cancelled_jobs += 1
+                completed = job.run()
             finally:
                 with self._condition:
                     self._running = None
+                    if not completed:
+                        self.cancelled_jobs += 1
