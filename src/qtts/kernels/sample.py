@@ -120,7 +120,7 @@ def sample_codes_triton(
     out = torch.empty(batch, device=logits.device, dtype=torch.int64)
     block = next_power_of_2(vocab)
     _sample_codes_kernel[(batch,)](
-        logits.contiguous(), seeds, counter, seen.view(torch.uint8) if talker else logits,
+        logits.contiguous(), seeds, counter, seen if talker else logits,
         generated if talker else counter, out,
         vocab, float(temp), float(penalty), eos_id, min_new_tokens,
         vocab if suppress_from is None else suppress_from, counter_scale, counter_offset,
