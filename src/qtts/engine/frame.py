@@ -43,7 +43,8 @@ class LayerOps:
 
     def qkv(self, layer, h: torch.Tensor):
         attn = layer.self_attn
-        sizes = (attn.num_heads * attn.head_dim, attn.num_kv_heads * attn.head_dim, attn.num_kv_heads * attn.head_dim)
+        kv_width = attn.num_kv_heads * attn.head_dim
+        sizes = (attn.num_heads * attn.head_dim, kv_width, kv_width)
         if layer in self.projections:
             q, k, v = F.linear(h, self.projections[layer][0]).split(sizes, dim=-1)
         else:

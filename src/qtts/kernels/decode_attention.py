@@ -78,7 +78,8 @@ def _decode_attention_kernel(
 
     out_rows = ((batch * seq_len + step) * (N_KV_HEADS * GROUP) + q_head) * HEAD_DIM
     out = acc / denom[:, None]
-    tl.store(out_ptr + out_rows[:, None] + d[None, :], round_to(out, out_ptr.dtype.element_ty), mask=(g < GROUP)[:, None])
+    tl.store(out_ptr + out_rows[:, None] + d[None, :], round_to(out, out_ptr.dtype.element_ty),
+             mask=(g < GROUP)[:, None])
 
 
 def decode_attention_triton(

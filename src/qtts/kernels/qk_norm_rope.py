@@ -79,13 +79,15 @@ def _qk_norm_rope_cache_kernel(
     sin_a = round_to(sin(angle, LIBDEVICE), dtype).to(tl.float32)
 
     q_heads = tl.arange(0, N_Q_HEADS)
-    o1, o2 = _norm_rope(q_ptr + batch * q_batch_stride + step * q_seq_stride, q_weight_ptr, q_heads, cos_a, sin_a, eps, half, HALF)
+    q_row = q_ptr + batch * q_batch_stride + step * q_seq_stride
+    o1, o2 = _norm_rope(q_row, q_weight_ptr, q_heads, cos_a, sin_a, eps, half, HALF)
     out = q_out_ptr + ((batch * N_Q_HEADS + q_heads[:, None]) * seq_len + step) * head_dim + half[None, :]
     tl.store(out, o1)
     tl.store(out + HALF, o2)
 
     kv_heads = tl.arange(0, N_KV_HEADS)
-    o1, o2 = _norm_rope(k_ptr + batch * k_batch_stride + step * k_seq_stride, k_weight_ptr, kv_heads, cos_a, sin_a, eps, half, HALF)
+    k_row = k_ptr + batch * k_batch_stride + step * k_seq_stride
+    o1, o2 = _norm_rope(k_row, k_weight_ptr, kv_heads, cos_a, sin_a, eps, half, HALF)
     slot = tl.load(cache_index_ptr + token).to(tl.int64)
     rows = ((batch * N_KV_HEADS + kv_heads[:, None]) * cache_len + slot) * head_dim + half[None, :]
     cache_dtype = k_cache_ptr.dtype.element_ty
