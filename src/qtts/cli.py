@@ -1,4 +1,4 @@
-"""`qtts` on the command line: speak, clone, make checkpoints, benchmark, inspect.
+"""`qtts` on the command line: speak, clone, serve, make checkpoints, benchmark, inspect.
 
 A thin shell over the Python API; every user mistake surfaces as one line naming the problem, exit code 2.
 """
