@@ -7,7 +7,7 @@ context starts at `--context` tokens (a prefill through the reference path) and 
 Variants (names combine): `eager` = PyTorch ops captured in one graph; `fused` = the Triton kernels
 (layers and sampling); `proj` = q/k/v and gate/up weights as one matrix each; `compiled` = torch.compile
 of the frame step, then captured (compile time in setup_s); `greedy` = argmax picks instead of the
-checkpoints' default sampling (as the earlier probe).
+checkpoints' default sampling (as the earlier probe); `nosplit` = talker attention without the split.
 
 Measured on one H100 (2026-11-25, torch 2.11, Triton 3.6; context 300, median of 60 replays, ms/frame):
     0.6B b1: eager 21.65, fused 7.02, fused-proj 5.85 (greedy 5.38); b16: eager 29.12, fused 7.58, fused-proj 6.43
@@ -34,6 +34,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
+import qtts.kernels.decode_attention as decode_attention  # noqa: E402
 from qtts.config import TTSConfig  # noqa: E402
 from qtts.engine.frame import Frame  # noqa: E402
 from qtts.engine.graphs import FrameGraph  # noqa: E402
@@ -42,6 +43,7 @@ from qtts.models.talker import Talker  # noqa: E402
 from qtts.sampling import SamplingParams  # noqa: E402
 from qtts.testing.configs import real_tts_config  # noqa: E402
 
+default_splits = decode_attention.default_splits
 SAMPLING = SamplingParams()  # the checkpoints' defaults: top-k 50, temperature 0.9, penalty 1.05
 GREEDY = SamplingParams(do_sample=False, subtalker_dosample=False)
 
@@ -136,6 +138,8 @@ def main():
         for batch in args.batches:
             for variant in args.variants:
                 compile, fused, proj = "compiled" in variant, "fused" in variant, "proj" in variant
+                # `nosplit`: the talker's attention in one serial pass per KV head, as before flash-decoding
+                decode_attention.default_splits = (lambda n: 1) if "nosplit" in variant else default_splits
                 params = GREEDY if "greedy" in variant else SAMPLING
                 if compile and (size not in args.compile_sizes or batch not in args.compile_batches):
                     continue

@@ -117,12 +117,13 @@ def test_snake_beta_matches_reference(device, dtype):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("seq", [1, 2])
 @pytest.mark.parametrize("head_dim", [128, 8])
-def test_decode_attention_matches_reference(device, dtype, seq, head_dim):
-    batch, n_q, n_kv, cache_len = 3, 4, 2, 40
+@pytest.mark.parametrize("splits", [1, 4])
+def test_decode_attention_matches_reference(device, dtype, seq, head_dim, splits):
+    batch, n_q, n_kv, cache_len = 3, 4, 2, 200  # with 4 splits, up to 3 of them hold rows
     q = torch.randn(batch, n_q, seq, head_dim, device=device).to(dtype)
     k_cache = torch.randn(batch, n_kv, cache_len, head_dim, device=device).to(dtype)
     v_cache = torch.randn(batch, n_kv, cache_len, head_dim, device=device).to(dtype)
-    lengths = torch.tensor([seq, 17, cache_len], device=device, dtype=torch.int32)
+    lengths = torch.tensor([seq, 170, cache_len], device=device, dtype=torch.int32)
     starts = torch.tensor([0, 3, 35], device=device, dtype=torch.int32)  # left padding before each start
     # rows outside each [start, length) are garbage that must not be read
     for b, (first, n) in enumerate(zip(starts.tolist(), lengths.tolist())):
@@ -130,10 +131,11 @@ def test_decode_attention_matches_reference(device, dtype, seq, head_dim):
             cache[b, :, n:] = float("nan")
             cache[b, :, :first] = float("nan")
     scale = head_dim**-0.5
-    out = decode_attention_triton(q, k_cache, v_cache, lengths, scale, starts)
+    out = decode_attention_triton(q, k_cache, v_cache, lengths, scale, starts, splits)
     ref = decode_attention_reference(q, k_cache.nan_to_num(), v_cache.nan_to_num(), lengths, scale, starts)
     assert_same_function(out, ref)
-    no_padding = decode_attention_triton(q, k_cache.nan_to_num(), v_cache.nan_to_num(), lengths, scale)
+    no_padding = decode_attention_triton(q, k_cache.nan_to_num(), v_cache.nan_to_num(), lengths, scale,
+                                         splits=splits)
     assert_same_function(no_padding, decode_attention_reference(q, k_cache.nan_to_num(), v_cache.nan_to_num(),
                                                                 lengths, scale))
 

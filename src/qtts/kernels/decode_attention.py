@@ -4,7 +4,9 @@ step of the code predictor (whose cache holds at most 16 positions).
 Each sequence's valid cache range lives on the device (`starts`, `lengths`: left padding at the front,
 new rows at the end), so one captured graph serves every step.
 Scores and probabilities stay in float32 (as SDPA/flash kernels keep them) and one program serves all the
-query heads that share a KV head, so each cached row is read once.
+query heads that share a KV head, so each cached row is read once. Long caches are split across programs
+(flash-decoding): each split keeps its own running max, denominator and sum, and a second small kernel
+merges them, so a long context costs parallel work rather than one long serial loop.
 """
 
 from __future__ import annotations
@@ -42,14 +44,20 @@ def decode_attention_reference(
 @jit
 def _decode_attention_kernel(
     q_ptr, k_cache_ptr, v_cache_ptr, starts_ptr, lengths_ptr, out_ptr, scale, seq_len, cache_len,
+    partial_max_ptr, partial_sum_ptr, partial_acc_ptr,
     N_KV_HEADS: tl.constexpr, GROUP: tl.constexpr, BLOCK_G: tl.constexpr, HEAD_DIM: tl.constexpr,
-    BLOCK_N: tl.constexpr,
+    BLOCK_N: tl.constexpr, SPLITS: tl.constexpr,
 ):
     batch = tl.program_id(0).to(tl.int64)
     kv_head = tl.program_id(1)
-    step = tl.program_id(2)
+    step = tl.program_id(2) // SPLITS
+    split = tl.program_id(2) % SPLITS
     first = tl.load(starts_ptr + batch).to(tl.int32)
     n_visible = tl.load(lengths_ptr + batch).to(tl.int32) - seq_len + step + 1
+    if SPLITS > 1:  # this program's share of the visible rows, whole blocks each
+        chunk = tl.cdiv(tl.cdiv(n_visible - first, SPLITS), BLOCK_N) * BLOCK_N
+        first = first + split * chunk
+        n_visible = tl.minimum(n_visible, first + chunk)
 
     g = tl.arange(0, BLOCK_G)
     d = tl.arange(0, HEAD_DIM)
@@ -76,15 +84,39 @@ def _decode_attention_kernel(
         denom = denom * rescale + tl.sum(p, axis=1)
         m = m_new
 
-    out_rows = ((batch * seq_len + step) * (N_KV_HEADS * GROUP) + q_head) * HEAD_DIM
-    out = acc / denom[:, None]
-    tl.store(out_ptr + out_rows[:, None] + d[None, :], round_to(out, out_ptr.dtype.element_ty),
-             mask=(g < GROUP)[:, None])
+    out_rows = (batch * seq_len + step) * (N_KV_HEADS * GROUP) + q_head
+    if SPLITS == 1:
+        tl.store(out_ptr + out_rows[:, None] * HEAD_DIM + d[None, :],
+                 round_to(acc / denom[:, None], out_ptr.dtype.element_ty), mask=(g < GROUP)[:, None])
+    else:
+        part = out_rows * SPLITS + split
+        tl.store(partial_max_ptr + part, m, mask=g < GROUP)
+        tl.store(partial_sum_ptr + part, denom, mask=g < GROUP)
+        tl.store(partial_acc_ptr + part[:, None] * HEAD_DIM + d[None, :], acc, mask=(g < GROUP)[:, None])
+
+
+@jit
+def _merge_splits_kernel(partial_max_ptr, partial_sum_ptr, partial_acc_ptr, out_ptr,
+                         HEAD_DIM: tl.constexpr, SPLITS: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)
+    splits = tl.arange(0, SPLITS)
+    d = tl.arange(0, HEAD_DIM)
+    m = tl.load(partial_max_ptr + row * SPLITS + splits)
+    weight = tl.exp(m - tl.max(m, axis=0))  # empty splits have m = -inf: weight 0
+    denom = tl.sum(weight * tl.load(partial_sum_ptr + row * SPLITS + splits), axis=0)
+    acc = tl.load(partial_acc_ptr + (row * SPLITS + splits)[:, None] * HEAD_DIM + d[None, :])
+    out = tl.sum(weight[:, None] * acc, axis=0) / denom
+    tl.store(out_ptr + row * HEAD_DIM + d, round_to(out, out_ptr.dtype.element_ty))
+
+
+def default_splits(cache_len: int) -> int:
+    """Programs per (row, KV head): one up to 256 cached rows, then about one per 256 rows, at most 16."""
+    return min(16, next_power_of_2(-(-cache_len // 256)))
 
 
 def decode_attention_triton(
     q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, lengths: torch.Tensor, scale: float,
-    starts: torch.Tensor | None = None,
+    starts: torch.Tensor | None = None, splits: int | None = None,
 ) -> torch.Tensor:
     batch, n_q_heads, seq_len, head_dim = q.shape
     n_kv_heads, cache_len = k_cache.shape[1], k_cache.shape[2]
@@ -96,12 +128,22 @@ def decode_attention_triton(
     group = n_q_heads // n_kv_heads
     if starts is None:
         starts = torch.zeros_like(lengths)
+    splits = default_splits(cache_len) if splits is None else splits
+    if splits & (splits - 1):
+        raise InputError(f"splits must be a power of two, got {splits}")
     out = torch.empty(batch, seq_len, n_q_heads * head_dim, device=q.device, dtype=q.dtype)
-    _decode_attention_kernel[(batch, n_kv_heads, seq_len)](
-        q, k_cache, v_cache, starts, lengths, out, scale, seq_len, cache_len,
+    rows = batch * seq_len * n_q_heads
+    partial_max = torch.empty(rows * splits if splits > 1 else 1, device=q.device, dtype=torch.float32)
+    partial_sum = torch.empty_like(partial_max)
+    partial_acc = torch.empty(partial_max.numel(), head_dim, device=q.device, dtype=torch.float32)
+    _decode_attention_kernel[(batch, n_kv_heads, seq_len * splits)](
+        q, k_cache, v_cache, starts, lengths, out, scale, seq_len, cache_len, partial_max, partial_sum, partial_acc,
         N_KV_HEADS=n_kv_heads, GROUP=group, BLOCK_G=next_power_of_2(group), HEAD_DIM=head_dim,
-        BLOCK_N=min(32, next_power_of_2(cache_len)), num_warps=4,
+        BLOCK_N=min(32, next_power_of_2(cache_len)), SPLITS=splits, num_warps=4,
     )
+    if splits > 1:
+        _merge_splits_kernel[(rows,)](partial_max, partial_sum, partial_acc, out, HEAD_DIM=head_dim,
+                                      SPLITS=splits, num_warps=4)
     return out
 
 
