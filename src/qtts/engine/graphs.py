@@ -1,6 +1,7 @@
 """Capture a `Frame`'s step as one CUDA graph: replaying it is the frame, with no launch or host cost per
 kernel. Optionally the step is first compiled with torch.compile (Inductor fuses the glue ops), then
-captured the same way.
+captured the same way; on torch 2.11 that did not yet work with the Triton kernels (Inductor failed
+recompiling them) and took over 5 minutes without them, so the fused eager step is the default.
 """
 
 from __future__ import annotations
