@@ -131,7 +131,7 @@ class Frame:
         self.codes = zeros(batch, max_frames, self.groups, dtype=torch.int64)
         # The predictor's positions are the same every frame: [0, 1] for the talker hidden state and code 0,
         # then one position per code fed back.
-        first = torch.arange(2, device=device).expand(batch, 2)
+        first = torch.arange(2, device=device).expand(batch, 2).contiguous()
         self.predictor_positions = [first] + [torch.full((batch, 1), g + 1, device=device)
                                               for g in range(1, self.groups - 1)]
         self.predictor_lengths = [torch.full((batch,), int(p[0, -1]) + 1, device=device, dtype=torch.int32)
