@@ -137,3 +137,11 @@ def test_graph_frames_run_without_host_sync_and_match_eager():
     got = fast.generate_codes_batch(talker, batch, GREEDY, max_new_tokens=12)
     for g, e in zip(got, expected):
         assert torch.equal(g, e)
+
+
+def test_one_token_limit_gives_no_frames_like_the_reference():
+    talker = tiny_talker(seed=14)
+    batch = plans(talker, seed=15)
+    expected = reference.generate_codes_batch(talker, batch, GREEDY, max_new_tokens=1)
+    got = fast.generate_codes_batch(talker, batch, GREEDY, max_new_tokens=1, graphs=False, fused=False)
+    assert [c.shape for c in got] == [c.shape for c in expected] == [(0, 16)] * 2
