@@ -75,6 +75,8 @@ def generate_codes_batch(talker: Talker, plans: list[PromptPlan], params: Sampli
         done += 1
 
     codes = frame.codes[:, :done]
+    if done == 0:  # a one-token limit: the only code 0 never gets its residual codes
+        return [codes[row].clone() for row in range(batch)]
     is_eos = codes[..., 0] == talker.config.codec_eos_token_id
     lengths = torch.where(is_eos.any(-1), is_eos.int().argmax(-1), codes.shape[1]).tolist()
     return [codes[row, :n].clone() for row, n in enumerate(lengths)]
