@@ -253,3 +253,26 @@ def test_config_that_does_not_match_weights_is_rejected(tiny_checkpoint, tmp_pat
     (bad / "config.json").write_text(json.dumps(config))
     with pytest.raises(CheckpointError, match="speaker_encoder"):
         qtts.load(bad, device="cpu")
+
+
+def test_fast_engine_gives_the_reference_codes_and_streams_the_same_audio(tiny_checkpoint):
+    folder = tiny_checkpoint("custom_voice")
+    reference = qtts.load(folder, device="cpu", engine="reference")
+    fast = qtts.load(folder, device="cpu", engine="fast")
+    assert reference.fast_engine is None and fast.fast_engine is not None
+    kwargs = dict(speaker="aiden", language="english", max_new_tokens=FRAMES, **GREEDY)
+    assert torch.equal(fast.generate_codes(TEXT, **kwargs), reference.generate_codes(TEXT, **kwargs))
+    # The engine keeps its frame between requests: a second, shorter request reuses it.
+    assert torch.equal(fast.generate_codes("Short.", **kwargs), reference.generate_codes("Short.", **kwargs))
+    whole = fast.synthesize(TEXT, **kwargs)
+    chunks = list(fast.synthesize(TEXT, stream=True, **kwargs))
+    np.testing.assert_allclose(np.concatenate([c.samples for c in chunks]), whole.samples, atol=1e-4)
+    sampled = dict(speaker="aiden", max_new_tokens=12, seed=5)
+    assert torch.equal(fast.generate_codes(TEXT, **sampled), fast.generate_codes(TEXT, **sampled))
+    unseeded = dict(speaker="aiden", max_new_tokens=12)
+    assert not torch.equal(fast.generate_codes(TEXT, **unseeded), fast.generate_codes(TEXT, **unseeded))
+
+
+def test_unknown_engine_is_an_input_error(tiny_checkpoint):
+    with pytest.raises(InputError, match="unknown engine 'turbo'"):
+        qtts.load(tiny_checkpoint("custom_voice"), device="cpu", engine="turbo")

@@ -123,13 +123,14 @@ def test_graph_frames_run_without_host_sync_and_match_eager():
     for params in (GREEDY, SamplingParams(seed=3)):
         frame = fast.Frame(talker, 2, 64, 16, 8, params)
         graph = fast.FrameGraph(frame)
-        watch = fast.EosWatch(frame)
+        watch = fast.FrameWatch(frame)
         torch.cuda.synchronize()
         torch.cuda.set_sync_debug_mode("error")
         try:
-            for _ in range(10):
+            for index in range(10):
                 graph()
-                watch.after_frame()
+                watch.after_frame(index)
+                watch.landed()
         finally:
             torch.cuda.set_sync_debug_mode(0)
         torch.cuda.synchronize()

@@ -16,6 +16,7 @@ import torch
 from .audio import SAMPLE_RATE, Audio, load_audio, mel_spectrogram
 from .checkpoint import Checkpoint, build_empty, load_weights, open_checkpoint, split_prefixes
 from .engine.codec_graphs import GraphedCodecStream
+from .engine.fast import FastEngine
 from .engine.reference import generate_codes, iter_frames
 from .errors import InputError
 from .models.codec_decoder import CodecDecoder, decode_official
@@ -32,13 +33,20 @@ from .voices import Voice
 _MAX_TEXT_CHARS = 20_000
 
 
+ENGINES = ("auto", "fast", "reference")
+
+
 def load(model: str | os.PathLike, *, device: str | torch.device | None = None,
-         dtype: torch.dtype | None = None) -> "TTS":
+         dtype: torch.dtype | None = None, engine: str = "auto") -> "TTS":
     """Load a Qwen3-TTS 12 Hz checkpoint from a folder or a Hugging Face repo id.
 
     The talker runs in `dtype` (default bf16 on CUDA, float32 on CPU); the speaker encoder and the codec
-    stay in float32, as the official checkpoints store them and as their small cost allows.
+    stay in float32, as the official checkpoints store them and as their small cost allows. `engine`:
+    "fast" (one CUDA graph per frame, fused Triton kernels; eager where there is no GPU), "reference"
+    (the plain PyTorch loop), or "auto": fast on CUDA, reference on CPU.
     """
+    if engine not in ENGINES:
+        raise InputError(f"unknown engine {engine!r}; choose one of: {', '.join(ENGINES)}")
     ckpt = open_checkpoint(model)
     device = torch.device(device) if device is not None else torch.device(
         "cuda" if torch.cuda.is_available() else "cpu"
@@ -67,14 +75,17 @@ def load(model: str | os.PathLike, *, device: str | torch.device | None = None,
     codec_decoder = build_empty(lambda **kw: CodecDecoder(speech.decoder_config, **kw), device, torch.float32)
     load_weights(codec_decoder, ckpt.speech_tokenizer_file, "decoder.")
     tokenizer = TextTokenizer.from_folder(ckpt.path)
-    return TTS(ckpt, talker, speaker_encoder, codec_encoder, codec_decoder, tokenizer)
+    fast = engine == "fast" or (engine == "auto" and device.type == "cuda")
+    return TTS(ckpt, talker, speaker_encoder, codec_encoder, codec_decoder, tokenizer,
+               FastEngine(talker) if fast else None)
 
 
 class TTS:
     """A loaded model. Thread-compatible, not thread-safe: serve concurrent requests through one engine."""
 
     def __init__(self, checkpoint: Checkpoint, talker: Talker, speaker_encoder: SpeakerEncoder | None,
-                 codec_encoder: CodecEncoder, codec_decoder: CodecDecoder, tokenizer: TextTokenizer):
+                 codec_encoder: CodecEncoder, codec_decoder: CodecDecoder, tokenizer: TextTokenizer,
+                 fast_engine: FastEngine | None = None):
         self.checkpoint = checkpoint
         self.config = checkpoint.config
         self.talker = talker
@@ -83,6 +94,7 @@ class TTS:
         self.codec_decoder = codec_decoder
         self.tokenizer = tokenizer
         self.prompts = PromptBuilder(talker, self.config, tokenizer)
+        self.fast_engine = fast_engine  # None: the reference loop generates
         self._decoder_stream: GraphedCodecStream | None = None  # made on the first streamed request
 
     # -- what the model offers --------------------------------------------------------------------------
@@ -170,7 +182,18 @@ class TTS:
         params = self.sampling_params(**sampling)
         plan = self.plan(text, language=language, voice=voice, speaker=speaker, instruct=instruct,
                          non_streaming_mode=non_streaming_mode)
+        return self._generate(plan, params).cpu()
+
+    def _generate(self, plan: PromptPlan, params: SamplingParams) -> torch.Tensor:
+        if self.fast_engine is not None:
+            return self.fast_engine.generate_codes_batch([plan], params)[0]
         return generate_codes(self.talker, plan, params)
+
+    def _iter_frames(self, plan: PromptPlan, params: SamplingParams) -> Iterator[torch.Tensor]:
+        """Blocks [1, 16]: each frame of the single row as it is made."""
+        if self.fast_engine is not None:
+            return self.fast_engine.iter_frames_batch([plan], params)
+        return iter_frames(self.talker, plan, params)
 
     # -- codes -> audio -----------------------------------------------------------------------------------
     @torch.inference_mode()
@@ -198,7 +221,7 @@ class TTS:
         if stream:
             return self._stream(plan, params, context)
         with torch.inference_mode():
-            codes = generate_codes(self.talker, plan, params)
+            codes = self._generate(plan, params)
             if context is None:
                 return self.decode(codes)
             # ICL: the reference frames are decoder left context; cut their share of the samples (spec 5.6).
@@ -208,7 +231,7 @@ class TTS:
             return Audio(audio.samples[cut:], SAMPLE_RATE)
 
     def _stream(self, plan: PromptPlan, params: SamplingParams, context: torch.Tensor | None) -> Iterator[Audio]:
-        frames = iter_frames(self.talker, plan, params)  # blocks [1, 16]: one frame of the single row
+        frames = self._iter_frames(plan, params)
         context = None if context is None else context.to(self.device)
         chunks = stream_audio(self.codec_decoder, frames, context=context, stream=self._streaming_decoder())
         while True:

@@ -95,7 +95,8 @@ class Frame:
     """
 
     def __init__(self, talker: Talker, batch: int, max_len: int, max_frames: int, max_text: int,
-                 params: SamplingParams, fused: bool | None = None, fuse_weights: bool | None = None):
+                 params: SamplingParams, fused: bool | None = None, fuse_weights: bool | None = None,
+                 projections: dict | None = None):
         weight = talker.codec_head.weight
         device, dtype = weight.device, weight.dtype
         config = talker.config
@@ -103,7 +104,9 @@ class Frame:
         self.max_len, self.max_frames, self.max_text = max_len, max_frames, max_text
         fused = kernels.enabled(device) if fused is None else fused
         # Fusing re-points the talker's q/k/v and gate/up weights into shared matrices (no copies kept).
-        projections = fuse_projections(talker) if (fused if fuse_weights is None else fuse_weights) else None
+        # `projections` from an earlier `fuse_projections(talker)` are reused: fusing again would copy every weight.
+        if projections is None and (fused if fuse_weights is None else fuse_weights):
+            projections = fuse_projections(talker)
         self.ops = LayerOps(fused, projections)
         # The fused sampler has no top-p; with top-p < 1 the frame keeps the PyTorch processors.
         self.fused_sampling = self.ops.fused and params.top_p >= 1.0 and params.subtalker_top_p >= 1.0
