@@ -145,7 +145,10 @@ def test_wrong_shapes_are_input_errors(decoder):
 # ---- captured graphs (CUDA) ---------------------------------------------------------------------------
 
 @gpu
+@torch.backends.cudnn.flags(enabled=True, allow_tf32=False)
 def test_graph_replays_equal_the_eager_stream_without_host_syncs():
+    # cuDNN's TF32 convolutions (on by default) may pick other algorithms under capture than eagerly; at
+    # TF32 precision that alone moved the output by 1.8e-5 on an H100. The test is about the graph logic.
     decoder = random_decoder("cuda")
     codes = random_codes(2, 3 + sum(CHUNKS), seed=28).cuda()
     stream = CodecStream(decoder, batch_size=2)

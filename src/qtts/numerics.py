@@ -132,6 +132,9 @@ def teacher_forced_fast(talker: Talker, plan: PromptPlan, frames: torch.Tensor,
     hidden, logits = prefill(talker, embeds, state)
     frame.start(hidden, logits, valid, trailing, plan.tts_pad)
     frame.talker_sampler, frame.predictor_sampler = code0, codes = _forcers(frames)
+    # The fused sampler kernel would bypass the forcing samplers (and hide the logits): keep the math
+    # kernels fused but route sampling through the samplers.
+    frame.fused_sampling = False
     for _ in range(count):
         frame.step()
     return _result(code0, codes, count)
