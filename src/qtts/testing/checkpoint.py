@@ -22,7 +22,7 @@ from .configs import generation_config, tiny_speech_tokenizer_config, tiny_tts_c
 from .tokenizer import write_tokenizer_files
 
 
-def _fill(name: str, tensor: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+def random_value(name: str, tensor: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     """A random value for checkpoint tensor `name`, by the role its name and shape give it."""
     shape = tuple(tensor.shape)
     device = gen.device
@@ -62,7 +62,7 @@ _CODEC_RESIDUAL_CONV = re.compile(r"^decoder\.\d+\.block\.[234]\.conv[12]\.conv\
 def _random_state(module: torch.nn.Module, prefix: str, gen: torch.Generator, dtype: torch.dtype) -> dict:
     state = {}
     for key, value in module.state_dict().items():
-        filled = _fill(key, value, gen)
+        filled = random_value(key, value, gen)
         state[prefix + key] = filled.to(dtype if value.is_floating_point() else value.dtype).cpu().contiguous()
     return state
 
