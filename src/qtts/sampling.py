@@ -19,19 +19,10 @@ from .errors import InputError
 
 
 @dataclass(frozen=True)
-class SamplingParams:
-    """Sampling settings, named as in `generation_config.json`, plus `min_new_tokens` and `seed`."""
+class SamplingParams(GenerationConfig):
+    """Per-request sampling: the `generation_config.json` settings (same names and defaults), validated,
+    plus `min_new_tokens` and `seed`."""
 
-    do_sample: bool = True
-    temperature: float = 0.9
-    top_k: int = 50
-    top_p: float = 1.0
-    repetition_penalty: float = 1.05
-    subtalker_dosample: bool = True
-    subtalker_temperature: float = 0.9
-    subtalker_top_k: int = 50
-    subtalker_top_p: float = 1.0
-    max_new_tokens: int = 2048
     # The official talker hard-codes 2; benchmarks raise it to force a fixed length (EOS masked until then).
     min_new_tokens: int = 2
     seed: int | None = None
@@ -66,7 +57,7 @@ class SamplingParams:
         unknown = sorted(set(overrides) - names)
         if unknown:
             raise InputError(f"unknown sampling option(s) {', '.join(unknown)}; valid: {', '.join(sorted(names))}")
-        base = {f.name: getattr(config, f.name) for f in fields(config) if f.name in names}
+        base = {f.name: getattr(config, f.name) for f in fields(config)}
         return replace(cls(**base), **{k: v for k, v in overrides.items() if v is not None})
 
     def generator(self, device=None) -> torch.Generator | None:

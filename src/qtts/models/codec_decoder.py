@@ -19,7 +19,7 @@ from torch.nn import functional as F
 from ..config import CodecDecoderConfig
 from ..errors import CheckpointError, InputError
 from ..kernels import snake
-from .layers import RMSNorm, SwiGLU, apply_rope, rope_cos_sin, rope_inverse_frequencies
+from .layers import LayerScale, RMSNorm, SwiGLU, apply_rope, rope_cos_sin, rope_inverse_frequencies
 
 # The official codebooks divide by usage counts clamped to this floor (unused codes have usage ~0).
 CLUSTER_USAGE_FLOOR = 1e-5
@@ -118,15 +118,6 @@ class ConvNeXtBlock(nn.Module):
         h = self.dwconv(x, state).transpose(1, 2)
         h = self.pwconv2(F.gelu(self.pwconv1(self.norm(h))))
         return x + (self.gamma * h).transpose(1, 2)
-
-
-class LayerScale(nn.Module):
-    def __init__(self, dim: int, initial: float, device=None, dtype=None):
-        super().__init__()
-        self.scale = nn.Parameter(torch.full((dim,), initial, device=device, dtype=dtype))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.scale * x
 
 
 class KeyValueWindow(NamedTuple):

@@ -15,7 +15,7 @@ from torch.nn import functional as F
 
 from ..config import CodecEncoderConfig
 from ..errors import CheckpointError, InputError
-from .layers import apply_rope, rope_cos_sin, rope_inverse_frequencies
+from .layers import LayerScale, apply_rope, rope_cos_sin, rope_inverse_frequencies
 
 # Codebook vectors are running sums divided by usage counts clamped to this floor.
 CLUSTER_USAGE_FLOOR = 1e-5
@@ -83,15 +83,6 @@ class SEANetEncoder(nn.Module):
         for layer in self.layers:
             x = layer(x)
         return x
-
-
-class LayerScale(nn.Module):
-    def __init__(self, dim: int, initial: float, device=None, dtype=None):
-        super().__init__()
-        self.scale = nn.Parameter(torch.full((dim,), initial, device=device, dtype=dtype))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.scale * x
 
 
 class EncoderAttention(nn.Module):

@@ -46,6 +46,17 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return x * cos.unsqueeze(1) + rotate_half(x) * sin.unsqueeze(1)
 
 
+class LayerScale(nn.Module):
+    """`*_layer_scale.scale`: a learned per-channel gain on a residual branch (the codec transformers)."""
+
+    def __init__(self, dim: int, initial: float, device=None, dtype=None):
+        super().__init__()
+        self.scale = nn.Parameter(torch.full((dim,), initial, device=device, dtype=dtype))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.scale * x
+
+
 class SwiGLU(nn.Module):
     """`mlp.{gate,up,down}_proj`: down(silu(gate(x)) * up(x)), no biases."""
 
