@@ -64,3 +64,9 @@ def test_make_tiny_writes_a_loadable_checkpoint(tmp_path):
     result = run("info", tmp_path / "t")
     assert result.returncode == 0, result.stderr
     assert "voice_design" in result.stdout
+
+
+def test_bench_subcommand_takes_its_own_options():
+    result = run("bench", "--help")
+    assert result.returncode == 0, result.stderr
+    assert "--frames" in result.stdout and "checkpoint" in result.stdout

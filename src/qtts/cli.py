@@ -144,12 +144,6 @@ def cmd_serve(args) -> None:
           **{key: value for key, value in options.items() if value is not None})
 
 
-def cmd_bench(args) -> None:
-    from .bench import main as bench_main
-
-    bench_main(args.bench_args)
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="qtts", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -207,13 +201,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--served-model-name", help="model id clients send and /v1/models lists (default: --model)")
     p.set_defaults(func=cmd_serve)
 
-    p = sub.add_parser("bench", help="benchmark qtts on a checkpoint (see bench/README.md)", add_help=False)
-    p.add_argument("bench_args", nargs=argparse.REMAINDER)
-    p.set_defaults(func=cmd_bench)
+    # Listed for --help only: main() hands `qtts bench ...` to qtts.bench, which parses its own options.
+    sub.add_parser("bench", help="benchmark qtts on a checkpoint (qtts bench --help; see bench/README.md)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["bench"]:
+        from .bench import main as bench_main
+
+        return bench_main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
