@@ -146,3 +146,17 @@ def test_one_token_limit_gives_no_frames_like_the_reference():
     expected = reference.generate_codes_batch(talker, batch, GREEDY, max_new_tokens=1)
     got = fast.generate_codes_batch(talker, batch, GREEDY, max_new_tokens=1, graphs=False, fused=False)
     assert [c.shape for c in got] == [c.shape for c in expected] == [(0, 16)] * 2
+
+
+def test_fast_engine_rebuilds_its_frame_when_the_talker_caches_change():
+    talker = tiny_talker(seed=12)
+    batch = plans(talker, lengths=((6, 3),), seed=13)
+    engine = fast.FastEngine(talker, graphs=False, fused=False)
+    first = engine.generate_codes_batch(batch, GREEDY, max_new_tokens=8)
+    kept = engine._frame
+    engine.generate_codes_batch(batch, GREEDY, max_new_tokens=6)
+    assert engine._frame is kept  # a request that fits reuses the frame
+    expected = reference.generate_codes_batch(talker, batch, GREEDY, max_new_tokens=8)  # new caches
+    again = engine.generate_codes_batch(batch, GREEDY, max_new_tokens=8)
+    assert engine._frame is not kept
+    assert all(torch.equal(a, b) and torch.equal(a, e) for a, b, e in zip(first, again, expected))

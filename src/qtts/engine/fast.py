@@ -61,25 +61,29 @@ class FastEngine:
         fuse = (kernels_enabled(device) if fused is None else fused) if fuse_weights is None else fuse_weights
         self.projections = fuse_projections(talker) if fuse else None
         self._key = None
+        self._caches = None
         self._frame: Frame | None = None
         self._run = None
 
     def _frame_for(self, batch: int, max_len: int, max_frames: int, max_text: int, params: SamplingParams):
         settings = replace(params, seed=None, max_new_tokens=1)  # what a captured frame bakes in
-        caches = self.talker.model.layers[0].self_attn.kv_cache
-        key = (batch, settings, id(caches))
+        key = (batch, settings)
         frame = self._frame
-        fits = (frame is not None and self._key == key and max_len <= frame.max_len
-                and max_frames <= frame.max_frames and max_text <= frame.max_text)
+        # The graph points at the talker's caches: if anything re-allocated them (a reference-loop call on
+        # the same talker), the frame must be rebuilt. Holding the old cache object makes `is` reliable.
+        fits = (frame is not None and self._key == key and self._caches is self._current_caches()
+                and max_len <= frame.max_len and max_frames <= frame.max_frames and max_text <= frame.max_text)
         if not fits:
-            self._frame = self._run = None  # free the old caches and graph before allocating new ones
+            self._frame = self._run = self._caches = None  # free the old graph and caches first
             frame = Frame(self.talker, batch, _bucket(max_len, self.LEN_BUCKET), _bucket(max_frames, self.LEN_BUCKET),
                           _bucket(max(max_text, 1), self.TEXT_BUCKET), params, self.fused,
                           projections=self.projections, fuse_weights=self.projections is not None)
             self._run = FrameGraph(frame) if self.graphs else frame.step
-            self._frame = frame
-            self._key = (batch, settings, id(self.talker.model.layers[0].self_attn.kv_cache))
+            self._frame, self._key, self._caches = frame, key, self._current_caches()
         return frame, self._run
+
+    def _current_caches(self):
+        return self.talker.model.layers[0].self_attn.kv_cache
 
     def iter_frames_batch(self, plans: list[PromptPlan], params: SamplingParams, *,
                           max_new_tokens: int | None = None,
