@@ -276,3 +276,9 @@ def test_fast_engine_gives_the_reference_codes_and_streams_the_same_audio(tiny_c
 def test_unknown_engine_is_an_input_error(tiny_checkpoint):
     with pytest.raises(InputError, match="unknown engine 'turbo'"):
         qtts.load(tiny_checkpoint("custom_voice"), device="cpu", engine="turbo")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
+def test_cuda_without_a_gpu_is_an_input_error(tiny_checkpoint):
+    with pytest.raises(InputError, match="sees no CUDA GPU"):
+        qtts.load(tiny_checkpoint("custom_voice"), device="cuda")

@@ -31,8 +31,6 @@ from .text import TextTokenizer
 from .voices import Voice
 
 _MAX_TEXT_CHARS = 20_000
-
-
 ENGINES = ("auto", "fast", "reference")
 
 
@@ -51,6 +49,8 @@ def load(model: str | os.PathLike, *, device: str | torch.device | None = None,
     device = torch.device(device) if device is not None else torch.device(
         "cuda" if torch.cuda.is_available() else "cpu"
     )
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"device {device} was asked for, but this PyTorch sees no CUDA GPU; use device='cpu'")
     if dtype is None:
         dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     cfg = ckpt.config
