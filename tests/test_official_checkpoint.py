@@ -63,6 +63,12 @@ def test_official_written_checkpoint_gives_official_greedy_codes(tmp_path, varia
         ref = Qwen3TTSModel.from_pretrained(str(folder), device_map="cpu", dtype=torch.float32)
     tts = qtts.load(folder, device="cpu")
     if variant == "custom_voice":
+        codes = tts.generate_codes(TEXT, speaker="sohee", language="korean", max_new_tokens=20, **GREEDY)
+        their_codes = ref.model.generate(
+            input_ids=[ref._tokenize_texts([ref._build_assistant_text(TEXT)])[0]], languages=["korean"],
+            speakers=["sohee"], non_streaming_mode=True, max_new_tokens=20, **GREEDY,
+        )[0][0]
+        assert codes.shape == (19, 16) and torch.equal(codes, their_codes)
         ours = tts.synthesize(TEXT, speaker="sohee", language="korean", max_new_tokens=20, **GREEDY)
         wavs, _ = ref.generate_custom_voice(TEXT, speaker="sohee", language="korean", max_new_tokens=20,
                                             **GREEDY)
