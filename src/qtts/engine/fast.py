@@ -117,9 +117,10 @@ class FastEngine:
                 watch.after_frame(made)
                 made += 1
             # Hand out each frame once its code 0 is on the host; wait only to bound the run-ahead, or at
-            # the end. A frame whose rows all sampled EOS ends the generation.
-            while watch.seen < made and (made - watch.seen > self.RUN_AHEAD or made == limit - 1
-                                         or watch.landed()):
+            # the end. The first frame is handed out before any other is enqueued, so a stream's first
+            # decode does not queue behind later frames. A frame whose rows all sampled EOS ends generation.
+            ahead = self.RUN_AHEAD if watch.seen else 0
+            while watch.seen < made and (made - watch.seen > ahead or made == limit - 1 or watch.landed()):
                 index = watch.advance()
                 if watch.all_eos(index):
                     return
