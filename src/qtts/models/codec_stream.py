@@ -38,11 +38,11 @@ class CodecStream:
     def reset(self, rows: list[int] | None = None) -> None:
         """Start new utterances in the same buffers: in every row, or only in `rows` (a batch slot that
         a finished request leaves to a new one)."""
+        if rows is None:
+            torch._foreach_zero_(self.state_tensors())  # one launch, not one per layer state: it precedes first audio
+            return
         for tensor in self.state_tensors():
-            if rows is None:
-                tensor.zero_()
-            else:
-                tensor[rows] = 0
+            tensor[rows] = 0
 
     @torch.no_grad()
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
