@@ -39,7 +39,8 @@ class CodecStream:
         """Start new utterances in the same buffers: in every row, or only in `rows` (a batch slot that
         a finished request leaves to a new one)."""
         if rows is None:
-            torch._foreach_zero_(self.state_tensors())  # one launch, not one per layer state: it precedes first audio
+            # One launch rather than one per layer state: a streamed request starts with this.
+            torch._foreach_zero_(self.state_tensors())
             return
         for tensor in self.state_tensors():
             tensor[rows] = 0
