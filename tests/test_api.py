@@ -75,8 +75,7 @@ def test_load_reports_model_facts(custom):
 
 def test_custom_voice_matches_official(custom):
     _, tts, ref = custom
-    for speaker, language, instruct in [("ryan", "english", None), ("dylan", "auto", None),
-                                        ("vivian", "chinese", None)]:
+    for speaker, language in [("ryan", "english"), ("dylan", "auto"), ("vivian", "chinese")]:
         ours = tts.synthesize(TEXT, speaker=speaker, language=language, max_new_tokens=FRAMES, **GREEDY)
         wavs, sr = ref.generate_custom_voice(TEXT, speaker=speaker, language=language,
                                              max_new_tokens=FRAMES, **GREEDY)

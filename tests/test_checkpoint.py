@@ -4,8 +4,6 @@ import json
 import shutil
 
 import pytest
-import torch
-from safetensors.torch import load_file, save_file
 
 from qtts import CheckpointError
 from qtts.checkpoint import open_checkpoint, resolve
