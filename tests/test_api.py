@@ -270,6 +270,9 @@ def test_fast_engine_gives_the_reference_codes_and_streams_the_same_audio(tiny_c
     assert torch.equal(fast.generate_codes(TEXT, **sampled), fast.generate_codes(TEXT, **sampled))
     unseeded = dict(speaker="aiden", max_new_tokens=12)
     assert not torch.equal(fast.generate_codes(TEXT, **unseeded), fast.generate_codes(TEXT, **unseeded))
+    texts = ["One.", TEXT]
+    for ours, theirs in zip(fast.synthesize_batch(texts, **kwargs), reference.synthesize_batch(texts, **kwargs)):
+        np.testing.assert_allclose(ours.samples, theirs.samples, atol=1e-4)
 
 
 def test_unknown_engine_is_an_input_error(tiny_checkpoint):
@@ -281,3 +284,27 @@ def test_unknown_engine_is_an_input_error(tiny_checkpoint):
 def test_cuda_without_a_gpu_is_an_input_error(tiny_checkpoint):
     with pytest.raises(InputError, match="sees no CUDA GPU"):
         qtts.load(tiny_checkpoint("custom_voice"), device="cuda")
+
+
+def test_synthesize_batch_equals_one_by_one_under_greedy(custom, base):
+    _, tts, _ = custom
+    texts = ["A short one.", TEXT, "A third text, somewhat longer than the first of them all."]
+    speakers = ["ryan", "vivian", "eric"]
+    batch = tts.synthesize_batch(texts, speaker=speakers, language="english", max_new_tokens=16, **GREEDY)
+    for text, speaker, audio in zip(texts, speakers, batch):
+        single = tts.synthesize(text, speaker=speaker, language="english", max_new_tokens=16, **GREEDY)
+        np.testing.assert_allclose(audio.samples, single.samples, atol=1e-4)
+    _, clone, _ = base
+    voices = [clone.create_voice(reference_audio(seed=3), "Reference words."), clone.create_voice(reference_audio())]
+    batch = clone.synthesize_batch([TEXT, "Second."], voice=voices, max_new_tokens=12, **GREEDY)
+    for text, voice, audio in zip([TEXT, "Second."], voices, batch):
+        single = clone.synthesize(text, voice=voice, max_new_tokens=12, **GREEDY)
+        np.testing.assert_allclose(audio.samples, single.samples, atol=1e-4)
+
+
+def test_synthesize_batch_rejects_mismatched_lists(custom):
+    _, tts, _ = custom
+    with pytest.raises(InputError, match="speaker has 2 entries for 3 texts"):
+        tts.synthesize_batch(["a", "b", "c"], speaker=["ryan", "eric"])
+    with pytest.raises(InputError, match="non-empty list"):
+        tts.synthesize_batch("just one text", speaker="ryan")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -17,7 +17,7 @@ from .audio import SAMPLE_RATE, Audio, load_audio, mel_spectrogram
 from .checkpoint import Checkpoint, build_empty, load_weights, open_checkpoint, split_prefixes
 from .engine.codec_graphs import GraphedCodecStream
 from .engine.fast import FastEngine
-from .engine.reference import generate_codes, iter_frames
+from .engine.reference import generate_codes, generate_codes_batch, iter_frames
 from .errors import InputError
 from .models.codec_decoder import CodecDecoder, decode_official
 from .models.codec_encoder import CodecEncoder, encode
@@ -199,11 +199,7 @@ class TTS:
     @torch.inference_mode()
     def decode(self, codes: torch.Tensor) -> Audio:
         """Audio for codes [frames, 16], exactly as the official decoder (300-frame chunks, 25 of context)."""
-        codes = self._check_codes(codes)
-        if codes.shape[0] == 0:
-            return Audio(np.zeros(0, dtype=np.float32), SAMPLE_RATE)
-        wav = decode_official(self.codec_decoder, codes.to(self.device)[None])[0]
-        return Audio(wav.float().cpu().numpy(), SAMPLE_RATE)
+        return self._decode_batch([self._check_codes(codes).to(self.device)], [None])[0]
 
     def synthesize(self, text: str, *, language: str = "auto", voice: Voice | None = None,
                    speaker: str | None = None, instruct: str | None = None,
@@ -221,14 +217,61 @@ class TTS:
         if stream:
             return self._stream(plan, params, context)
         with torch.inference_mode():
-            codes = self._generate(plan, params)
-            if context is None:
-                return self.decode(codes)
-            # ICL: the reference frames are decoder left context; cut their share of the samples (spec 5.6).
-            audio = self.decode(torch.cat([context.to(codes.device), codes], dim=0))
-            total = context.shape[0] + codes.shape[0]
-            cut = int(context.shape[0] / max(total, 1) * audio.samples.shape[0])
-            return Audio(audio.samples[cut:], SAMPLE_RATE)
+            return self._decode_batch([self._generate(plan, params)], [context])[0]
+
+    def synthesize_batch(self, texts: Sequence[str], *, language: str | Sequence[str] = "auto",
+                         voice: Voice | None | Sequence[Voice | None] = None,
+                         speaker: str | None | Sequence[str | None] = None,
+                         instruct: str | None | Sequence[str | None] = None,
+                         non_streaming_mode: bool | None = None, **sampling) -> list[Audio]:
+        """Speech for several texts, generated together as one batch, in order.
+
+        `language`, `voice`, `speaker` and `instruct` are one value for every text or a list with one per
+        text; sampling settings are shared. With `seed` the batch is reproducible."""
+        if isinstance(texts, str) or not isinstance(texts, Sequence) or not texts:
+            raise InputError("texts must be a non-empty list of strings; use synthesize() for one text")
+        count = len(texts)
+
+        def per_text(name, value):
+            if isinstance(value, (list, tuple)):
+                if len(value) != count:
+                    raise InputError(f"{name} has {len(value)} entries for {count} texts")
+                return list(value)
+            return [value] * count
+
+        with torch.inference_mode():
+            params = self.sampling_params(**sampling)
+            voices = per_text("voice", voice)
+            plans = [
+                self.plan(text, language=lang, voice=v, speaker=spk, instruct=ins,
+                          non_streaming_mode=non_streaming_mode)
+                for text, lang, v, spk, ins in zip(texts, per_text("language", language), voices,
+                                                   per_text("speaker", speaker), per_text("instruct", instruct))
+            ]
+            if self.fast_engine is not None:
+                seeds = None if params.seed is None else [params.seed + row for row in range(count)]
+                codes = self.fast_engine.generate_codes_batch(plans, params, seeds=seeds)
+            else:
+                codes = generate_codes_batch(self.talker, plans, params)
+            return self._decode_batch(codes, [None if v is None else v.ref_codes for v in voices])
+
+    def _decode_batch(self, codes: list[torch.Tensor], contexts: list[torch.Tensor | None]) -> list[Audio]:
+        """Audio per item, decoded together as the official decode does (rows right-padded with -1). An ICL
+        item's reference frames are decoder left context whose share of the samples is cut (spec 5.6)."""
+        rows = [c if ctx is None else torch.cat([ctx.to(c.device), c]) for c, ctx in zip(codes, contexts)]
+        longest = max(row.shape[0] for row in rows)
+        if longest == 0:
+            return [Audio(np.zeros(0, dtype=np.float32), SAMPLE_RATE) for _ in rows]
+        padded = torch.full((len(rows), longest, rows[0].shape[1]), -1, dtype=torch.long, device=self.device)
+        for index, row in enumerate(rows):
+            padded[index, : row.shape[0]] = row
+        audio = []
+        for wav, row, ctx in zip(decode_official(self.codec_decoder, padded), rows, contexts):
+            samples = wav.float().cpu().numpy()
+            if ctx is not None:
+                samples = samples[int(ctx.shape[0] / max(row.shape[0], 1) * samples.shape[0]):]
+            audio.append(Audio(samples, SAMPLE_RATE))
+        return audio
 
     def _stream(self, plan: PromptPlan, params: SamplingParams, context: torch.Tensor | None) -> Iterator[Audio]:
         frames = self._iter_frames(plan, params)
