@@ -19,19 +19,7 @@ _spec.loader.exec_module(measure)
 
 
 def parse_args(description: str) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("checkpoint", help="CustomVoice checkpoint folder in the official layout")
-    parser.add_argument("--frames", type=int, default=250, help="forced length in 80 ms frames")
-    parser.add_argument("--runs", type=int, default=3, help="measured runs per text, after warm-up")
-    parser.add_argument("--texts", default="sentence,passage", help=f"comma list of {', '.join(measure.TEXTS)}")
-    parser.add_argument("--model", default="custom_voice", help="model label for the table")
-    parser.add_argument("--device", default="cuda", help="cpu only for dry-runs of the harness (float32)")
-    args = parser.parse_args()
-    args.texts = args.texts.split(",")
-    unknown = [t for t in args.texts if t not in measure.TEXTS]
-    if unknown or args.runs < 1 or args.frames < 10:
-        parser.error(f"need known texts (got {unknown}), runs >= 1 and frames >= 10")
-    return args
+    return measure.parse_args(None, None, description)
 
 
 def dtype_for(device: str):

@@ -342,20 +342,27 @@ def bench_qtts(checkpoint: str, texts: Sequence[str], frames: int, runs: int, mo
     return results
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """`qtts bench CHECKPOINT`: print one JSON line per text, then the markdown table."""
-    parser = argparse.ArgumentParser(prog="qtts bench", description=main.__doc__)
-    parser.add_argument("checkpoint", help="checkpoint folder (CustomVoice)")
+def parse_args(argv: Sequence[str] | None, prog: str, description: str) -> argparse.Namespace:
+    """The options every runner takes (qtts and the peers alike); `texts` comes back as a list."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument("checkpoint", help="CustomVoice checkpoint folder in the official layout")
     parser.add_argument("--frames", type=int, default=250, help="forced length in 80 ms frames")
     parser.add_argument("--runs", type=int, default=3, help="measured runs per text, after warm-up")
     parser.add_argument("--texts", default="sentence,passage", help=f"comma list of {', '.join(TEXTS)}")
     parser.add_argument("--model", default="custom_voice", help="model label for the table")
     parser.add_argument("--device", default="cuda", help="cpu only for dry-runs of the harness (float32)")
     args = parser.parse_args(argv)
-    texts = args.texts.split(",")
-    unknown = [t for t in texts if t not in TEXTS]
+    args.texts = args.texts.split(",")
+    unknown = [t for t in args.texts if t not in TEXTS]
     if unknown or args.runs < 1 or args.frames < 10:
         parser.error(f"need known texts (got {unknown}), runs >= 1 and frames >= 10")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`qtts bench CHECKPOINT`: print one JSON line per text, then the markdown table."""
+    args = parse_args(argv, "qtts bench", main.__doc__)
+    texts = args.texts
     results = bench_qtts(args.checkpoint, texts, args.frames, args.runs, args.model, args.device)
     for r in results:
         print(r.to_json(), flush=True)

@@ -140,7 +140,8 @@ class TalkerSampler:
         self.eos_id = config.codec_eos_token_id
         ids = torch.arange(config.vocab_size, device=device)
         # Only codebook-0 codes and EOS may be emitted: control/speaker/language ids are suppressed.
-        self.suppressed = (ids >= config.vocab_size - 1024) & (ids != self.eos_id)
+        self.suppress_from = config.vocab_size - 1024
+        self.suppressed = (ids >= self.suppress_from) & (ids != self.eos_id)
 
     def process(self, logits: torch.Tensor, seen: torch.Tensor, generated: torch.Tensor) -> torch.Tensor:
         """logits [batch, vocab]; `seen` [batch, vocab] bool of generated code-0 tokens; `generated` 0-d count."""

@@ -113,7 +113,6 @@ class Frame:
         self.groups = config.num_code_groups
         self.eos = config.codec_eos_token_id
         self.talker_sampler = TalkerSampler(config, params, device)
-        self.suppress_from = config.vocab_size - 1024  # control ids, as TalkerSampler suppresses them
         self.predictor_sampler = PredictorSampler(params)
         talker.setup_caches(batch, max_len, device, dtype)
 
@@ -168,7 +167,7 @@ class Frame:
             return sample_codes_triton(
                 self.logits, self.seeds, self.step_count, do_sample=p.do_sample, temp=p.temperature, k=p.top_k,
                 seen=self.seen, generated=self.step_count, penalty=p.repetition_penalty, eos_id=self.eos,
-                min_new_tokens=p.min_new_tokens, suppress_from=self.suppress_from,
+                min_new_tokens=p.min_new_tokens, suppress_from=self.talker_sampler.suppress_from,
                 counter_scale=self.groups)
         noise = self._noise(0, self.logits.shape[-1]) if p.do_sample else None
         return self.talker_sampler(self.logits, self.seen, self.step_count, noise=noise)
