@@ -11,6 +11,7 @@ import torch
 
 from qtts import kernels
 from qtts.kernels.decode_attention import decode_attention_reference, decode_attention_triton
+from qtts.kernels.linear import fused_linear_reference, fused_linear_triton
 from qtts.kernels.qk_norm_rope import qk_norm_rope_cache_reference, qk_norm_rope_cache_triton
 from qtts.kernels.rms_norm import add_rms_norm, add_rms_norm_reference, add_rms_norm_triton
 from qtts.kernels.sample import exponential_noise, sample_codes_reference, sample_codes_triton
@@ -141,14 +142,33 @@ def test_decode_attention_matches_reference(device, dtype, seq, head_dim, splits
 
 
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("splits", [1, 2])
+def test_a_query_that_sees_no_row_attends_to_zeros(device, splits):
+    # A left-padded prefill: queries 0 and 1 of row 0 sit before its first valid row and see nothing.
+    seq, head_dim = 6, 16
+    q = torch.randn(2, 4, seq, head_dim, device=device)
+    k_cache, v_cache = (torch.randn(2, 2, 64, head_dim, device=device) for _ in range(2))
+    lengths = torch.tensor([seq, seq], device=device, dtype=torch.int32)
+    starts = torch.tensor([2, 0], device=device, dtype=torch.int32)
+    ref = decode_attention_reference(q, k_cache, v_cache, lengths, 0.25, starts)
+    out = decode_attention_triton(q, k_cache, v_cache, lengths, 0.25, starts, splits)
+    assert torch.equal(ref[0, :2], torch.zeros_like(ref[0, :2]))
+    assert ref[:, 2:].abs().sum(-1).gt(0).all()
+    assert_same_function(out, ref)
+
+
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("do_sample", [True, False])
 @pytest.mark.parametrize("talker", [True, False])
-def test_sample_codes_matches_reference(device, do_sample, talker):
-    """Same ids as the PyTorch processors + exponential-trick draw with the same counter-based noise.
-    (A small vocabulary: the interpreter's sort is slow; the GPU run covers the real 3072 and 2048.)"""
-    vocab = 3072 if device == "cuda" else 100
+@pytest.mark.parametrize("ties", [False, True])
+def test_sample_codes_matches_reference(device, do_sample, talker, ties):
+    """Same ids as the PyTorch processors + exponential-trick draw with the same counter-based noise, with
+    many logits tied at the top-k threshold (`ties`: rounded logits), which top-k keeps, as torch does."""
+    vocab = 3072 if talker else 2048
     batch = 4
     logits = 3 * torch.randn(batch, vocab, device=device)
+    if ties:
+        logits = logits.round() - 4  # mostly negative, few distinct values
     seeds = torch.tensor([0, 1, 7, 2**40], device=device)
     kwargs = dict(do_sample=do_sample, temp=0.9, k=10)
     if talker:
@@ -178,3 +198,35 @@ def test_exponential_noise_is_exp1_and_keyed_by_seed_and_counter():
 def test_silu_mul_halves_matches_reference(device, dtype):
     gate_up = (3 * torch.randn(2, 3, 2 * 600, device=device)).to(dtype)
     assert_same_function(silu_mul_halves_triton(gate_up), silu_mul_halves_reference(gate_up))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("rows", [1, 5])
+@pytest.mark.parametrize("kind", ["plain", "norm", "gated", "residual"])
+def test_fused_linear_matches_reference(device, dtype, rows, kind):
+    # Widths that are not multiples of the blocks, so the masked edges are exercised too.
+    n, k = 40, 80
+    x = torch.randn(rows, k, device=device).to(dtype)
+    weight = (torch.randn(2 * n if kind == "gated" else n, k, device=device) / k**0.5).to(dtype)
+    options = {}
+    if kind in ("norm", "gated"):
+        options["norm_weight"] = (1 + 0.3 * torch.randn(k, device=device)).to(dtype)
+    if kind == "gated":
+        options["gated"] = True
+    if kind == "residual":
+        options["residual"] = torch.randn(rows, n, device=device).to(dtype)
+    ref = fused_linear_reference(x, weight, **options)
+    for config in [(16, 32, 4), None]:
+        assert_same_function(fused_linear_triton(x, weight, config=config, **options), ref)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_fused_linear_adds_the_residual_in_place(device):
+    x = torch.randn(2, 3, 64, device=device)
+    weight = torch.randn(48, 64, device=device) / 8
+    stream = torch.randn(2, 3, 48, device=device)
+    expected = stream + torch.nn.functional.linear(x, weight)
+    out = fused_linear_triton(x, weight, residual=stream, out=stream)
+    assert out is stream
+    assert_same_function(stream, expected)

@@ -23,6 +23,10 @@ try:
     from triton.language.extra import libdevice
 except ImportError:  # CPU-only installs: the references still work
     triton = tl = libdevice = None
+try:
+    from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
+except ImportError:  # no grid dependency control in this Triton: PDL stays off
+    gdc_launch_dependents = gdc_wait = None
 
 
 def available() -> bool:
@@ -40,6 +44,24 @@ def enabled(device: torch.device | str | None = None) -> bool:
         return False
     device = torch.device("cuda" if device is None else device)
     return device.type == "cuda" and torch.cuda.is_available()
+
+
+def pdl_supported(device: torch.device | str | None = None) -> bool:
+    """True where compiled kernels may use programmatic dependent launch (PDL): Hopper (compute capability
+    9) or later, and a Triton with grid dependency control."""
+    if not enabled(device) or gdc_wait is None:
+        return False
+    return torch.cuda.get_device_capability(torch.device("cuda" if device is None else device))[0] >= 9
+
+
+def pdl_launch(pdl: bool) -> dict:
+    """Launch options of a kernel that calls `wait_for_previous(PDL)`: with `pdl`, it is launched as a
+    programmatic dependent and may start while the kernel before it finishes."""
+    if pdl and gdc_wait is None:
+        from qtts.errors import InputError
+
+        raise InputError("this Triton has no grid dependency control; programmatic dependent launch is off")
+    return {"launch_pdl": True} if pdl else {}
 
 
 def jit(fn):
@@ -72,6 +94,17 @@ def use_libdevice() -> bool:
     """Compiled kernels take sin/cos from libdevice: the fast hardware forms lose accuracy on RoPE angles of
     thousands of radians. The interpreter has no libdevice and uses numpy's (accurate) functions instead."""
     return not interpreted()
+
+
+@jit
+def wait_for_previous(PDL: tl.constexpr):
+    """Under PDL, block until the kernel launched before this one has finished and its writes are visible,
+    then let the next kernel start launching. A PDL kernel calls it before it writes anything (earlier, it
+    may only read what no recent kernel writes, such as weights); since every PDL kernel waits before it
+    finishes, finishing still orders the whole chain. Without PDL it is nothing."""
+    if PDL:
+        gdc_wait()
+        gdc_launch_dependents()
 
 
 @jit

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 
 from qtts.errors import InputError
-from qtts.kernels import enabled, jit, next_power_of_2, round_to, tl
+from qtts.kernels import enabled, jit, next_power_of_2, pdl_launch, round_to, tl, wait_for_previous
 
 
 def decode_attention_reference(
@@ -37,7 +37,10 @@ def decode_attention_reference(
     if starts is not None:
         visible &= rows >= starts.to(q.device)[:, None, None]
     scores = scores.masked_fill(~visible[:, None], float("-inf"))
-    out = torch.softmax(scores, dim=-1) @ v
+    # A query that sees no row (a left-padding position of a prefill) gets zeros, not NaN: NaN in its
+    # cache rows would reach real queries as 0 * NaN in the probability-weighted sum.
+    probs = torch.softmax(scores, dim=-1).masked_fill(~visible.any(-1)[:, None, :, None], 0.0)
+    out = probs @ v
     return out.transpose(1, 2).reshape(batch, seq_len, n_q_heads * head_dim).to(q.dtype)
 
 
@@ -46,8 +49,9 @@ def _decode_attention_kernel(
     q_ptr, k_cache_ptr, v_cache_ptr, starts_ptr, lengths_ptr, out_ptr, scale, seq_len, cache_len,
     partial_max_ptr, partial_sum_ptr, partial_acc_ptr,
     N_KV_HEADS: tl.constexpr, GROUP: tl.constexpr, BLOCK_G: tl.constexpr, HEAD_DIM: tl.constexpr,
-    BLOCK_N: tl.constexpr, SPLITS: tl.constexpr,
+    BLOCK_N: tl.constexpr, SPLITS: tl.constexpr, PDL: tl.constexpr,
 ):
+    wait_for_previous(PDL)
     batch = tl.program_id(0).to(tl.int64)
     kv_head = tl.program_id(1)
     step = tl.program_id(2) // SPLITS
@@ -86,6 +90,7 @@ def _decode_attention_kernel(
 
     out_rows = (batch * seq_len + step) * (N_KV_HEADS * GROUP) + q_head
     if SPLITS == 1:
+        denom = tl.where(denom > 0, denom, 1.0)  # a query that sees no row (left padding) gets zeros
         tl.store(out_ptr + out_rows[:, None] * HEAD_DIM + d[None, :],
                  round_to(acc / denom[:, None], out_ptr.dtype.element_ty), mask=(g < GROUP)[:, None])
     else:
@@ -97,26 +102,31 @@ def _decode_attention_kernel(
 
 @jit
 def _merge_splits_kernel(partial_max_ptr, partial_sum_ptr, partial_acc_ptr, out_ptr,
-                         HEAD_DIM: tl.constexpr, SPLITS: tl.constexpr):
+                         HEAD_DIM: tl.constexpr, SPLITS: tl.constexpr, PDL: tl.constexpr):
+    wait_for_previous(PDL)
     row = tl.program_id(0).to(tl.int64)
     splits = tl.arange(0, SPLITS)
     d = tl.arange(0, HEAD_DIM)
     m = tl.load(partial_max_ptr + row * SPLITS + splits)
-    weight = tl.exp(m - tl.max(m, axis=0))  # empty splits have m = -inf: weight 0
+    top = tl.max(m, axis=0)
+    top = tl.where(top == float("-inf"), 0.0, top)  # no split saw a row: all weights 0, output zeros
+    weight = tl.exp(m - top)  # empty splits have m = -inf: weight 0
     denom = tl.sum(weight * tl.load(partial_sum_ptr + row * SPLITS + splits), axis=0)
+    denom = tl.where(denom > 0, denom, 1.0)
     acc = tl.load(partial_acc_ptr + (row * SPLITS + splits)[:, None] * HEAD_DIM + d[None, :])
     out = tl.sum(weight[:, None] * acc, axis=0) / denom
     tl.store(out_ptr + row * HEAD_DIM + d, round_to(out, out_ptr.dtype.element_ty))
 
 
 def default_splits(cache_len: int) -> int:
-    """Programs per (row, KV head): one up to 256 cached rows, then about one per 256 rows, at most 16."""
-    return min(16, next_power_of_2(-(-cache_len // 256)))
+    """Programs per (row, KV head): about one per 64 cache rows, at most 16, so each walks at most a few
+    blocks of rows (the loop is latency-bound; a second merge launch is cheaper than a longer walk)."""
+    return min(16, next_power_of_2(-(-cache_len // 64)))
 
 
 def decode_attention_triton(
     q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, lengths: torch.Tensor, scale: float,
-    starts: torch.Tensor | None = None, splits: int | None = None,
+    starts: torch.Tensor | None = None, splits: int | None = None, pdl: bool = False,
 ) -> torch.Tensor:
     batch, n_q_heads, seq_len, head_dim = q.shape
     n_kv_heads, cache_len = k_cache.shape[1], k_cache.shape[2]
@@ -139,11 +149,11 @@ def decode_attention_triton(
     _decode_attention_kernel[(batch, n_kv_heads, seq_len * splits)](
         q, k_cache, v_cache, starts, lengths, out, scale, seq_len, cache_len, partial_max, partial_sum, partial_acc,
         N_KV_HEADS=n_kv_heads, GROUP=group, BLOCK_G=next_power_of_2(group), HEAD_DIM=head_dim,
-        BLOCK_N=min(32, next_power_of_2(cache_len)), SPLITS=splits, num_warps=4,
+        BLOCK_N=min(32, next_power_of_2(cache_len)), SPLITS=splits, PDL=pdl, num_warps=4, **pdl_launch(pdl),
     )
     if splits > 1:
         _merge_splits_kernel[(rows,)](partial_max, partial_sum, partial_acc, out, HEAD_DIM=head_dim,
-                                      SPLITS=splits, num_warps=4)
+                                      SPLITS=splits, PDL=pdl, num_warps=4, **pdl_launch(pdl))
     return out
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from qtts.errors import InputError
-from qtts.kernels import cos, enabled, jit, round_to, sin, tl, use_libdevice
+from qtts.kernels import cos, enabled, jit, pdl_launch, round_to, sin, tl, use_libdevice, wait_for_previous
 from qtts.models.layers import apply_rope, rope_cos_sin
 
 
@@ -65,8 +65,10 @@ def _qk_norm_rope_cache_kernel(
     q_batch_stride, q_seq_stride, k_batch_stride, k_seq_stride, v_batch_stride, v_seq_stride,
     seq_len, cache_len, eps,
     N_Q_HEADS: tl.constexpr, N_KV_HEADS: tl.constexpr, HALF: tl.constexpr, LIBDEVICE: tl.constexpr,
+    PDL: tl.constexpr,
 ):
     """One program per token: all its query heads, all its key heads, and the cache writes."""
+    wait_for_previous(PDL)
     token = tl.program_id(0).to(tl.int64)
     batch = token // seq_len
     step = token % seq_len
@@ -108,7 +110,7 @@ def _token_strides(x: torch.Tensor, name: str) -> tuple[int, int]:
 def qk_norm_rope_cache_triton(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_weight: torch.Tensor, k_weight: torch.Tensor,
     eps: float, inv_freq: torch.Tensor, positions: torch.Tensor,
-    k_cache: torch.Tensor, v_cache: torch.Tensor, cache_index: torch.Tensor | None = None,
+    k_cache: torch.Tensor, v_cache: torch.Tensor, cache_index: torch.Tensor | None = None, pdl: bool = False,
 ) -> torch.Tensor:
     batch, seq_len, n_q_heads, head_dim = q.shape
     n_kv_heads = k.shape[2]
@@ -123,7 +125,8 @@ def qk_norm_rope_cache_triton(
         q, k, v, q_weight, k_weight, inv_freq, positions.contiguous(), cache_index.contiguous(),
         q_out, k_cache, v_cache,
         *_token_strides(q, "q"), *_token_strides(k, "k"), *_token_strides(v, "v"), seq_len, k_cache.shape[2], eps,
-        N_Q_HEADS=n_q_heads, N_KV_HEADS=n_kv_heads, HALF=head_dim // 2, LIBDEVICE=use_libdevice(), num_warps=4,
+        N_Q_HEADS=n_q_heads, N_KV_HEADS=n_kv_heads, HALF=head_dim // 2, LIBDEVICE=use_libdevice(), PDL=pdl,
+        num_warps=4, **pdl_launch(pdl),
     )
     return q_out
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from qtts.kernels import jit, next_power_of_2, tl
+from qtts.kernels import jit, next_power_of_2, pdl_launch, tl, wait_for_previous
 from qtts.sampling import draw, mask_eos_before, repetition_penalty, suppress, temperature, top_k
 
 _MASK32 = 0xFFFFFFFF
@@ -74,11 +74,29 @@ def _mix32(x):
 
 
 @jit
+def _kth_largest(x, k):
+    """The k-th largest value of float32 `x` (ties counted, as torch.topk's last value), found bit by bit
+    on order-preserving integer keys: 32 counting passes instead of a sort of the whole vocabulary."""
+    bits = x.to(tl.int32, bitcast=True).to(tl.int64)
+    # floats as integers sort like the floats for positives and backwards for negatives: flip those, then
+    # shift so that every key is a non-negative integer below 2**32 in the floats' order
+    keys = tl.where(bits < 0, bits ^ 0x7FFFFFFF, bits) + 0x80000000
+    prefix = tl.zeros([], dtype=tl.int64)
+    for bit in tl.static_range(31, -1, -1):
+        candidate = prefix | (1 << bit)
+        if tl.sum((keys >= candidate).to(tl.int32), axis=0) >= k:
+            prefix = candidate
+    return tl.max(tl.where(keys == prefix, x, float("-inf")), axis=0)
+
+
+@jit
 def _sample_codes_kernel(
     logits_ptr, seeds_ptr, counter_ptr, seen_ptr, generated_ptr, out_ptr,
     vocab, temp, penalty, eos_id, min_new_tokens, suppress_from, counter_scale, counter_offset,
     TALKER: tl.constexpr, DO_SAMPLE: tl.constexpr, TOP_K: tl.constexpr, BLOCK_V: tl.constexpr,
+    PDL: tl.constexpr,
 ):
+    wait_for_previous(PDL)
     row = tl.program_id(0).to(tl.int64)
     ids = tl.arange(0, BLOCK_V)
     in_vocab = ids < vocab
@@ -92,9 +110,7 @@ def _sample_codes_kernel(
     if DO_SAMPLE:
         x = x / temp
         if TOP_K > 0:
-            ranked = tl.sort(x, descending=True)
-            kth = tl.max(tl.where(ids == TOP_K - 1, ranked, float("-inf")), axis=0)
-            x = tl.where(x < kth, float("-inf"), x)
+            x = tl.where(x < _kth_largest(x, TOP_K), float("-inf"), x)
         p = tl.exp(x - tl.max(x, axis=0))
         p = p / tl.sum(p, axis=0)
         # the noise of exponential_noise, bit for bit: 32-bit hashes kept in int64
@@ -111,10 +127,11 @@ def sample_codes_triton(
     logits: torch.Tensor, seeds: torch.Tensor, counter: torch.Tensor, *, do_sample: bool, temp: float,
     k: int, seen: torch.Tensor | None = None, generated: torch.Tensor | None = None, penalty: float = 1.0,
     eos_id: int = -1, min_new_tokens: int = 0, suppress_from: int | None = None,
-    counter_scale: int = 1, counter_offset: int = 0,
+    counter_scale: int = 1, counter_offset: int = 0, pdl: bool = False,
 ) -> torch.Tensor:
     """As the reference, with the counter given as `counter * counter_scale + counter_offset` so a frame
-    can key all 16 draws off its one frame counter without extra launches."""
+    can key all 16 draws off its one frame counter without extra launches. `pdl`: see
+    `qtts.kernels.wait_for_previous`."""
     batch, vocab = logits.shape
     talker = seen is not None
     out = torch.empty(batch, device=logits.device, dtype=torch.int64)
@@ -125,6 +142,6 @@ def sample_codes_triton(
         vocab, float(temp), float(penalty), eos_id, min_new_tokens,
         vocab if suppress_from is None else suppress_from, counter_scale, counter_offset,
         TALKER=talker, DO_SAMPLE=do_sample, TOP_K=min(k, vocab) if do_sample else 0, BLOCK_V=block,
-        num_warps=8 if block >= 4096 else 4,
+        PDL=pdl, num_warps=8 if block >= 4096 else 4, **pdl_launch(pdl),
     )
     return out

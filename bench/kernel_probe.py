@@ -1,0 +1,266 @@
+"""Kernel probe: where a frame's time goes, and what the fused matrix-vector kernel (`kernels/linear.py`)
+gains over cuBLAS plus the separate norm / gate / residual kernels, with and without programmatic dependent
+launch (PDL).
+
+1. `profile`: the current fast frame (0.6B, batch 1, context 300, one CUDA graph) under torch.profiler:
+   kernels per frame by name, their summed GPU time, and the frame's wall time (the difference is gaps).
+2. `sweep`: for every decode product of both sizes, the fused kernel's block configurations (launched with
+   PDL, as the frame launches them) against F.linear, each timed as one CUDA graph of 40 calls over
+   distinct weights (more bytes than L2 holds, as in a frame).
+3. `layers`: 75 predictor-sized layers' products in a row (qkv, o, gate/up, down, distinct weights): eager
+   kernels (norm, F.linear, gate, add) vs fused vs fused with PDL.
+4. `launch`: 1000 empty dependent kernels in one graph, with and without PDL: the cost of one launch.
+
+    python bench/kernel_probe.py --parts profile sweep layers launch
+Writes kernel_probe.jsonl and prints a summary; results go to $OUT (or ./kernel_probe_out).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+from pathlib import Path
+
+import torch
+from torch.nn import functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from qtts.kernels import jit, next_power_of_2, pdl_launch, tl, wait_for_previous  # noqa: E402
+from qtts.kernels.linear import fused_linear_triton  # noqa: E402
+from qtts.kernels.rms_norm import add_rms_norm_triton  # noqa: E402
+from qtts.kernels.swiglu import silu_mul_halves_triton  # noqa: E402
+
+# (name, N, K, kind): kind "norm" = pre-norm product, "gated" = pre-norm gate/up with SwiGLU, "res" =
+# product plus residual, "plain" = product alone. N is the output width (gated: F, the weight has 2F rows).
+SHAPES = {
+    "0.6b": [("qkv", 4096, 1024, "norm"), ("o", 1024, 2048, "res"), ("gate_up", 3072, 1024, "gated"),
+             ("down", 1024, 3072, "res"), ("lm_head", 2048, 1024, "norm"), ("codec_head", 3072, 1024, "plain")],
+    "1.7b": [("qkv", 4096, 2048, "norm"), ("o", 2048, 2048, "res"), ("gate_up", 6144, 2048, "gated"),
+             ("down", 2048, 6144, "res"), ("mtp", 1024, 2048, "plain")],
+}
+# First sweep (2026-11-25): BLOCK_N 8-32 x BLOCK_K 256-1024 x 4-8 warps; (8, 1024, 4) won every shape.
+CONFIGS = [(bn, bk, w) for bn in (2, 4, 8) for bk in (1024, 2048, 4096) for w in (2, 4, 8)]
+
+
+def graph_ms(fn, reps: int = 20) -> float:
+    """Median ms of one replay of a graph that runs `fn` once."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        fn()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    graph.replay()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(reps):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        graph.replay()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end))
+    return statistics.median(times)
+
+
+def operands(n: int, k: int, kind: str, copies: int):
+    dtype = torch.bfloat16
+    rows = 2 * n if kind == "gated" else n
+    weights = [torch.randn(rows, k, device="cuda", dtype=dtype) / k**0.5 for _ in range(copies)]
+    x = torch.randn(1, k, device="cuda", dtype=dtype)
+    norm = (1 + 0.1 * torch.randn(k, device="cuda")).to(dtype)
+    residual = torch.randn(1, n, device="cuda", dtype=dtype)
+    return weights, x, norm, residual
+
+
+def eager_call(x, w, norm, residual, kind):
+    """What the frame ran before the fused product: separate norm / gate / add kernels around F.linear."""
+    if kind in ("norm", "gated"):
+        x = add_rms_norm_triton(x, norm, 1e-6)[0]
+    y = F.linear(x, w)
+    if kind == "gated":
+        y = silu_mul_halves_triton(y)
+    if kind == "res":
+        y = y + residual
+    return y
+
+
+def fused_call(x, w, norm, residual, kind, config=None, pdl=False):
+    return fused_linear_triton(x, w, norm_weight=norm if kind in ("norm", "gated") else None,
+                               residual=residual if kind == "res" else None, gated=kind == "gated",
+                               config=config, pdl=pdl)
+
+
+def sweep(emit):
+    calls = 40
+    for size, shapes in SHAPES.items():
+        for name, n, k, kind in shapes:
+            weights, x, norm, residual = operands(n, k, kind, copies=max(2, int(160e6 // (n * k * 2 * (2 if kind == "gated" else 1)))))
+            ws = [weights[i % len(weights)] for i in range(calls)]
+            ref = eager_call(x, ws[0], norm, residual, kind)
+            linear_ms = graph_ms(lambda: [F.linear(x, w) for w in ws]) / calls
+            eager_ms = graph_ms(lambda: [eager_call(x, w, norm, residual, kind) for w in ws]) / calls
+            best = None
+            for config in CONFIGS:
+                if config[1] > max(1024, next_power_of_2(k)):
+                    continue
+                try:
+                    out = fused_call(x, ws[0], norm, residual, kind, config)
+                    err = (out.float() - ref.float()).abs().max().item()
+                    ms = graph_ms(lambda: [fused_call(x, w, norm, residual, kind, config, pdl=True) for w in ws]) / calls
+                except Exception as error:  # a config that does not compile is reported, not fatal
+                    emit({"part": "sweep", "size": size, "shape": name, "config": config, "error": repr(error)[:300]})
+                    continue
+                emit({"part": "sweep", "size": size, "shape": name, "config": config, "us": round(ms * 1e3, 2),
+                      "max_err": err})
+                if best is None or ms < best[0]:
+                    best = (ms, config)
+            plain_ms = graph_ms(lambda: [fused_call(x, w, norm, residual, kind, best[1]) for w in ws]) / calls
+            bytes_ = ws[0].numel() * 2
+            emit({"part": "sweep_best", "size": size, "shape": name, "N": n, "K": k, "kind": kind,
+                  "best_config": best[1], "fused_pdl_us": round(best[0] * 1e3, 2),
+                  "fused_no_pdl_us": round(plain_ms * 1e3, 2),
+                  "linear_us": round(linear_ms * 1e3, 2), "eager_us": round(eager_ms * 1e3, 2),
+                  "weight_MB": round(bytes_ / 1e6, 2), "fused_GBps": round(bytes_ / best[0] / 1e6, 1)})
+
+
+def layers(emit, configs):
+    """75 predictor layers' four products with distinct weights: the frame's product pattern."""
+    k, n_qkv, n_o_in, f = 1024, 4096, 2048, 3072
+    dtype = torch.bfloat16
+    count = 75
+    mats = [dict(qkv=torch.randn(n_qkv, k, device="cuda", dtype=dtype) / 32,
+                 o=torch.randn(k, n_o_in, device="cuda", dtype=dtype) / 45,
+                 gate_up=torch.randn(2 * f, k, device="cuda", dtype=dtype) / 32,
+                 down=torch.randn(k, f, device="cuda", dtype=dtype) / 55,
+                 n1=torch.ones(k, device="cuda", dtype=dtype), n2=torch.ones(k, device="cuda", dtype=dtype))
+            for _ in range(count)]
+    stream = torch.randn(1, k, device="cuda", dtype=dtype)
+
+    def eager():
+        x = stream
+        for m in mats:
+            qkv = eager_call(x, m["qkv"], m["n1"], None, "norm")
+            x = eager_call(qkv[:, :n_o_in].contiguous(), m["o"], None, x, "res")
+            h = eager_call(x, m["gate_up"], m["n2"], None, "gated")
+            x = eager_call(h, m["down"], None, x, "res")
+        return x
+
+    def fused(pdl):
+        x = stream.clone()
+        for m in mats:
+            qkv = fused_linear_triton(x, m["qkv"], norm_weight=m["n1"], config=configs.get(("0.6b", "qkv")), pdl=pdl)
+            fused_linear_triton(qkv[:, :n_o_in].contiguous(), m["o"], residual=x, out=x,
+                                config=configs.get(("0.6b", "o")), pdl=pdl)
+            h = fused_linear_triton(x, m["gate_up"], norm_weight=m["n2"], gated=True,
+                                    config=configs.get(("0.6b", "gate_up")), pdl=pdl)
+            fused_linear_triton(h, m["down"], residual=x, out=x, config=configs.get(("0.6b", "down")), pdl=pdl)
+        return x
+
+    ms_eager = graph_ms(eager)
+    ms_fused = graph_ms(lambda: fused(False))
+    record = {"part": "layers", "layers": count, "eager_ms": round(ms_eager, 3), "fused_ms": round(ms_fused, 3),
+              "per_layer_us": {"eager": round(ms_eager / count * 1e3, 2), "fused": round(ms_fused / count * 1e3, 2)},
+              "bytes_floor_ms": round(count * 30e6 / 3.0e12 * 1e3, 3)}
+    try:
+        ms_pdl = graph_ms(lambda: fused(True))
+        record["fused_pdl_ms"] = round(ms_pdl, 3)
+        record["per_layer_us"]["fused_pdl"] = round(ms_pdl / count * 1e3, 2)
+        a, b = fused(False), fused(True)
+        torch.cuda.synchronize()
+        record["pdl_equal"] = bool(torch.equal(a, b))
+    except Exception as error:
+        record["pdl_error"] = repr(error)[:300]
+    emit(record)
+
+
+@jit
+def _tick(x_ptr, PDL: tl.constexpr):
+    wait_for_previous(PDL)
+    tl.store(x_ptr, tl.load(x_ptr) + 1)
+
+
+def launch(emit):
+    x = torch.zeros(1, device="cuda")
+    for pdl in (False, True):
+        try:
+            ms = graph_ms(lambda: [_tick[(1,)](x, PDL=pdl, **pdl_launch(pdl)) for _ in range(1000)])
+            emit({"part": "launch", "pdl": pdl, "us_per_kernel": round(ms, 3)})
+        except Exception as error:
+            emit({"part": "launch", "pdl": pdl, "error": repr(error)[:300]})
+
+
+def profile(emit):
+    """Kernels of one frame by name. Without PDL the durations are the kernels' own; with PDL a kernel's
+    span also covers its wait for the one before (it starts early), so only the frame time compares."""
+    from frame_probe import SAMPLING, random_talker, ready_frame
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    talker = random_talker("0.6b", torch.bfloat16)
+    for pdl in (False, True):
+        frame, graph, _ = ready_frame(talker, 1, 300, 40, SAMPLING, fused=True, compile=False, fuse_weights=True,
+                                      pdl=pdl)
+        for _ in range(5):
+            graph()
+        torch.cuda.synchronize()
+        frames = 5
+        with torch_profile(activities=[ProfilerActivity.CUDA]) as prof:
+            for _ in range(frames):
+                graph()
+            torch.cuda.synchronize()
+        kernels = {}
+        for avg in prof.key_averages():
+            if avg.device_type.name == "CUDA" or (avg.self_device_time_total > 0 and avg.self_cpu_time_total == 0):
+                kernels[avg.key] = [avg.count, avg.self_device_time_total]
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(20):
+            graph()
+        end.record()
+        torch.cuda.synchronize()
+        rows = sorted(kernels.items(), key=lambda kv: -kv[1][1])
+        emit({"part": "profile", "pdl": pdl, "frame_ms": round(start.elapsed_time(end) / 20, 3),
+              "kernel_us_per_frame": round(sum(v[1] for v in kernels.values()) / frames, 1),
+              "kernels_per_frame": sum(v[0] for v in kernels.values()) / frames,
+              "top": [(name[:60], count / frames, round(us / frames, 1), round(us / count, 2))
+                      for name, (count, us) in rows[:16]]})
+        del frame, graph
+        torch.cuda.empty_cache()
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--parts", nargs="+", default=["launch", "sweep", "layers", "profile"])
+    args = parser.parse_args()
+    out = Path(os.environ.get("OUT", "kernel_probe_out"))
+    out.mkdir(parents=True, exist_ok=True)
+    log = open(out / "kernel_probe.jsonl", "a")
+    best = {}
+
+    def emit(record):
+        line = json.dumps(record)
+        if record.get("part") != "sweep":
+            print(line, flush=True)
+        log.write(line + "\n")
+        log.flush()
+        if record.get("part") == "sweep_best":
+            best[(record["size"], record["shape"])] = tuple(record["best_config"])
+
+    print(f"torch {torch.__version__}, {torch.cuda.get_device_name()}", flush=True)
+    for part in args.parts:
+        try:
+            {"profile": profile, "sweep": sweep, "launch": launch, "layers": lambda e: layers(e, best)}[part](emit)
+        except Exception as error:
+            emit({"part": part, "error": repr(error)[:500]})
+
+
+if __name__ == "__main__":
+    main()
