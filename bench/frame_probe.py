@@ -7,7 +7,8 @@ context starts at `--context` tokens (a prefill through the reference path) and 
 Variants (names combine): `eager` = PyTorch ops captured in one graph; `fused` = the Triton kernels
 (layers and sampling); `proj` = q/k/v and gate/up weights as one matrix each; `compiled` = torch.compile
 of the frame step, then captured (compile time in setup_s); `greedy` = argmax picks instead of the
-checkpoints' default sampling (as the earlier probe); `nosplit` = talker attention without the split.
+checkpoints' default sampling (as the earlier probe); `nosplit` = talker attention without the split;
+`pdl` = the fused products launched as programmatic dependents (without it, PDL is off).
 
 Measured on one H100 (2026-11-25, torch 2.11, Triton 3.6; context 300, median of 60 replays, ms/frame):
     0.6B b1: eager 21.65, fused 7.02, fused-proj 5.85 (greedy 5.38); b16: eager 29.12, fused 7.58, fused-proj 6.43
@@ -62,10 +63,11 @@ def random_talker(size: str, dtype: torch.dtype, seed: int = 0) -> Talker:
 
 
 def ready_frame(talker: Talker, batch: int, context: int, frames: int, params: SamplingParams,
-                fused: bool, compile: bool, fuse_weights: bool | None = None):
+                fused: bool, compile: bool, fuse_weights: bool | None = None, pdl: bool = False):
     """A frame captured as one graph and loaded with a random `context`-token prefill."""
     hidden = talker.config.hidden_size
-    frame = Frame(talker, batch, context + frames + 8, frames + 8, 4, params, fused=fused, fuse_weights=fuse_weights)
+    frame = Frame(talker, batch, context + frames + 8, frames + 8, 4, params, fused=fused, fuse_weights=fuse_weights,
+                  pdl=pdl)
     began = time.perf_counter()
     graph = FrameGraph(frame, compile=compile)
     setup_s = time.perf_counter() - began
@@ -93,8 +95,8 @@ def time_replays(graph: FrameGraph, n: int) -> list[float]:
     return [s.elapsed_time(e) for s, e in zip(starts, ends)]
 
 
-def greedy_codes(talker, batch, context, frames, fused) -> torch.Tensor:
-    frame, graph, _ = ready_frame(talker, batch, context, frames, GREEDY, fused, compile=False)
+def greedy_codes(talker, batch, context, frames, fused, pdl=False) -> torch.Tensor:
+    frame, graph, _ = ready_frame(talker, batch, context, frames, GREEDY, fused, compile=False, pdl=pdl)
     for _ in range(frames):
         graph()
     torch.cuda.synchronize()
@@ -128,10 +130,12 @@ def main():
         for dtype in (torch.float32, torch.bfloat16):
             talker = random_talker("0.6b", dtype)
             a = greedy_codes(talker, 2, 64, 20, fused=False)
-            b = greedy_codes(talker, 2, 64, 20, fused=True)
-            emit({"check": str(dtype), "frames": 20, "identical": bool(torch.equal(a, b)),
-                  "code_agreement": float((a == b).float().mean()),
-                  "first_diff_frame": int((a != b).any(-1).any(0).float().argmax()) if not torch.equal(a, b) else None})
+            for pdl in (False, True):
+                b = greedy_codes(talker, 2, 64, 20, fused=True, pdl=pdl)
+                emit({"check": str(dtype), "pdl": pdl, "frames": 20, "identical": bool(torch.equal(a, b)),
+                      "code_agreement": float((a == b).float().mean()),
+                      "first_diff_frame": int((a != b).any(-1).any(0).float().argmax())
+                      if not torch.equal(a, b) else None})
             del talker
             torch.cuda.empty_cache()
 
@@ -147,7 +151,7 @@ def main():
                     continue
                 try:
                     frame, graph, setup_s = ready_frame(talker, batch, args.context, args.frames + 10, params,
-                                                        fused, compile, proj)
+                                                        fused, compile, proj, pdl="pdl" in variant)
                     time_replays(graph, 5)
                     ms = time_replays(graph, args.frames)
                     emit({"size": size, "batch": batch, "variant": variant, "context": args.context,

@@ -9,7 +9,7 @@ from qtts import kernels
 from qtts.config import TTSConfig
 from qtts.engine import fast, reference
 from qtts.models.talker import Talker
-from qtts.prompt import PromptPlan
+from qtts.prompt import PromptPlan, pad_batch
 from qtts.sampling import SamplingParams
 from qtts.testing.configs import tiny_tts_config
 
@@ -68,6 +68,24 @@ def test_frame_with_triton_kernels_gives_the_reference_codes():
     assert [c.shape for c in got] == [(2, 16)] * 2
     for g, e in zip(got, expected):
         assert torch.equal(g, e)
+
+
+@pytest.mark.parametrize("fused", [False, pytest.param(True, marks=pytest.mark.skipif(
+    not kernels.available(), reason="Triton is not installed"))])
+def test_frame_prefill_equals_the_reference_prefill_whatever_the_left_padding(fused):
+    """The fast engine pads prompts on the left to its prefill graph's length: that must change nothing."""
+    device = "cuda" if fused and not kernels.interpreted() else "cpu"
+    talker = tiny_talker(seed=5, device=device)
+    embeds, valid, _ = pad_batch(plans(talker, lengths=((7, 1), (4, 1)), seed=6))
+    frame = fast.Frame(talker, 2, 40, 4, 2, GREEDY, fused=fused)  # sets up the talker's caches
+    state = reference.DecodeState(valid, 40, talker.config.vocab_size)
+    hidden, logits = reference.prefill(talker, embeds, state)
+    for extra in (0, 5):
+        frame.prefill(torch.nn.functional.pad(embeds, (0, 0, extra, 0)),
+                      torch.nn.functional.pad(valid, (extra, 0), value=False))
+        torch.testing.assert_close(frame.hidden, hidden, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(frame.logits, logits, rtol=1e-5, atol=1e-5)
+        assert not frame.talker.model.layers[0].self_attn.kv_cache.k.isnan().any()
 
 
 def test_fused_projection_weights_change_no_code_and_no_state_dict():

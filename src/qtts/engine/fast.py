@@ -1,5 +1,5 @@
-"""The fast generation loop: the reference prefill, then frames replayed from one CUDA graph (or run
-eagerly where there is no GPU), with each frame's code 0 read on the host without stalling the device.
+"""The fast generation loop: the prefill and then every frame replayed from CUDA graphs (or run eagerly
+where there is no GPU), with each frame's code 0 read on the host without stalling the device.
 
 Produces the same codes as `engine.reference.generate_codes_batch` (same bookkeeping: at most
 max_new_tokens - 1 frames, each row cut before its first EOS). The host runs up to `RUN_AHEAD` frames
@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from dataclasses import replace
 
 import torch
+from torch.nn import functional as F
 
 from ..errors import InputError
 from ..kernels import enabled as kernels_enabled
@@ -21,8 +22,7 @@ from ..prompt import PromptPlan, pad_batch
 from ..sampling import SamplingParams
 from .frame import Frame
 from .fused_weights import fuse_projections
-from .graphs import FrameGraph
-from .reference import DecodeState, prefill
+from .graphs import FrameGraph, PrefillGraph
 
 __all__ = ["FastEngine", "Frame", "FrameGraph", "FrameWatch", "generate_codes_batch"]
 
@@ -48,6 +48,9 @@ class FastEngine:
 
     LEN_BUCKET = 512
     TEXT_BUCKET = 128
+    # Prompts are left-padded to a multiple of this for the prefill graphs: one capture per bucket, and
+    # padding rows cost little (the prefill reads each weight once, whatever the row count).
+    PREFILL_BUCKET = 64
     # How many frames the host may enqueue beyond the last one whose code 0 it has seen: enough to keep the
     # GPU busy, few enough that a stream hears of EOS (and stops) within a couple of frames.
     RUN_AHEAD = 2
@@ -64,6 +67,8 @@ class FastEngine:
         self._caches = None
         self._frame: Frame | None = None
         self._run = None
+        self._prefills: dict[int, PrefillGraph] = {}  # by prompt length, for the current frame
+        self._prefill_pool = None
 
     def _frame_for(self, batch: int, max_len: int, max_frames: int, max_text: int, params: SamplingParams):
         settings = replace(params, seed=None, max_new_tokens=1)  # what a captured frame bakes in
@@ -74,13 +79,27 @@ class FastEngine:
         fits = (frame is not None and self._key == key and self._caches is self._current_caches()
                 and max_len <= frame.max_len and max_frames <= frame.max_frames and max_text <= frame.max_text)
         if not fits:
-            self._frame = self._run = self._caches = None  # free the old graph and caches first
+            self._frame = self._run = self._caches = None  # free the old graphs and caches first
+            self._prefills, self._prefill_pool = {}, None
             frame = Frame(self.talker, batch, _bucket(max_len, self.LEN_BUCKET), _bucket(max_frames, self.LEN_BUCKET),
                           _bucket(max(max_text, 1), self.TEXT_BUCKET), params, self.fused,
                           projections=self.projections, fuse_weights=self.projections is not None)
             self._run = FrameGraph(frame) if self.graphs else frame.step
             self._frame, self._key, self._caches = frame, key, self._current_caches()
         return frame, self._run
+
+    def _prefill(self, frame: Frame, embeds: torch.Tensor, valid: torch.Tensor) -> None:
+        """The prompt through the talker into the frame (a graph per prompt length on CUDA)."""
+        if not self.graphs:
+            frame.prefill(embeds, valid)
+            return
+        length = valid.shape[1]
+        graph = self._prefills.get(length)
+        if graph is None:
+            if self._prefill_pool is None:
+                self._prefill_pool = torch.cuda.graph_pool_handle()
+            graph = self._prefills[length] = PrefillGraph(frame, length, self._prefill_pool)
+        graph(embeds, valid)
 
     def _current_caches(self):
         return self.talker.model.layers[0].self_attn.kv_cache
@@ -103,12 +122,14 @@ class FastEngine:
     @torch.no_grad()
     def _frames(self, plans: list[PromptPlan], params: SamplingParams, limit: int, seeds: list[int]):
         embeds, valid, trailing = pad_batch(plans)
+        if self.graphs:  # left-pad to the prefill graph's length
+            pad = _bucket(valid.shape[1], self.PREFILL_BUCKET) - valid.shape[1]
+            embeds, valid = F.pad(embeds, (0, 0, pad, 0)), F.pad(valid, (pad, 0), value=False)
         batch, prompt_len, _ = embeds.shape
         device = embeds.device
         frame, run = self._frame_for(batch, prompt_len + limit, max(limit - 1, 1), trailing.shape[1], params)
-        state = DecodeState(valid, prompt_len + limit, self.talker.config.vocab_size)
-        hidden, logits = prefill(self.talker, embeds, state)
-        frame.start(hidden, logits, valid, trailing, plans[-1].tts_pad, torch.tensor(seeds, device=device))
+        self._prefill(frame, embeds, valid)
+        frame.start(None, None, valid, trailing, plans[-1].tts_pad, torch.tensor(seeds, device=device))
         watch = FrameWatch(frame)
         made = 0
         while made < limit - 1 or watch.seen < made:

@@ -10,18 +10,18 @@ one, or changes a shape, so the same code runs eagerly on CPU (CI) and replays a
 
 from __future__ import annotations
 
+import functools
+
 import torch
-from torch.nn import functional as F
 
 from .. import kernels
 from ..errors import InputError
 from ..kernels.decode_attention import decode_attention_reference, decode_attention_triton
+from ..kernels.linear import fused_linear_reference, fused_linear_triton
 from ..kernels.qk_norm_rope import qk_norm_rope_cache_reference, qk_norm_rope_cache_triton
 from ..kernels.rms_norm import add_rms_norm_reference, add_rms_norm_triton
 from ..kernels.sample import exponential_noise, sample_codes_triton
-from ..kernels.swiglu import (
-    silu_mul_halves_reference, silu_mul_halves_triton, silu_mul_reference, silu_mul_triton,
-)
+from ..kernels.swiglu import silu_mul_reference, silu_mul_triton
 from ..models.layers import DecoderStack
 from ..models.talker import Talker
 from ..sampling import PredictorSampler, SamplingParams, TalkerSampler
@@ -30,64 +30,77 @@ from .fused_weights import fuse_projections
 
 class LayerOps:
     """The fused kernels (Triton) or their PyTorch references: the frame's math is the same either way.
-    `projections` ({layer: (qkv, gate_up)} from `fuse_projections`) turns 5 matrix products into 2."""
 
-    def __init__(self, fused: bool, projections: dict | None = None):
-        self.fused = fused
+    `projections` ({layer: (qkv, gate_up)} from `fuse_projections`) turns 5 matrix products into 2. Each
+    product carries its neighbour: the pre-norm in front of q/k/v and gate/up, the SwiGLU gate behind
+    gate/up, the residual add behind o and down (`kernels/linear.py`). `pdl` launches the layer kernels as
+    programmatic dependents of the kernel before them (Hopper and later, see `kernels.wait_for_previous`)."""
+
+    def __init__(self, fused: bool, projections: dict | None = None, pdl: bool = False):
+        self.fused, self.pdl = fused, pdl
         self.projections = projections or {}
-        self.add_rms_norm = add_rms_norm_triton if fused else add_rms_norm_reference
-        self.qk_norm_rope_cache = qk_norm_rope_cache_triton if fused else qk_norm_rope_cache_reference
-        self.decode_attention = decode_attention_triton if fused else decode_attention_reference
-        self.silu_mul = silu_mul_triton if fused else silu_mul_reference
-        self.silu_mul_halves = silu_mul_halves_triton if fused else silu_mul_halves_reference
 
-    def qkv(self, layer, h: torch.Tensor):
-        attn = layer.self_attn
-        kv_width = attn.num_kv_heads * attn.head_dim
-        sizes = (attn.num_heads * attn.head_dim, kv_width, kv_width)
+        def kernel(fn):
+            return functools.partial(fn, pdl=True) if pdl else fn
+
+        self.linear = kernel(fused_linear_triton) if fused else fused_linear_reference
+        self.add_rms_norm = add_rms_norm_triton if fused else add_rms_norm_reference
+        self.qk_norm_rope_cache = kernel(qk_norm_rope_cache_triton) if fused else qk_norm_rope_cache_reference
+        self.decode_attention = kernel(decode_attention_triton) if fused else decode_attention_reference
+        self.silu_mul = silu_mul_triton if fused else silu_mul_reference
+
+    def qkv(self, layer, x: torch.Tensor):
+        """q, k, v of the residual stream x, its pre-norm included."""
+        attn, norm = layer.self_attn, layer.input_layernorm
         if layer in self.projections:
-            q, k, v = F.linear(h, self.projections[layer][0]).split(sizes, dim=-1)
+            kv_width = attn.num_kv_heads * attn.head_dim
+            sizes = (attn.num_heads * attn.head_dim, kv_width, kv_width)
+            qkv = self.linear(x, self.projections[layer][0], norm_weight=norm.weight, eps=norm.eps)
+            q, k, v = qkv.split(sizes, dim=-1)
         else:
-            q, k, v = (F.linear(h, p.weight) for p in (attn.q_proj, attn.k_proj, attn.v_proj))
+            q, k, v = (self.linear(x, p.weight, norm_weight=norm.weight, eps=norm.eps)
+                       for p in (attn.q_proj, attn.k_proj, attn.v_proj))
         return (t.unflatten(-1, (-1, attn.head_dim)) for t in (q, k, v))
 
-    def mlp(self, layer, h: torch.Tensor) -> torch.Tensor:
-        mlp = layer.mlp
+    def mlp(self, layer, x: torch.Tensor) -> torch.Tensor:
+        """The residual stream after the MLP block: x + down(silu(gate) * up) of the post-attention norm."""
+        mlp, norm = layer.mlp, layer.post_attention_layernorm
         if layer in self.projections:
-            gated = self.silu_mul_halves(F.linear(h, self.projections[layer][1]))
+            gated = self.linear(x, self.projections[layer][1], norm_weight=norm.weight, eps=norm.eps, gated=True)
         else:
-            gated = self.silu_mul(F.linear(h, mlp.gate_proj.weight), F.linear(h, mlp.up_proj.weight))
-        return F.linear(gated, mlp.down_proj.weight)
+            gate, up = (self.linear(x, p.weight, norm_weight=norm.weight, eps=norm.eps)
+                        for p in (mlp.gate_proj, mlp.up_proj))
+            gated = self.silu_mul(gate, up)
+        return self.linear(gated, mlp.down_proj.weight, residual=x)
 
 
 def run_stack(stack: DecoderStack, ops: LayerOps, x: torch.Tensor, positions: torch.Tensor,
               cache_index: torch.Tensor, lengths: torch.Tensor, starts: torch.Tensor) -> torch.Tensor:
-    """x [B, S, H] through every layer of `stack` and its final norm, with new tokens at RoPE `positions`
-    and cache rows `cache_index` [B, S]; attention sees cache rows `starts` [B] .. `lengths` [B] - 1.
+    """The residual stream after every layer of `stack` (final norm not applied: callers fuse it into the
+    product that reads it). x [B, S, H] are new tokens at RoPE `positions` and cache rows `cache_index`
+    [B, S]; attention sees cache rows `starts` [B] .. `lengths` [B] - 1.
 
-    The residual add of each block is fused into the next norm, as the official math allows: the stream is
-    still rounded to the activation dtype after every add."""
-    residual = None
+    Each residual add is fused into the product in front of it and rounds to the activation dtype, as the
+    official math does after every add."""
     for layer in stack.layers:
         attn = layer.self_attn
-        h, residual = ops.add_rms_norm(x, layer.input_layernorm.weight, layer.input_layernorm.eps, residual)
-        q, k, v = ops.qkv(layer, h)
+        q, k, v = ops.qkv(layer, x)
         cache = attn.kv_cache
         q = ops.qk_norm_rope_cache(q, k, v, attn.q_norm.weight, attn.k_norm.weight, attn.q_norm.eps,
                                    stack.inv_freq, positions, cache.k, cache.v, cache_index)
-        x = F.linear(ops.decode_attention(q, cache.k, cache.v, lengths, attn.head_dim**-0.5, starts),
-                     attn.o_proj.weight)
-        norm = layer.post_attention_layernorm
-        h, residual = ops.add_rms_norm(x, norm.weight, norm.eps, residual)
-        x = ops.mlp(layer, h)
-    return ops.add_rms_norm(x, stack.norm.weight, stack.norm.eps, residual)[0]
+        attended = ops.decode_attention(q, cache.k, cache.v, lengths, attn.head_dim**-0.5, starts)
+        x = ops.linear(attended, attn.o_proj.weight, residual=x)
+        x = ops.mlp(layer, x)
+    return x
 
 
 class Frame:
     """Static decode state of one batch bucket and the frame step over it.
 
     `fused` (default: where Triton runs compiled) picks the Triton kernels; `fuse_weights` (default: the
-    same) makes the talker's q/k/v and gate/up weights views of one matrix each, see `fused_weights`.
+    same) makes the talker's q/k/v and gate/up weights views of one matrix each, see `fused_weights`;
+    `pdl` (default: fused on a GPU that has programmatic dependent launch) lets each layer kernel start
+    while the kernel before it finishes, see `kernels.wait_for_previous`.
 
     Buffers: the talker's last hidden state and logits, each row's next cache row / RoPE position / first
     valid row, the frame counter, the code-0 history table for the repetition penalty, finished flags,
@@ -96,7 +109,7 @@ class Frame:
 
     def __init__(self, talker: Talker, batch: int, max_len: int, max_frames: int, max_text: int,
                  params: SamplingParams, fused: bool | None = None, fuse_weights: bool | None = None,
-                 projections: dict | None = None):
+                 projections: dict | None = None, pdl: bool | None = None):
         weight = talker.codec_head.weight
         device, dtype = weight.device, weight.dtype
         config = talker.config
@@ -107,7 +120,8 @@ class Frame:
         # `projections` from an earlier `fuse_projections(talker)` are reused: fusing again would copy every weight.
         if projections is None and (fused if fuse_weights is None else fuse_weights):
             projections = fuse_projections(talker)
-        self.ops = LayerOps(fused, projections)
+        pdl = fused and kernels.pdl_supported(device) if pdl is None else pdl
+        self.ops = LayerOps(fused, projections, pdl)
         # The fused sampler has no top-p; with top-p < 1 the frame keeps the PyTorch processors.
         self.fused_sampling = self.ops.fused and params.top_p >= 1.0 and params.subtalker_top_p >= 1.0
         self.groups = config.num_code_groups
@@ -140,17 +154,39 @@ class Frame:
                                   for p in self.predictor_positions]
         self.predictor_starts = zeros(batch, dtype=torch.int32)
 
-    def start(self, hidden: torch.Tensor, logits: torch.Tensor, valid: torch.Tensor, trailing: torch.Tensor,
-              tts_pad: torch.Tensor, seeds: torch.Tensor | None = None) -> None:
-        """Load a prefilled batch: its last hidden state [B, H] and logits [B, V], the prompt's validity
-        [B, T] (False = left padding), trailing text track [B, N, H], tts_pad [H] and seeds [B]."""
+    def prefill(self, embeds: torch.Tensor, valid: torch.Tensor) -> None:
+        """Run a prompt [B, T, H] with validity [B, T] (False = left padding) through the talker with the
+        frame's kernels: its keys and values into cache rows 0..T-1, its last hidden state and logits into
+        `hidden` and `logits`, ready for `start(None, None, valid, ...)`. Static shapes for a given T, so
+        it can be captured as a graph per prompt length."""
+        batch, length = valid.shape
+        positions = (valid.long().cumsum(-1) - 1).clamp(min=0)  # RoPE skips left padding, as DecodeState
+        starts = (~valid).sum(-1).to(torch.int32)
+        rows = torch.arange(length, device=valid.device).expand(batch, length)
+        lengths = torch.full((batch,), length, device=valid.device, dtype=torch.int32)
+        stream = run_stack(self.talker.model, self.ops, embeds, positions, rows, lengths, starts)
+        self._talker_head(stream[:, -1])
+
+    def _talker_head(self, stream: torch.Tensor) -> None:
+        """The talker's final norm of its last residual stream [B, H] into `hidden`, codec logits into `logits`."""
+        norm = self.talker.model.norm
+        self.hidden.copy_(self.ops.add_rms_norm(stream, norm.weight, norm.eps)[0])
+        self.logits.copy_(self.ops.linear(self.hidden, self.talker.codec_head.weight))
+
+    def start(self, hidden: torch.Tensor | None, logits: torch.Tensor | None, valid: torch.Tensor,
+              trailing: torch.Tensor, tts_pad: torch.Tensor, seeds: torch.Tensor | None = None) -> None:
+        """Load a prefilled batch: its last hidden state [B, H] and logits [B, V] (None: left in place by
+        `prefill`), the prompt's validity [B, T] (False = left padding), trailing text track [B, N, H],
+        tts_pad [H] and seeds [B]."""
         batch, prompt_len = valid.shape
         if batch != self.batch or trailing.shape[1] > self.max_text or prompt_len >= self.max_len:
             raise InputError(f"batch {batch}, prompt {prompt_len}, text track {trailing.shape[1]} do not fit this "
                              f"frame (batch {self.batch}, max_len {self.max_len}, max_text {self.max_text})")
         pad = (~valid).sum(-1)
-        self.hidden.copy_(hidden)
-        self.logits.copy_(logits)
+        if hidden is not None:
+            self.hidden.copy_(hidden)
+        if logits is not None:
+            self.logits.copy_(logits)
         self.slot.fill_(prompt_len)
         self.position.copy_((prompt_len - pad)[:, None])
         self.first_row.copy_(pad)
@@ -168,7 +204,7 @@ class Frame:
                 self.logits, self.seeds, self.step_count, do_sample=p.do_sample, temp=p.temperature, k=p.top_k,
                 seen=self.seen, generated=self.step_count, penalty=p.repetition_penalty, eos_id=self.eos,
                 min_new_tokens=p.min_new_tokens, suppress_from=self.talker_sampler.suppress_from,
-                counter_scale=self.groups)
+                counter_scale=self.groups, pdl=self.ops.pdl)
         noise = self._noise(0, self.logits.shape[-1]) if p.do_sample else None
         return self.talker_sampler(self.logits, self.seen, self.step_count, noise=noise)
 
@@ -177,7 +213,7 @@ class Frame:
         if self.fused_sampling:
             return sample_codes_triton(
                 logits, self.seeds, self.step_count, do_sample=p.subtalker_dosample, temp=p.subtalker_temperature,
-                k=p.subtalker_top_k, counter_scale=self.groups, counter_offset=group)
+                k=p.subtalker_top_k, counter_scale=self.groups, counter_offset=group, pdl=self.ops.pdl)
         noise = self._noise(group, logits.shape[-1]) if p.subtalker_dosample else None
         return self.predictor_sampler(logits, noise=noise)
 
@@ -193,6 +229,12 @@ class Frame:
                         self.predictor_starts)
         return out[:, -1]
 
+    def _predictor_logits(self, stream: torch.Tensor, group: int) -> torch.Tensor:
+        """Logits of codebook `group` from the predictor's residual stream, its final norm fused in."""
+        predictor = self.talker.code_predictor
+        norm = predictor.model.norm
+        return self.ops.linear(stream, predictor.lm_head[group - 1].weight, norm_weight=norm.weight, eps=norm.eps)
+
     def step(self) -> None:
         """One frame: codes of frame `step_count` into `codes`, the talker's next hidden state and logits."""
         talker, predictor = self.talker, self.talker.code_predictor
@@ -204,7 +246,7 @@ class Frame:
         codes = [code0]
         out = self._predict(torch.stack([self.hidden, talker.embed_codec(code0)], dim=1), 0)
         for group in range(1, self.groups):
-            codes.append(self._sample_code(group, F.linear(out, predictor.lm_head[group - 1].weight)))
+            codes.append(self._sample_code(group, self._predictor_logits(out, group)))
             if group + 1 < self.groups:
                 out = self._predict(predictor.embed_code(group, codes[-1])[:, None], group)
         codes = torch.stack(codes, dim=-1)
@@ -214,9 +256,8 @@ class Frame:
         text = self.text.index_select(1, self.step_count.clamp(max=self.max_text).view(1))
         x = talker.embed_frame(codes)[:, None] + text
         lengths = (self.slot[:, 0] + 1).to(torch.int32)
-        hidden = run_stack(talker.model, self.ops, x, self.position, self.slot, lengths, self.first_row)[:, -1]
-        self.hidden.copy_(hidden)
-        self.logits.copy_(F.linear(hidden, talker.codec_head.weight))
+        stream = run_stack(talker.model, self.ops, x, self.position, self.slot, lengths, self.first_row)
+        self._talker_head(stream[:, -1])
         self.slot += 1
         self.position += 1
         self.step_count += 1
