@@ -10,8 +10,9 @@ launch (PDL).
 3. `layers`: 75 predictor-sized layers' products in a row (qkv, o, gate/up, down, distinct weights): eager
    kernels (norm, F.linear, gate, add) vs fused vs fused with PDL.
 4. `launch`: 1000 empty dependent kernels in one graph, with and without PDL: the cost of one launch.
+5. `sample`: the fused sampler per top-k digit width.
 
-    python bench/kernel_probe.py --parts profile sweep layers launch
+    python bench/kernel_probe.py --parts profile sweep layers launch sample
 Writes kernel_probe.jsonl and prints a summary; results go to $OUT (or ./kernel_probe_out).
 """
 
@@ -197,6 +198,29 @@ def launch(emit):
             emit({"part": "launch", "pdl": pdl, "error": repr(error)[:300]})
 
 
+def sample(emit):
+    """The fused sampler (top-k 50) per top-k digit width and warp count, predictor (2048) and talker (3072)
+    vocabularies."""
+    from qtts.kernels.sample import sample_codes_triton
+
+    seeds = torch.zeros(1, device="cuda", dtype=torch.int64)
+    counter = torch.zeros((), device="cuda", dtype=torch.int64)
+    for vocab, talker in ((2048, False), (3072, True)):
+        logits = torch.randn(1, vocab, device="cuda")
+        extra = {}
+        if talker:
+            extra = {"seen": torch.zeros(1, vocab, device="cuda", dtype=torch.bool), "generated": counter,
+                     "penalty": 1.05, "eos_id": 2150, "min_new_tokens": 2, "suppress_from": 2048}
+        for bits in (1, 2, 4):
+            for warps in (1, 2, 4, 8):
+                def call(bits=bits, warps=warps):
+                    return sample_codes_triton(logits, seeds, counter, do_sample=True, temp=0.9, k=50, pdl=False,
+                                               radix_bits=bits, num_warps=warps, **extra)
+                ms = graph_ms(lambda: [call() for _ in range(50)]) / 50
+                emit({"part": "sample", "vocab": vocab, "radix_bits": bits, "warps": warps,
+                      "us": round(ms * 1e3, 2)})
+
+
 def profile(emit):
     """Kernels of one frame by name. Without PDL the durations are the kernels' own; with PDL a kernel's
     span also covers its wait for the one before (it starts early), so only the frame time compares."""
@@ -257,7 +281,8 @@ def main():
     print(f"torch {torch.__version__}, {torch.cuda.get_device_name()}", flush=True)
     for part in args.parts:
         try:
-            {"profile": profile, "sweep": sweep, "launch": launch, "layers": lambda e: layers(e, best)}[part](emit)
+            {"profile": profile, "sweep": sweep, "launch": launch, "sample": sample,
+             "layers": lambda e: layers(e, best)}[part](emit)
         except Exception as error:
             emit({"part": part, "error": repr(error)[:500]})
 

@@ -176,11 +176,14 @@ def test_sample_codes_matches_reference(device, do_sample, talker, ties):
         kwargs |= dict(seen=torch.rand(batch, vocab, device=device) < 0.2, generated=torch.tensor(1, device=device),
                        penalty=1.05, eos_id=eos, min_new_tokens=2, suppress_from=vocab - 30)
         logits[:, eos] = 50  # EOS would win if min_new_tokens did not mask it
-    for frame in range(3):
+    for frame, radix_bits in zip(range(3), (1, 2, 4)):
         ids = sample_codes_triton(logits, seeds, torch.tensor(frame, device=device), counter_scale=16,
-                                  counter_offset=5, **kwargs)
+                                  counter_offset=5, radix_bits=radix_bits, **kwargs)
         expected = sample_codes_reference(logits, seeds, torch.tensor(frame * 16 + 5, device=device), **kwargs)
         assert torch.equal(ids, expected)
+    table = torch.randn(vocab, 40, device=device).to(torch.bfloat16)
+    ids, rows = sample_codes_triton(logits, seeds, torch.tensor(0, device=device), embedding=table, **kwargs)
+    assert torch.equal(rows, table[ids])  # the drawn codes' embeddings come with them
 
 
 def test_exponential_noise_is_exp1_and_keyed_by_seed_and_counter():
@@ -202,8 +205,8 @@ def test_silu_mul_halves_matches_reference(device, dtype):
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("rows", [1, 5])
-@pytest.mark.parametrize("kind", ["plain", "norm", "gated", "residual"])
+@pytest.mark.parametrize("rows", [1, 3, 5])
+@pytest.mark.parametrize("kind", ["plain", "norm", "gated", "residual", "bias"])
 def test_fused_linear_matches_reference(device, dtype, rows, kind):
     # Widths that are not multiples of the blocks, so the masked edges are exercised too.
     n, k = 40, 80
@@ -216,6 +219,8 @@ def test_fused_linear_matches_reference(device, dtype, rows, kind):
         options["gated"] = True
     if kind == "residual":
         options["residual"] = torch.randn(rows, n, device=device).to(dtype)
+    if kind == "bias":
+        options["bias"] = torch.randn(n, device=device).to(dtype)
     ref = fused_linear_reference(x, weight, **options)
     for config in [(16, 32, 4), None]:
         assert_same_function(fused_linear_triton(x, weight, config=config, **options), ref)
@@ -230,3 +235,4 @@ def test_fused_linear_adds_the_residual_in_place(device):
     out = fused_linear_triton(x, weight, residual=stream, out=stream)
     assert out is stream
     assert_same_function(stream, expected)
+

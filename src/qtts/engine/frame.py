@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 
 import torch
+from torch import nn
 
 from .. import kernels
 from ..errors import InputError
@@ -208,14 +209,22 @@ class Frame:
         noise = self._noise(0, self.logits.shape[-1]) if p.do_sample else None
         return self.talker_sampler(self.logits, self.seen, self.step_count, noise=noise)
 
-    def _sample_code(self, group: int, logits: torch.Tensor) -> torch.Tensor:
+    def _sample_code(self, group: int, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Code `group` [B] and, where the predictor takes it next, its embedding [B, H] (the fused sampler
+        writes it as it draws the code)."""
         p = self.params
+        predictor = self.talker.code_predictor
+        feeds_back = group + 1 < self.groups
         if self.fused_sampling:
-            return sample_codes_triton(
+            table = predictor.model.codec_embedding[group - 1].weight if feeds_back else None
+            drawn = sample_codes_triton(
                 logits, self.seeds, self.step_count, do_sample=p.subtalker_dosample, temp=p.subtalker_temperature,
-                k=p.subtalker_top_k, counter_scale=self.groups, counter_offset=group, pdl=self.ops.pdl)
+                k=p.subtalker_top_k, counter_scale=self.groups, counter_offset=group, embedding=table,
+                pdl=self.ops.pdl)
+            return drawn if feeds_back else (drawn, None)
         noise = self._noise(group, logits.shape[-1]) if p.subtalker_dosample else None
-        return self.predictor_sampler(logits, noise=noise)
+        code = self.predictor_sampler(logits, noise=noise)
+        return code, predictor.embed_code(group, code) if feeds_back else None
 
     def _noise(self, group: int, vocab: int) -> torch.Tensor:
         """Exp(1) noise of draw `group` of this frame, keyed by each row's seed."""
@@ -223,7 +232,9 @@ class Frame:
 
     def _predict(self, x: torch.Tensor, index: int) -> torch.Tensor:
         predictor = self.talker.code_predictor
-        x = predictor.small_to_mtp_projection(x)
+        projection = predictor.small_to_mtp_projection
+        if isinstance(projection, nn.Linear):  # 1.7B: talker width to predictor width
+            x = self.ops.linear(x, projection.weight, bias=projection.bias)
         positions = self.predictor_positions[index]
         out = run_stack(predictor.model, self.ops, x, positions, positions, self.predictor_lengths[index],
                         self.predictor_starts)
@@ -237,7 +248,7 @@ class Frame:
 
     def step(self) -> None:
         """One frame: codes of frame `step_count` into `codes`, the talker's next hidden state and logits."""
-        talker, predictor = self.talker, self.talker.code_predictor
+        talker = self.talker
         code0 = self._sample_code0()
         code0 = torch.where(self.finished, self.eos, code0)  # finished rows are fed EOS, as transformers does
         self.seen.scatter_(1, code0[:, None], True)
@@ -246,9 +257,10 @@ class Frame:
         codes = [code0]
         out = self._predict(torch.stack([self.hidden, talker.embed_codec(code0)], dim=1), 0)
         for group in range(1, self.groups):
-            codes.append(self._sample_code(group, self._predictor_logits(out, group)))
-            if group + 1 < self.groups:
-                out = self._predict(predictor.embed_code(group, codes[-1])[:, None], group)
+            code, embedded = self._sample_code(group, self._predictor_logits(out, group))
+            codes.append(code)
+            if embedded is not None:
+                out = self._predict(embedded[:, None], group)
         codes = torch.stack(codes, dim=-1)
         frame = self.step_count.clamp(max=self.max_frames - 1).view(1)
         self.codes.index_copy_(1, frame, codes[:, None])

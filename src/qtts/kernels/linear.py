@@ -23,15 +23,15 @@ from qtts.errors import InputError
 from qtts.kernels import (
     cdiv, enabled, interpreted, jit, next_power_of_2, pdl_launch, round_to, tl, wait_for_previous,
 )
-from qtts.kernels.rms_norm import add_rms_norm_reference
-from qtts.kernels.swiglu import silu_mul_halves_reference
+from qtts.kernels.rms_norm import add_rms_norm_reference, add_rms_norm_triton
+from qtts.kernels.swiglu import silu_mul_halves_reference, silu_mul_halves_triton
 
 
 def fused_linear_reference(
     x: torch.Tensor, weight: torch.Tensor, *, norm_weight: torch.Tensor | None = None, eps: float = 1e-6,
-    residual: torch.Tensor | None = None, gated: bool = False,
+    residual: torch.Tensor | None = None, gated: bool = False, bias: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """x [..., K] @ weight [N, K].T, with
+    """x [..., K] @ weight [N, K].T (+ bias [N], added before the one rounding, as F.linear does), with
 
     - `norm_weight`: x is first RMS-normalised and scaled (the layer's pre-norm);
     - `gated`: weight is [gate; up] (N = 2F) and the result is silu(gate) * up [..., F];
@@ -39,7 +39,7 @@ def fused_linear_reference(
     """
     if norm_weight is not None:
         x = add_rms_norm_reference(x, norm_weight, eps)[0]
-    y = F.linear(x, weight)
+    y = F.linear(x, weight, bias)
     if gated:
         y = silu_mul_halves_reference(y)
     if residual is not None:
@@ -48,81 +48,62 @@ def fused_linear_reference(
 
 
 @jit
-def _product(acc, h, w, USE_DOT: tl.constexpr, DOT_F32: tl.constexpr):
-    """acc [M, N] += h [M, K] @ w [N, K].T: tensor cores from 16 rows on, else products and row sums.
-    `DOT_F32` takes the product in float32 (exact for bfloat16 inputs): Triton's interpreter gets bfloat16
-    `tl.dot` wrong."""
-    if USE_DOT:
-        if DOT_F32 or w.dtype == tl.float32:
-            acc += tl.dot(h, tl.trans(w.to(tl.float32)), input_precision="ieee")
-        else:
-            acc += tl.dot(h.to(w.dtype), tl.trans(w))
-    else:
-        acc += tl.sum(h[:, None, :] * w[None, :, :].to(tl.float32), axis=2)
-    return acc
-
-
-@jit
 def _fused_linear_kernel(
-    x_ptr, w_ptr, norm_ptr, res_ptr, out_ptr, n_rows, K, N, eps,
-    NORM: tl.constexpr, GATED: tl.constexpr, RESIDUAL: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, USE_DOT: tl.constexpr,
-    DOT_F32: tl.constexpr, PDL: tl.constexpr,
+    x_ptr, w_ptr, norm_ptr, res_ptr, bias_ptr, out_ptr, K, N, eps,
+    NORM: tl.constexpr, GATED: tl.constexpr, RESIDUAL: tl.constexpr, BIAS: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr,
 ):
+    """Programs (output block, row): BLOCK_N outputs of one row, walking K in BLOCK_K steps."""
     dtype = x_ptr.dtype.element_ty
-    m = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
+    row = tl.program_id(1).to(tl.int64)
     n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-    m_ok, n_ok = m < n_rows, n < N
+    n_ok = n < N
     kk = tl.arange(0, BLOCK_K)
-    # gated: row n of the output takes gate row n and up row N + n of the [gate; up] weight
+    # gated: output n takes gate row n and up row N + n of the [gate; up] weight
     w_rows = n.to(tl.int64)[:, None] * K + kk[None, :]
-    if not USE_DOT:  # one row: the first weight tile is loaded before waiting on the previous kernel
-        w_ok = n_ok[:, None] & (kk[None, :] < K)
-        w = tl.load(w_ptr + w_rows, mask=w_ok, other=0.0)
-        if GATED:
-            w_up = tl.load(w_ptr + N * K + w_rows, mask=w_ok, other=0.0)
+    w_ok = n_ok[:, None] & (kk[None, :] < K)
+    w = tl.load(w_ptr + w_rows, mask=w_ok, other=0.0)
+    if GATED:
+        w_up = tl.load(w_ptr + N * K + w_rows, mask=w_ok, other=0.0)
     wait_for_previous(PDL)  # only weights were read so far
 
-    x_rows = m.to(tl.int64)[:, None] * K
+    x_row = x_ptr + row * K
     if NORM:
-        squares = tl.zeros([BLOCK_M], dtype=tl.float32)
+        squares = tl.zeros([BLOCK_K], dtype=tl.float32)
         for k in range(0, K, BLOCK_K):
-            xs = tl.load(x_ptr + x_rows + k + kk[None, :], mask=m_ok[:, None] & (k + kk[None, :] < K),
-                         other=0.0).to(tl.float32)
-            squares += tl.sum(xs * xs, axis=1)
-        inv_rms = tl.math.rsqrt(squares / K + eps)[:, None]
+            xs = tl.load(x_row + k + kk, mask=k + kk < K, other=0.0).to(tl.float32)
+            squares += xs * xs
+        inv_rms = tl.math.rsqrt(tl.sum(squares, axis=0) / K + eps)
 
-    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
-    if GATED:
-        acc_up = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    # A [1, BLOCK_N] accumulator over [1, BLOCK_N, BLOCK_K] products: Triton lays this out better than the
+    # 1-D form of the same sum (H100, 0.6B frame: 3.44 ms against 4.32 ms, bench/frame_probe.py).
+    acc = tl.zeros([1, BLOCK_N], dtype=tl.float32)
+    acc_up = tl.zeros([1, BLOCK_N], dtype=tl.float32)
     for k in range(0, K, BLOCK_K):
-        w_ok = n_ok[:, None] & (k + kk[None, :] < K)
-        if USE_DOT:  # straight loads, which Triton pipelines
+        if k > 0:
+            w_ok = n_ok[:, None] & (k + kk[None, :] < K)
             w = tl.load(w_ptr + w_rows + k, mask=w_ok, other=0.0)
             if GATED:
                 w_up = tl.load(w_ptr + N * K + w_rows + k, mask=w_ok, other=0.0)
-        elif k > 0:
-            w = tl.load(w_ptr + w_rows + k, mask=w_ok, other=0.0)
-            if GATED:
-                w_up = tl.load(w_ptr + N * K + w_rows + k, mask=w_ok, other=0.0)
-        x_ok = m_ok[:, None] & (k + kk[None, :] < K)
-        h = tl.load(x_ptr + x_rows + k + kk[None, :], mask=x_ok, other=0.0).to(tl.float32)
+        h = tl.load(x_row + k + kk[None, :], mask=k + kk[None, :] < K, other=0.0).to(tl.float32)
         if NORM:
             g = tl.load(norm_ptr + k + kk, mask=k + kk < K, other=0.0).to(tl.float32)[None, :]
             h = round_to(round_to(h * inv_rms, dtype).to(tl.float32) * g, dtype).to(tl.float32)
-        acc = _product(acc, h, w, USE_DOT, DOT_F32)
+        acc += tl.sum(h[:, None, :] * w[None, :, :].to(tl.float32), axis=2)
         if GATED:
-            acc_up = _product(acc_up, h, w_up, USE_DOT, DOT_F32)
+            acc_up += tl.sum(h[:, None, :] * w_up[None, :, :].to(tl.float32), axis=2)
 
+    acc = tl.reshape(acc, [BLOCK_N])
+    acc_up = tl.reshape(acc_up, [BLOCK_N])
+    if BIAS:
+        acc += tl.load(bias_ptr + n, mask=n_ok, other=0.0).to(tl.float32)
     y = round_to(acc, dtype).to(tl.float32)
     if GATED:  # silu rounded to the activation dtype before the product, as the eager ops round
         silu = round_to(y / (1.0 + tl.exp(-y)), dtype).to(tl.float32)
         y = round_to(silu * round_to(acc_up, dtype).to(tl.float32), dtype).to(tl.float32)
-    out_offs = m.to(tl.int64)[:, None] * N + n[None, :]
-    out_ok = m_ok[:, None] & n_ok[None, :]
     if RESIDUAL:
-        y += tl.load(res_ptr + out_offs, mask=out_ok, other=0.0).to(tl.float32)
-    tl.store(out_ptr + out_offs, round_to(y, dtype), mask=out_ok)
+        y += tl.load(res_ptr + row * N + n, mask=n_ok, other=0.0).to(tl.float32)
+    tl.store(out_ptr + row * N + n, round_to(y, dtype), mask=n_ok)
 
 
 # One-row (decode) block configurations measured on an H100 (bench/kernel_probe.py, PDL launches, 40 calls
@@ -138,11 +119,18 @@ DECODE_CONFIGS = {
 }
 
 
+# Up to this many rows, each row gets its own programs; their programs run together, so the weights come
+# from L2 after the first row (the predictor's first step has 2 rows). More rows (batches, prefill) go to
+# cuBLAS: on the H100 its tensor-core products beat Triton tiles with the norm and gate fused in
+# (batch 16 frame 6.18 ms against 6.89 ms, bench/frame_probe.py).
+ROWS_PER_PROGRAM_MAX = 4
+
+
 def linear_config(rows: int, n: int, k: int, gated: bool) -> tuple[int, int, int]:
-    """(BLOCK_N, BLOCK_K, num_warps) for an [rows, k] x [n, k] product: the measured decode table, else
-    about 32 KB of weights per program and step; for many rows (prefill) tensor-core tiles."""
-    if rows > 1:
-        return 64, 64, 4
+    """(BLOCK_N, BLOCK_K, num_warps) for a one-row [k] x [n, k] product: the measured table, else about
+    32 KB of weights per program and step."""
+    if interpreted():  # the interpreter runs programs one after another in Python: few, large ones
+        return 64, next_power_of_2(k), 4
     if (n, k, gated) in DECODE_CONFIGS:
         return DECODE_CONFIGS[n, k, gated]
     block_k = min(2048, next_power_of_2(k))
@@ -151,41 +139,43 @@ def linear_config(rows: int, n: int, k: int, gated: bool) -> tuple[int, int, int
 
 def fused_linear_triton(
     x: torch.Tensor, weight: torch.Tensor, *, norm_weight: torch.Tensor | None = None, eps: float = 1e-6,
-    residual: torch.Tensor | None = None, gated: bool = False, out: torch.Tensor | None = None,
-    pdl: bool = False, config: tuple[int, int, int] | None = None,
+    residual: torch.Tensor | None = None, gated: bool = False, bias: torch.Tensor | None = None,
+    out: torch.Tensor | None = None, pdl: bool = False, config: tuple[int, int, int] | None = None,
 ) -> torch.Tensor:
-    """`fused_linear_reference` in one launch. `out` may be `residual` itself (each program reads its own
-    residual elements before it writes them). `config` overrides `linear_config` (the probe sweeps it)."""
+    """`fused_linear_reference`: in one launch up to `ROWS_PER_PROGRAM_MAX` rows, else cuBLAS between the
+    Triton norm and gate. `out` may be `residual` itself (each program reads its own residual elements
+    before it writes them). `config` overrides `linear_config` (the probe sweeps it)."""
     k = x.shape[-1]
     n = weight.shape[0] // 2 if gated else weight.shape[0]
-    if weight.shape[1] != k or (gated and weight.shape[0] % 2) or (gated and residual is not None):
+    if (weight.shape[1] != k or (gated and weight.shape[0] % 2) or (gated and residual is not None)
+            or (gated and bias is not None)):
         raise InputError(f"fused_linear: x [..., {k}] and weight {tuple(weight.shape)} (gated={gated}, "
-                         f"residual={residual is not None}) do not fit")
+                         f"residual={residual is not None}, bias={bias is not None}) do not fit")
     x2 = x.reshape(-1, k).contiguous()
     rows = x2.shape[0]
-    weight = weight.contiguous()
     if out is None:
         out = x.new_empty(*x.shape[:-1], n)
     if residual is not None and (residual.shape != out.shape or not residual.is_contiguous()):
         raise InputError(f"residual {tuple(residual.shape)} must be contiguous and shaped like the output "
                          f"{tuple(out.shape)}")
+    if rows > ROWS_PER_PROGRAM_MAX:
+        h = add_rms_norm_triton(x2, norm_weight, eps)[0] if norm_weight is not None else x2
+        y = F.linear(h, weight, bias)
+        y = silu_mul_halves_triton(y) if gated else y
+        return out.copy_((y if residual is None else residual.reshape(rows, n) + y).view(out.shape))
     block_n, block_k, warps = config or linear_config(rows, n, k, gated)
-    use_dot = rows > 1
-    block_m = max(16, min(64, next_power_of_2(rows))) if use_dot else 1
-    block_n = max(16, block_n) if use_dot else block_n
-    _fused_linear_kernel[(cdiv(n, block_n), cdiv(rows, block_m))](
-        x2, weight, norm_weight if norm_weight is not None else weight,
-        residual if residual is not None else out, out, rows, k, n, eps,
-        NORM=norm_weight is not None, GATED=gated, RESIDUAL=residual is not None,
-        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, USE_DOT=use_dot,
-        DOT_F32=interpreted(), PDL=pdl, num_warps=warps, num_stages=3, **pdl_launch(pdl),
+    _fused_linear_kernel[(cdiv(n, block_n), rows)](
+        x2, weight.contiguous(), norm_weight if norm_weight is not None else weight,
+        residual if residual is not None else out, bias if bias is not None else weight, out, k, n, eps,
+        NORM=norm_weight is not None, GATED=gated, RESIDUAL=residual is not None, BIAS=bias is not None,
+        BLOCK_N=block_n, BLOCK_K=block_k, PDL=pdl, num_warps=warps, **pdl_launch(pdl),
     )
     return out
 
 
 def fused_linear(
     x: torch.Tensor, weight: torch.Tensor, *, norm_weight: torch.Tensor | None = None, eps: float = 1e-6,
-    residual: torch.Tensor | None = None, gated: bool = False,
+    residual: torch.Tensor | None = None, gated: bool = False, bias: torch.Tensor | None = None,
 ) -> torch.Tensor:
     impl = fused_linear_triton if enabled(x.device) else fused_linear_reference
-    return impl(x, weight, norm_weight=norm_weight, eps=eps, residual=residual, gated=gated)
+    return impl(x, weight, norm_weight=norm_weight, eps=eps, residual=residual, gated=gated, bias=bias)

@@ -67,9 +67,11 @@ def _qk_norm_rope_cache_kernel(
     N_Q_HEADS: tl.constexpr, N_KV_HEADS: tl.constexpr, HALF: tl.constexpr, LIBDEVICE: tl.constexpr,
     PDL: tl.constexpr,
 ):
-    """One program per token: all its query heads, all its key heads, and the cache writes."""
+    """One program per (token, head): a query head, or a key head with its cache writes (key and value).
+    A head per program rather than a token: at decode a token's heads would be one program's serial work."""
     wait_for_previous(PDL)
     token = tl.program_id(0).to(tl.int64)
+    head = tl.program_id(1)
     batch = token // seq_len
     step = token % seq_len
     half = tl.arange(0, HALF)
@@ -80,24 +82,25 @@ def _qk_norm_rope_cache_kernel(
     cos_a = round_to(cos(angle, LIBDEVICE), dtype).to(tl.float32)
     sin_a = round_to(sin(angle, LIBDEVICE), dtype).to(tl.float32)
 
-    q_heads = tl.arange(0, N_Q_HEADS)
-    q_row = q_ptr + batch * q_batch_stride + step * q_seq_stride
-    o1, o2 = _norm_rope(q_row, q_weight_ptr, q_heads, cos_a, sin_a, eps, half, HALF)
-    out = q_out_ptr + ((batch * N_Q_HEADS + q_heads[:, None]) * seq_len + step) * head_dim + half[None, :]
-    tl.store(out, o1)
-    tl.store(out + HALF, o2)
-
-    kv_heads = tl.arange(0, N_KV_HEADS)
-    k_row = k_ptr + batch * k_batch_stride + step * k_seq_stride
-    o1, o2 = _norm_rope(k_row, k_weight_ptr, kv_heads, cos_a, sin_a, eps, half, HALF)
-    slot = tl.load(cache_index_ptr + token).to(tl.int64)
-    rows = ((batch * N_KV_HEADS + kv_heads[:, None]) * cache_len + slot) * head_dim + half[None, :]
-    cache_dtype = k_cache_ptr.dtype.element_ty
-    tl.store(k_cache_ptr + rows, o1.to(cache_dtype))
-    tl.store(k_cache_ptr + rows + HALF, o2.to(cache_dtype))
-    v = v_ptr + batch * v_batch_stride + step * v_seq_stride + kv_heads[:, None] * head_dim + half[None, :]
-    tl.store(v_cache_ptr + rows, tl.load(v).to(cache_dtype))
-    tl.store(v_cache_ptr + rows + HALF, tl.load(v + HALF).to(cache_dtype))
+    if head < N_Q_HEADS:
+        heads = head + tl.arange(0, 1)
+        q_row = q_ptr + batch * q_batch_stride + step * q_seq_stride
+        o1, o2 = _norm_rope(q_row, q_weight_ptr, heads, cos_a, sin_a, eps, half, HALF)
+        out = q_out_ptr + ((batch * N_Q_HEADS + heads[:, None]) * seq_len + step) * head_dim + half[None, :]
+        tl.store(out, o1)
+        tl.store(out + HALF, o2)
+    else:
+        heads = head - N_Q_HEADS + tl.arange(0, 1)
+        k_row = k_ptr + batch * k_batch_stride + step * k_seq_stride
+        o1, o2 = _norm_rope(k_row, k_weight_ptr, heads, cos_a, sin_a, eps, half, HALF)
+        slot = tl.load(cache_index_ptr + token).to(tl.int64)
+        rows = ((batch * N_KV_HEADS + heads[:, None]) * cache_len + slot) * head_dim + half[None, :]
+        cache_dtype = k_cache_ptr.dtype.element_ty
+        tl.store(k_cache_ptr + rows, o1.to(cache_dtype))
+        tl.store(k_cache_ptr + rows + HALF, o2.to(cache_dtype))
+        v = v_ptr + batch * v_batch_stride + step * v_seq_stride + heads[:, None] * head_dim + half[None, :]
+        tl.store(v_cache_ptr + rows, tl.load(v).to(cache_dtype))
+        tl.store(v_cache_ptr + rows + HALF, tl.load(v + HALF).to(cache_dtype))
 
 
 def _token_strides(x: torch.Tensor, name: str) -> tuple[int, int]:
@@ -114,14 +117,13 @@ def qk_norm_rope_cache_triton(
 ) -> torch.Tensor:
     batch, seq_len, n_q_heads, head_dim = q.shape
     n_kv_heads = k.shape[2]
-    for name, n in (("head_dim", head_dim), ("query heads", n_q_heads), ("KV heads", n_kv_heads)):
-        if n & (n - 1) or n < (4 if name == "head_dim" else 1):
-            raise InputError(f"the fused RoPE kernel needs {name} a power of two (head_dim >= 4), got {n}")
+    if head_dim & (head_dim - 1) or head_dim < 4:
+        raise InputError(f"the fused RoPE kernel needs head_dim a power of two (>= 4), got {head_dim}")
     if not (k_cache.is_contiguous() and v_cache.is_contiguous()):
         raise InputError("KV caches must be contiguous [B, Hkv, L, D] tensors")
     cache_index = positions if cache_index is None else cache_index
     q_out = torch.empty(batch, n_q_heads, seq_len, head_dim, device=q.device, dtype=q.dtype)
-    _qk_norm_rope_cache_kernel[(batch * seq_len,)](
+    _qk_norm_rope_cache_kernel[(batch * seq_len, n_q_heads + n_kv_heads)](
         q, k, v, q_weight, k_weight, inv_freq, positions.contiguous(), cache_index.contiguous(),
         q_out, k_cache, v_cache,
         *_token_strides(q, "q"), *_token_strides(k, "k"), *_token_strides(v, "v"), seq_len, k_cache.shape[2], eps,
