@@ -15,6 +15,8 @@ Measured on one H100 (2026-11-25, torch 2.11, Triton 3.6; context 300, median of
     1.7B b1: eager 22.43, fused 7.77, fused-proj 6.58;                b16: eager 30.25, fused 8.33, fused-proj 7.23
     with the talker attention split across programs (flash-decoding), 0.6B fused-proj:
     context 300: b1 5.53 (nosplit 5.88), b16 6.24 (6.46); context 1500: b1 5.59 (9.22), b16 8.28 (9.87)
+    second session, fused products + PDL (fused-proj-pdl), same call as the old frame (fused-proj, ce0a4d8):
+    0.6B b1 5.498 -> 3.054, 1.7B b1 6.239 -> 3.851
 compiled-fused-proj failed in Inductor (it recompiles the user Triton kernels; error in a dtype cast), and
 compiled (eager ops) had not finished compiling after ~5 minutes. fp32 check: fused == eager codes.
 Checks: fused vs eager codes under greedy decoding, in float32 (must be identical) and bfloat16 (agreement).
