@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -117,6 +119,29 @@ def test_rows_stop_at_eos_like_the_reference():
     assert [c.shape for c in got] == [c.shape for c in expected]
     for g, e in zip(got, expected):
         assert torch.equal(g, e)
+
+
+def test_requests_that_differ_in_min_new_tokens_share_the_frame_and_match_the_reference():
+    """min_new_tokens is loaded per request: a captured frame serves any value without being rebuilt."""
+    talker = tiny_talker(seed=5)
+    with torch.no_grad():  # make EOS likely once min_new_tokens allows it
+        talker.codec_head.weight[talker.config.codec_eos_token_id] *= 6
+    batch = plans(talker, lengths=((5, 2), (9, 1)), seed=6)
+    requests = [replace(GREEDY, min_new_tokens=n) for n in (2, 12, 2)]
+    # the reference loop re-allocates the talker's caches, which rebuilds a frame: run it first
+    expected = [reference.generate_codes_batch(talker, batch, params, max_new_tokens=30) for params in requests]
+    engine = fast.FastEngine(talker, graphs=False, fused=False)
+    frames = []
+    lengths = []
+    for params, want in zip(requests, expected):
+        got = engine.generate_codes_batch(batch, params, max_new_tokens=30)
+        assert [c.shape for c in got] == [c.shape for c in want]
+        for g, e in zip(got, want):
+            assert torch.equal(g, e)
+        frames.append(engine._frame)
+        lengths.append(min(c.shape[0] for c in got))
+    assert frames[0] is frames[1] is frames[2]
+    assert lengths[0] < 11 <= lengths[1]  # the value took effect: EOS came early only where it was allowed
 
 
 def test_sampling_is_seeded_per_request():

@@ -82,7 +82,8 @@ def repetition_penalty(scores: torch.Tensor, seen: torch.Tensor, penalty: float)
     return torch.where(seen, penalised, scores)
 
 
-def mask_eos_before(scores: torch.Tensor, eos_id: int, generated: torch.Tensor, min_new_tokens: int) -> torch.Tensor:
+def mask_eos_before(scores: torch.Tensor, eos_id: int, generated: torch.Tensor,
+                    min_new_tokens: int | torch.Tensor) -> torch.Tensor:
     """Forbid EOS while fewer than `min_new_tokens` tokens were generated (`generated` is a 0-d tensor)."""
     is_eos = torch.arange(scores.shape[-1], device=scores.device) == eos_id
     return torch.where(is_eos & (generated < min_new_tokens), -math.inf, scores)
@@ -143,21 +144,24 @@ class TalkerSampler:
         self.suppress_from = config.vocab_size - 1024
         self.suppressed = (ids >= self.suppress_from) & (ids != self.eos_id)
 
-    def process(self, logits: torch.Tensor, seen: torch.Tensor, generated: torch.Tensor) -> torch.Tensor:
-        """logits [batch, vocab]; `seen` [batch, vocab] bool of generated code-0 tokens; `generated` 0-d count."""
+    def process(self, logits: torch.Tensor, seen: torch.Tensor, generated: torch.Tensor,
+                min_new_tokens: torch.Tensor | None = None) -> torch.Tensor:
+        """logits [batch, vocab]; `seen` [batch, vocab] bool of generated code-0 tokens; `generated` 0-d count;
+        `min_new_tokens` (0-d tensor) overrides the params' value, so a captured graph can take it per request."""
         p = self.params
         scores = logits.float()
         if p.repetition_penalty != 1.0:
             scores = repetition_penalty(scores, seen, p.repetition_penalty)
-        if p.min_new_tokens > 0:
-            scores = mask_eos_before(scores, self.eos_id, generated, p.min_new_tokens)
+        if min_new_tokens is not None or p.min_new_tokens > 0:
+            limit = p.min_new_tokens if min_new_tokens is None else min_new_tokens
+            scores = mask_eos_before(scores, self.eos_id, generated, limit)
         scores = suppress(scores, self.suppressed)
         if p.do_sample:
             scores = top_p(top_k(temperature(scores, p.temperature), p.top_k), p.top_p)
         return scores
 
-    def __call__(self, logits, seen, generated, generator=None, noise=None) -> torch.Tensor:
-        return draw(self.process(logits, seen, generated), self.params.do_sample, generator, noise)
+    def __call__(self, logits, seen, generated, generator=None, noise=None, min_new_tokens=None) -> torch.Tensor:
+        return draw(self.process(logits, seen, generated, min_new_tokens), self.params.do_sample, generator, noise)
 
 
 class PredictorSampler:

@@ -71,7 +71,8 @@ class FastEngine:
         self._prefill_pool = None
 
     def _frame_for(self, batch: int, max_len: int, max_frames: int, max_text: int, params: SamplingParams):
-        settings = replace(params, seed=None, max_new_tokens=1)  # what a captured frame bakes in
+        # what a captured frame bakes in (seed and min_new_tokens are loaded per request)
+        settings = replace(params, seed=None, max_new_tokens=1, min_new_tokens=0)
         key = (batch, settings)
         frame = self._frame
         # The graph points at the talker's caches: if anything re-allocated them (a reference-loop call on
@@ -129,7 +130,8 @@ class FastEngine:
         device = embeds.device
         frame, run = self._frame_for(batch, prompt_len + limit, max(limit - 1, 1), trailing.shape[1], params)
         self._prefill(frame, embeds, valid)
-        frame.start(None, None, valid, trailing, plans[-1].tts_pad, torch.tensor(seeds, device=device))
+        frame.start(None, None, valid, trailing, plans[-1].tts_pad, torch.tensor(seeds, device=device),
+                    params.min_new_tokens)
         watch = FrameWatch(frame)
         made = 0
         while made < limit - 1 or watch.seen < made:

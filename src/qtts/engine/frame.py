@@ -145,6 +145,9 @@ class Frame:
         self.finished = zeros(batch, dtype=torch.bool)
         self.text = zeros(batch, max_text + 1, hidden)
         self.seeds = zeros(batch, dtype=torch.int64)
+        # EOS stays masked before this many code-0 tokens: a buffer, so requests that differ only in it share
+        # the captured graph.
+        self.min_new_tokens = torch.full((), params.min_new_tokens, device=device, dtype=torch.int64)
         self.codes = zeros(batch, max_frames, self.groups, dtype=torch.int64)
         # The predictor's positions are the same every frame: [0, 1] for the talker hidden state and code 0,
         # then one position per code fed back.
@@ -175,10 +178,11 @@ class Frame:
         self.logits.copy_(self.ops.linear(self.hidden, self.talker.codec_head.weight))
 
     def start(self, hidden: torch.Tensor | None, logits: torch.Tensor | None, valid: torch.Tensor,
-              trailing: torch.Tensor, tts_pad: torch.Tensor, seeds: torch.Tensor | None = None) -> None:
+              trailing: torch.Tensor, tts_pad: torch.Tensor, seeds: torch.Tensor | None = None,
+              min_new_tokens: int | None = None) -> None:
         """Load a prefilled batch: its last hidden state [B, H] and logits [B, V] (None: left in place by
         `prefill`), the prompt's validity [B, T] (False = left padding), trailing text track [B, N, H],
-        tts_pad [H] and seeds [B]."""
+        tts_pad [H], seeds [B] and the request's min_new_tokens (default: the frame's params')."""
         batch, prompt_len = valid.shape
         if batch != self.batch or trailing.shape[1] > self.max_text or prompt_len >= self.max_len:
             raise InputError(f"batch {batch}, prompt {prompt_len}, text track {trailing.shape[1]} do not fit this "
@@ -197,6 +201,7 @@ class Frame:
         self.text.copy_(tts_pad.expand_as(self.text))
         self.text[:, : trailing.shape[1]] = trailing
         self.seeds.copy_(torch.zeros(batch, dtype=torch.int64) if seeds is None else seeds)
+        self.min_new_tokens.fill_(self.params.min_new_tokens if min_new_tokens is None else min_new_tokens)
 
     def _sample_code0(self) -> torch.Tensor:
         p = self.params
@@ -204,10 +209,11 @@ class Frame:
             return sample_codes_triton(
                 self.logits, self.seeds, self.step_count, do_sample=p.do_sample, temp=p.temperature, k=p.top_k,
                 seen=self.seen, generated=self.step_count, penalty=p.repetition_penalty, eos_id=self.eos,
-                min_new_tokens=p.min_new_tokens, suppress_from=self.talker_sampler.suppress_from,
+                min_new_tokens=self.min_new_tokens, suppress_from=self.talker_sampler.suppress_from,
                 counter_scale=self.groups, pdl=self.ops.pdl)
         noise = self._noise(0, self.logits.shape[-1]) if p.do_sample else None
-        return self.talker_sampler(self.logits, self.seen, self.step_count, noise=noise)
+        return self.talker_sampler(self.logits, self.seen, self.step_count, noise=noise,
+                                   min_new_tokens=self.min_new_tokens)
 
     def _sample_code(self, group: int, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Code `group` [B] and, where the predictor takes it next, its embedding [B, H] (the fused sampler

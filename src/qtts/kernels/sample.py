@@ -46,15 +46,16 @@ def exponential_noise(seeds: torch.Tensor, counter: torch.Tensor, vocab: int) ->
 def sample_codes_reference(
     logits: torch.Tensor, seeds: torch.Tensor, counter: torch.Tensor, *, do_sample: bool, temp: float,
     k: int, seen: torch.Tensor | None = None, generated: torch.Tensor | None = None, penalty: float = 1.0,
-    eos_id: int = -1, min_new_tokens: int = 0, suppress_from: int | None = None,
+    eos_id: int = -1, min_new_tokens: int | torch.Tensor = 0, suppress_from: int | None = None,
 ) -> torch.Tensor:
     """Ids [B] from logits [B, V]. `seen` (bool [B, V]) turns on the talker's processing; `counter` is the
-    draw's 0-d int64 tensor (frame * 16 + codebook) keying the noise with each row's seed."""
+    draw's 0-d int64 tensor (frame * 16 + codebook) keying the noise with each row's seed; `min_new_tokens`
+    may be a 0-d tensor (a captured graph then takes it per request)."""
     scores = logits.float()
     if seen is not None:
         if penalty != 1.0:
             scores = repetition_penalty(scores, seen, penalty)
-        if min_new_tokens > 0:
+        if isinstance(min_new_tokens, torch.Tensor) or min_new_tokens > 0:
             scores = mask_eos_before(scores, eos_id, generated, min_new_tokens)
         if suppress_from is not None:
             ids = torch.arange(scores.shape[-1], device=scores.device)
@@ -97,8 +98,8 @@ def _kth_largest(x, k, RADIX_BITS: tl.constexpr):
 
 @jit
 def _sample_codes_kernel(
-    logits_ptr, seeds_ptr, counter_ptr, seen_ptr, generated_ptr, out_ptr, table_ptr, embed_ptr,
-    vocab, temp, penalty, eos_id, min_new_tokens, suppress_from, counter_scale, counter_offset, width,
+    logits_ptr, seeds_ptr, counter_ptr, seen_ptr, generated_ptr, min_new_ptr, out_ptr, table_ptr, embed_ptr,
+    vocab, temp, penalty, eos_id, suppress_from, counter_scale, counter_offset, width,
     TALKER: tl.constexpr, DO_SAMPLE: tl.constexpr, TOP_K: tl.constexpr, BLOCK_V: tl.constexpr,
     RADIX_BITS: tl.constexpr, EMBED: tl.constexpr, BLOCK_E: tl.constexpr, PDL: tl.constexpr,
 ):
@@ -111,7 +112,7 @@ def _sample_codes_kernel(
         seen = tl.load(seen_ptr + row * vocab + ids, mask=in_vocab, other=0) != 0
         x = tl.where(seen, tl.where(x < 0, x * penalty, x / penalty), x)
         generated = tl.load(generated_ptr)
-        x = tl.where((ids == eos_id) & (generated < min_new_tokens), float("-inf"), x)
+        x = tl.where((ids == eos_id) & (generated < tl.load(min_new_ptr)), float("-inf"), x)
         x = tl.where((ids >= suppress_from) & (ids != eos_id), float("-inf"), x)
     if DO_SAMPLE:
         x = x / temp
@@ -138,7 +139,7 @@ def _sample_codes_kernel(
 def sample_codes_triton(
     logits: torch.Tensor, seeds: torch.Tensor, counter: torch.Tensor, *, do_sample: bool, temp: float,
     k: int, seen: torch.Tensor | None = None, generated: torch.Tensor | None = None, penalty: float = 1.0,
-    eos_id: int = -1, min_new_tokens: int = 0, suppress_from: int | None = None,
+    eos_id: int = -1, min_new_tokens: int | torch.Tensor = 0, suppress_from: int | None = None,
     counter_scale: int = 1, counter_offset: int = 0, embedding: torch.Tensor | None = None,
     pdl: bool = False, radix_bits: int = 2, num_warps: int | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
@@ -154,12 +155,14 @@ def sample_codes_triton(
     talker = seen is not None
     out = torch.empty(batch, device=logits.device, dtype=torch.int64)
     embedded = None if embedding is None else embedding.new_empty(batch, embedding.shape[1])
+    if talker and not isinstance(min_new_tokens, torch.Tensor):  # a fill kernel: capturable, no host copy
+        min_new_tokens = torch.full((), min_new_tokens, device=logits.device, dtype=torch.int64)
     block = next_power_of_2(vocab)
     _sample_codes_kernel[(batch,)](
         logits.contiguous(), seeds, counter, seen if talker else logits,
-        generated if talker else counter, out, embedding if embedding is not None else logits,
-        embedded if embedded is not None else logits,
-        vocab, float(temp), float(penalty), eos_id, min_new_tokens,
+        generated if talker else counter, min_new_tokens if talker else counter, out,
+        embedding if embedding is not None else logits, embedded if embedded is not None else logits,
+        vocab, float(temp), float(penalty), eos_id,
         vocab if suppress_from is None else suppress_from, counter_scale, counter_offset,
         0 if embedding is None else embedding.shape[1],
         TALKER=talker, DO_SAMPLE=do_sample, TOP_K=min(k, vocab) if do_sample else 0, BLOCK_V=block,
