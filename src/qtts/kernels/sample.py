@@ -75,7 +75,8 @@ def _mix32(x):
     return x ^ (x >> 16)
 
 
-# H100, bench/kernel_probe.py (vocabulary 2048, top-k 50): 8 warps 11.1 us, 4 warps 13.6, 2 warps 32.8.
+# H100, bench/kernel_probe.py (vocabulary 2048, top-k 50, 2-bit digits): 8 warps 11.1 us, 4 warps 13.6,
+# 2 warps 32.8; 4-bit digits 14.5 us at best, 8-bit ones 244 us.
 SAMPLE_WARPS = 8
 
 
@@ -147,10 +148,10 @@ def sample_codes_triton(
     can key all 16 draws off its one frame counter without extra launches. With `embedding` (a table
     [vocab, H]) also returns the drawn codes' rows [B, H], saving the lookup's launch.
 
-    `pdl`: see `qtts.kernels.wait_for_previous`; `radix_bits` (1, 2, 4 or 8): digit width of the top-k
-    search; `num_warps`: threads per row (few: the work is a chain of block-wide reductions)."""
-    if radix_bits not in (1, 2, 4, 8):
-        raise InputError(f"radix_bits must be 1, 2, 4 or 8, got {radix_bits}")
+    `pdl`: see `qtts.kernels.wait_for_previous`; `radix_bits` (1, 2 or 4): digit width of the top-k
+    search; `num_warps`: warps per row (8 measured fastest, see SAMPLE_WARPS)."""
+    if radix_bits not in (1, 2, 4):
+        raise InputError(f"radix_bits must be 1, 2 or 4, got {radix_bits}")
     batch, vocab = logits.shape
     talker = seen is not None
     out = torch.empty(batch, device=logits.device, dtype=torch.int64)
