@@ -18,7 +18,6 @@ import time
 from pathlib import Path
 
 import torch
-from torch.nn import functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
@@ -45,10 +44,8 @@ def staged(tts, text: str, tokens: int) -> dict[str, float]:
         plan = tts.plan(text, language=LANGUAGE, speaker=SPEAKER)
         stamp("plan (tokenize, prompt embeddings)")
         engine = tts.fast_engine
-        embeds, valid, trailing = pad_batch([plan])
-        tokens_in = valid.shape[1]
-        pad = -(-tokens_in // engine.PREFILL_BUCKET) * engine.PREFILL_BUCKET - tokens_in
-        embeds, valid = F.pad(embeds, (0, 0, pad, 0)), F.pad(valid, (pad, 0), value=False)
+        tokens_in = plan.prefill.shape[0]
+        embeds, valid, trailing = pad_batch([plan], engine.PREFILL_BUCKET)
         frame, run = engine._frame_for(1, embeds.shape[1] + tokens, tokens - 1, trailing.shape[1], params)
         stamp("pad + frame lookup")
         engine._prefill(frame, embeds, valid)

@@ -7,7 +7,7 @@ import torch
 
 from official_models import capture_talker_inputs, official_model, our_config, our_talker
 from qtts.errors import InputError
-from qtts.prompt import PromptBuilder, pad_batch
+from qtts.prompt import PromptBuilder, pad_batch, prompt_positions
 from qtts.testing.tokenizer import write_tokenizer_files
 from qtts.text import TextTokenizer, assistant_text, instruct_text, reference_text
 
@@ -131,6 +131,13 @@ def test_batched_plans_equal_official_padding(models, tokenizer):
     torch.testing.assert_close(prefill, captured["inputs_embeds"], rtol=0, atol=1e-6)
     assert valid.long().tolist() == captured["attention_mask"].tolist()
     torch.testing.assert_close(trailing, captured["trailing_text_hidden"], rtol=0, atol=1e-6)
+    # padded further to a graph's length: more left padding, the same rows and positions
+    longer, longer_valid, _ = pad_batch(plans, multiple_of=64)
+    extra = longer.shape[1] - prefill.shape[1]
+    assert longer.shape[1] % 64 == 0 and extra > 0
+    assert torch.equal(longer[:, extra:], prefill) and not longer[:, :extra].any()
+    assert torch.equal(longer_valid[:, extra:], valid) and not longer_valid[:, :extra].any()
+    assert torch.equal(prompt_positions(longer_valid)[:, extra:], prompt_positions(valid))
 
 
 @torch.no_grad()

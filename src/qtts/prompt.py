@@ -197,10 +197,12 @@ class PromptBuilder:
             raise InputError(f"reference codes must lie in 0..{codebook - 1}")
 
 
-def pad_batch(plans: list[PromptPlan]):
+def pad_batch(plans: list[PromptPlan], multiple_of: int = 1):
     """Batch plans as the official code does (spec 5.5): prefills left-padded with zeros, trailing tracks
-    right-padded with tts_pad. Returns (prefill [B, T, H], valid [B, T] bool, trailing [B, N, H])."""
+    right-padded with tts_pad. Returns (prefill [B, T, H], valid [B, T] bool, trailing [B, N, H]).
+    `multiple_of` pads T further up to a multiple of it (a captured prefill's length)."""
     longest = max(p.prefill.shape[0] for p in plans)
+    longest = -(-longest // multiple_of) * multiple_of
     longest_trailing = max(p.trailing.shape[0] for p in plans)
     first = plans[0].prefill
     prefill = first.new_zeros(len(plans), longest, first.shape[-1])
@@ -213,3 +215,9 @@ def pad_batch(plans: list[PromptPlan]):
         trailing[row] = plan.tts_pad
         trailing[row, : plan.trailing.shape[0]] = plan.trailing
     return prefill, valid, trailing
+
+
+def prompt_positions(valid: torch.Tensor) -> torch.Tensor:
+    """RoPE positions [B, T] of a left-padded batch with validity `valid` [B, T]: each row's own tokens count
+    from 0, as if it had no padding (padding positions are 0 and never attended to)."""
+    return (valid.long().cumsum(-1) - 1).clamp(min=0)

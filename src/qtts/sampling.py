@@ -152,9 +152,8 @@ class TalkerSampler:
         scores = logits.float()
         if p.repetition_penalty != 1.0:
             scores = repetition_penalty(scores, seen, p.repetition_penalty)
-        if min_new_tokens is not None or p.min_new_tokens > 0:
-            limit = p.min_new_tokens if min_new_tokens is None else min_new_tokens
-            scores = mask_eos_before(scores, self.eos_id, generated, limit)
+        limit = p.min_new_tokens if min_new_tokens is None else min_new_tokens
+        scores = mask_eos_before(scores, self.eos_id, generated, limit)
         scores = suppress(scores, self.suppressed)
         if p.do_sample:
             scores = top_p(top_k(temperature(scores, p.temperature), p.top_k), p.top_p)

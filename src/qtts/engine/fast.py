@@ -13,7 +13,6 @@ from collections.abc import Iterator
 from dataclasses import replace
 
 import torch
-from torch.nn import functional as F
 
 from ..errors import InputError
 from ..kernels import enabled as kernels_enabled
@@ -122,10 +121,8 @@ class FastEngine:
 
     @torch.no_grad()
     def _frames(self, plans: list[PromptPlan], params: SamplingParams, limit: int, seeds: list[int]):
-        embeds, valid, trailing = pad_batch(plans)
-        if self.graphs:  # left-pad to the prefill graph's length
-            pad = _bucket(valid.shape[1], self.PREFILL_BUCKET) - valid.shape[1]
-            embeds, valid = F.pad(embeds, (0, 0, pad, 0)), F.pad(valid, (pad, 0), value=False)
+        # with graphs, left-padded to the prefill graph's length
+        embeds, valid, trailing = pad_batch(plans, self.PREFILL_BUCKET if self.graphs else 1)
         batch, prompt_len, _ = embeds.shape
         device = embeds.device
         frame, run = self._frame_for(batch, prompt_len + limit, max(limit - 1, 1), trailing.shape[1], params)

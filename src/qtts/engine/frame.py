@@ -25,6 +25,7 @@ from ..kernels.sample import exponential_noise, sample_codes_triton
 from ..kernels.swiglu import silu_mul_reference, silu_mul_triton
 from ..models.layers import DecoderStack
 from ..models.talker import Talker
+from ..prompt import prompt_positions
 from ..sampling import PredictorSampler, SamplingParams, TalkerSampler
 from .fused_weights import fuse_projections
 
@@ -164,7 +165,7 @@ class Frame:
         `hidden` and `logits`, ready for `start(None, None, valid, ...)`. Static shapes for a given T, so
         it can be captured as a graph per prompt length."""
         batch, length = valid.shape
-        positions = (valid.long().cumsum(-1) - 1).clamp(min=0)  # RoPE skips left padding, as DecodeState
+        positions = prompt_positions(valid)
         starts = (~valid).sum(-1).to(torch.int32)
         rows = torch.arange(length, device=valid.device).expand(batch, length)
         lengths = torch.full((batch,), length, device=valid.device, dtype=torch.int32)

@@ -60,7 +60,6 @@ class PrefillGraph:
     def __init__(self, frame: Frame, length: int, pool=None):
         if not frame.hidden.is_cuda:
             raise QttsError("CUDA graphs need the talker on a CUDA device; run frame.prefill() eagerly instead")
-        self.length = length
         hidden = frame.talker.config.hidden_size
         self.embeds = torch.zeros(frame.batch, length, hidden, device=frame.hidden.device, dtype=frame.hidden.dtype)
         self.valid = torch.ones(frame.batch, length, device=frame.hidden.device, dtype=torch.bool)

@@ -18,7 +18,7 @@ import torch
 from ..errors import InputError
 from ..models.layers import attention_mask
 from ..models.talker import Talker
-from ..prompt import PromptPlan, pad_batch
+from ..prompt import PromptPlan, pad_batch, prompt_positions
 from ..sampling import PredictorSampler, SamplingParams, TalkerSampler
 
 
@@ -32,7 +32,7 @@ class DecodeState:
         self.valid_slots = torch.zeros(batch, max_len, dtype=torch.bool, device=device)
         self.valid_slots[:, :prompt_len] = valid
         # RoPE positions skip left padding: the prompt's own positions, then contiguous per row.
-        self.prompt_positions = (valid.long().cumsum(-1) - 1).clamp(min=0)
+        self.prompt_positions = prompt_positions(valid)
         self.pad_count = (~valid).sum(-1, keepdim=True)
         self.slots = torch.arange(max_len, device=device)
         self.seen = torch.zeros(batch, vocab_size, dtype=torch.bool, device=device)

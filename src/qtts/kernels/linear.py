@@ -153,16 +153,18 @@ def fused_linear_triton(
                          f"residual={residual is not None}, bias={bias is not None}) do not fit")
     x2 = x.reshape(-1, k).contiguous()
     rows = x2.shape[0]
-    if out is None:
-        out = x.new_empty(*x.shape[:-1], n)
-    if residual is not None and (residual.shape != out.shape or not residual.is_contiguous()):
-        raise InputError(f"residual {tuple(residual.shape)} must be contiguous and shaped like the output "
-                         f"{tuple(out.shape)}")
+    shape = (*x.shape[:-1], n)
+    for name, t in (("residual", residual), ("out", out)):
+        if t is not None and (t.shape != shape or not t.is_contiguous()):
+            raise InputError(f"{name} {tuple(t.shape)} must be contiguous and shaped like the output {shape}")
     if rows > ROWS_PER_PROGRAM_MAX:
         h = add_rms_norm_triton(x2, norm_weight, eps)[0] if norm_weight is not None else x2
         y = F.linear(h, weight, bias)
-        y = silu_mul_halves_triton(y) if gated else y
-        return out.copy_((y if residual is None else residual.reshape(rows, n) + y).view(out.shape))
+        y = (silu_mul_halves_triton(y) if gated else y).view(shape)
+        y = y if residual is None else residual + y
+        return y if out is None else out.copy_(y)
+    if out is None:
+        out = x.new_empty(shape)
     block_n, block_k, warps = config or linear_config(rows, n, k, gated)
     _fused_linear_kernel[(cdiv(n, block_n), rows)](
         x2, weight.contiguous(), norm_weight if norm_weight is not None else weight,

@@ -55,8 +55,7 @@ def sample_codes_reference(
     if seen is not None:
         if penalty != 1.0:
             scores = repetition_penalty(scores, seen, penalty)
-        if isinstance(min_new_tokens, torch.Tensor) or min_new_tokens > 0:
-            scores = mask_eos_before(scores, eos_id, generated, min_new_tokens)
+        scores = mask_eos_before(scores, eos_id, generated, min_new_tokens)
         if suppress_from is not None:
             ids = torch.arange(scores.shape[-1], device=scores.device)
             scores = suppress(scores, (ids >= suppress_from) & (ids != eos_id))
