@@ -203,6 +203,18 @@ def test_load_audio_rejects_a_file_that_is_not_audio(tmp_path):
         audio.load_audio(path)
 
 
+def test_read_audio_takes_any_length_that_load_audio_refuses_as_a_reference():
+    short = sweep(0.4, 16000, channels=2)
+    with pytest.raises(InputError, match="too short"):
+        audio.load_audio((short, 16000))
+    np.testing.assert_array_equal(audio.read_audio((short, 16000)),
+                                  audio.resample(short.mean(axis=-1), 16000, audio.SAMPLE_RATE))
+    with pytest.raises(InputError, match="NaN"):
+        audio.read_audio((np.full(100, np.nan, dtype=np.float32), 24000))
+    with pytest.raises(InputError, match="empty"):
+        audio.read_audio((np.zeros(0, dtype=np.float32), 24000))
+
+
 # ---- saving --------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("suffix", [".wav", ".flac"])

@@ -68,11 +68,28 @@ def load_audio(source: AudioSource) -> np.ndarray:
     formats libsndfile cannot read are rejected (librosa would try audioread/ffmpeg); integer arrays are
     scaled to [-1, 1); stereo arrays work (the official wrapper's array path fails on them); the checks.
     """
+    samples, sample_rate = _decode_mono(source)
+    _check_reference(samples, sample_rate)
+    return resample(samples, sample_rate, SAMPLE_RATE)
+
+
+def read_audio(source: AudioSource) -> np.ndarray:
+    """Any audio as float32 mono at 24 kHz, from the sources `load_audio` takes, without its reference-clip
+    checks: the codec encodes clips of any length. Raises `InputError` when the audio cannot be read, is
+    empty or not finite."""
+    samples, sample_rate = _decode_mono(source)
+    if samples.size == 0:
+        raise InputError("audio is empty: it has no samples")
+    if not np.isfinite(samples).all():
+        raise InputError("audio contains NaN or infinite samples")
+    return resample(samples, sample_rate, SAMPLE_RATE)
+
+
+def _decode_mono(source: AudioSource) -> tuple[np.ndarray, int]:
     samples, sample_rate = _decode(source)
     if samples.ndim == 2:
         samples = samples.mean(axis=-1)  # channels averaged, like the official loader
-    _check_reference(samples, sample_rate)
-    return resample(samples, sample_rate, SAMPLE_RATE)
+    return samples, sample_rate
 
 
 def resample(samples: np.ndarray, orig_sr: int, target_sr: int = SAMPLE_RATE) -> np.ndarray:
