@@ -15,6 +15,7 @@ from qtts.kernels.linear import fused_linear_reference, fused_linear_triton
 from qtts.kernels.qk_norm_rope import qk_norm_rope_cache_reference, qk_norm_rope_cache_triton
 from qtts.kernels.rms_norm import add_rms_norm, add_rms_norm_reference, add_rms_norm_triton
 from qtts.kernels.sample import exponential_noise, sample_codes_reference, sample_codes_triton
+from qtts.sampling import DrawSettings
 from qtts.kernels.snake import snake_beta_reference, snake_beta_triton
 from qtts.kernels.swiglu import (
     silu_mul_halves_reference, silu_mul_halves_triton, silu_mul_reference, silu_mul_triton,
@@ -158,31 +159,40 @@ def test_a_query_that_sees_no_row_attends_to_zeros(device, splits):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("do_sample", [True, False])
 @pytest.mark.parametrize("talker", [True, False])
 @pytest.mark.parametrize("ties", [False, True])
-def test_sample_codes_matches_reference(device, do_sample, talker, ties):
-    """Same ids as the PyTorch processors + exponential-trick draw with the same counter-based noise, with
-    many logits tied at the top-k threshold (`ties`: rounded logits), which top-k keeps, as torch does."""
+def test_sample_codes_matches_reference(device, talker, ties):
+    """Same ids as the PyTorch processors + exponential-trick draw with the same counter-based noise, every
+    row with its own settings (greedy, top-k, top-p, both, temperature, penalty, min_new_tokens), with many
+    logits tied at the top-k threshold (`ties`: rounded logits), which top-k keeps, as torch does."""
     vocab = 3072 if talker else 2048
-    batch = 4
+    batch = 6
     logits = 3 * torch.randn(batch, vocab, device=device)
     if ties:
         logits = logits.round() - 4  # mostly negative, few distinct values
-    seeds = torch.tensor([0, 1, 7, 2**40], device=device)
-    kwargs = dict(do_sample=do_sample, temp=0.9, k=10)
+    seeds = torch.tensor([0, 1, 7, 2**40, 2**62 + 3, 5], device=device)
+    settings = DrawSettings(
+        do_sample=torch.tensor([True, True, True, False, True, True], device=device),
+        temperature=torch.tensor([0.9, 1.0, 0.7, 0.9, 1.3, 0.5], device=device),
+        top_k=torch.tensor([10, 0, 50, 10, 0, 3], device=device),
+        top_p=torch.tensor([1.0, 0.8, 0.6, 1.0, 0.95, 1.0], device=device))
+    kwargs = {}
     if talker:
         eos = vocab - 20
-        kwargs |= dict(seen=torch.rand(batch, vocab, device=device) < 0.2, generated=torch.tensor(1, device=device),
-                       penalty=1.05, eos_id=eos, min_new_tokens=2, suppress_from=vocab - 30)
-        logits[:, eos] = 50  # EOS would win if min_new_tokens did not mask it
+        kwargs = dict(seen=torch.rand(batch, vocab, device=device) < 0.2,
+                      generated=torch.tensor([1, 5, 0, 3, 1, 9], device=device),
+                      penalty=torch.tensor([1.05, 1.0, 1.3, 1.05, 1.05, 1.1], device=device),
+                      min_new_tokens=torch.tensor([2, 2, 0, 2, 2, 2], device=device), eos_id=eos,
+                      suppress_from=vocab - 30)
+        logits[:, eos] = 50  # EOS wins where min_new_tokens does not mask it
     for frame, radix_bits in zip(range(3), (1, 2, 4)):
-        ids = sample_codes_triton(logits, seeds, torch.tensor(frame, device=device), counter_scale=16,
-                                  counter_offset=5, radix_bits=radix_bits, **kwargs)
-        expected = sample_codes_reference(logits, seeds, torch.tensor(frame * 16 + 5, device=device), **kwargs)
+        counter = torch.tensor([frame, frame + 1, 0, 4, frame, 2], device=device)
+        ids = sample_codes_triton(logits, seeds, counter, settings, counter_scale=16, counter_offset=5,
+                                  radix_bits=radix_bits, **kwargs)
+        expected = sample_codes_reference(logits, seeds, counter * 16 + 5, settings, **kwargs)
         assert torch.equal(ids, expected)
     table = torch.randn(vocab, 40, device=device).to(torch.bfloat16)
-    ids, rows = sample_codes_triton(logits, seeds, torch.tensor(0, device=device), embedding=table, **kwargs)
+    ids, rows = sample_codes_triton(logits, seeds, counter, settings, embedding=table, **kwargs)
     assert torch.equal(rows, table[ids])  # the drawn codes' embeddings come with them
 
 

@@ -11,7 +11,8 @@ from oracle import official
 from qtts import sampling
 from qtts.config import GenerationConfig, TalkerConfig
 from qtts.errors import InputError
-from qtts.sampling import PredictorSampler, SamplingParams, TalkerSampler
+from qtts.kernels.sample import sample_codes_reference
+from qtts.sampling import RowSampling, SamplingParams
 from qtts.testing.configs import tiny_tts_config
 
 VOCAB = 3072
@@ -58,10 +59,10 @@ def test_min_new_tokens_equals_transformers(hf, generated):
 
 def test_suppression_equals_transformers(hf):
     logits = random_logits()
-    config = TalkerConfig.from_dict(tiny_tts_config("base")["talker_config"])
     suppressed_ids = [i for i in range(VOCAB - 1024, VOCAB) if i != EOS]
     theirs = hf.SuppressTokensLogitsProcessor(suppressed_ids)(history(), logits.clone())
-    ours = sampling.suppress(logits, TalkerSampler(config, SamplingParams()).suppressed)
+    ids = torch.arange(VOCAB)
+    ours = sampling.suppress(logits, (ids >= VOCAB - 1024) & (ids != EOS))
     torch.testing.assert_close(ours, theirs, rtol=0, atol=0)
     assert math.isfinite(ours[0, EOS]) and math.isinf(ours[0, 2148]) and math.isfinite(ours[0, 2047])
 
@@ -78,6 +79,8 @@ def test_top_k_equals_transformers(hf, k):
     logits = random_logits()
     theirs = hf.TopKLogitsWarper(top_k=k)(history(), logits.clone())
     torch.testing.assert_close(sampling.top_k(logits, k), theirs, rtol=0, atol=0)
+    per_row = sampling.top_k(logits, torch.full((logits.shape[0],), k))
+    torch.testing.assert_close(per_row, theirs, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("p", [0.05, 0.5, 0.9, 0.999])
@@ -85,6 +88,17 @@ def test_top_p_equals_transformers(hf, p):
     logits = random_logits()
     theirs = hf.TopPLogitsWarper(top_p=p)(history(), logits.clone())
     torch.testing.assert_close(sampling.top_p(logits, p), theirs, rtol=0, atol=0)
+    torch.testing.assert_close(sampling.top_p(logits, torch.full((logits.shape[0],), p)), theirs, rtol=0, atol=0)
+
+
+def test_per_row_settings_apply_to_their_row_only():
+    logits = random_logits()
+    k = torch.tensor([0, 5, 1])
+    p = torch.tensor([1.0, 0.5, 0.9])
+    for row in range(3):
+        torch.testing.assert_close(sampling.top_k(logits, k)[row], sampling.top_k(logits[row:row + 1], int(k[row]))[0])
+        torch.testing.assert_close(sampling.top_p(logits, p)[row],
+                                   sampling.top_p(logits[row:row + 1], float(p[row]))[0])
 
 
 def test_talker_chain_equals_transformers_processor_list(hf):
@@ -99,31 +113,35 @@ def test_talker_chain_equals_transformers_processor_list(hf):
         hf.TopPLogitsWarper(0.8),
     ])
     logits, ids = random_logits(), history(length=2)
-    ours = TalkerSampler(config, params).process(logits, seen_mask(ids), torch.tensor(2))
+    rows = RowSampling.of(params, logits.shape[0], "cpu")
+    ours = sampling.repetition_penalty(logits, seen_mask(ids), rows.repetition_penalty[:, None])
+    ours = sampling.mask_eos_before(ours, EOS, torch.full((3, 1), 2), rows.min_new_tokens[:, None])
+    vocab = torch.arange(VOCAB)
+    ours = sampling.warp(sampling.suppress(ours, (vocab >= VOCAB - 1024) & (vocab != EOS)), rows.talker)
     torch.testing.assert_close(ours, chain(ids, logits.clone()), rtol=0, atol=0)
+    assert config.codec_eos_token_id == EOS
 
 
 def test_draws_follow_the_distribution_and_respect_masks():
     scores = torch.log(torch.tensor([[0.5, 0.3, 0.2, 0.0]])).expand(20000, -1)
-    tokens = sampling.draw(scores, True, torch.Generator().manual_seed(0))
+    noise = torch.empty(scores.shape).exponential_(generator=torch.Generator().manual_seed(0))
+    tokens = sampling.draw(scores, True, noise)
     freq = torch.bincount(tokens, minlength=4).float() / tokens.numel()
     torch.testing.assert_close(freq, torch.tensor([0.5, 0.3, 0.2, 0.0]), rtol=0, atol=0.02)
     assert sampling.draw(scores[:1], False).item() == 0
 
 
-def test_seeded_sampling_is_reproducible():
-    config = TalkerConfig.from_dict(tiny_tts_config("base")["talker_config"])
-    params = SamplingParams(seed=1234)
-    logits, seen = random_logits(batch=8), torch.zeros(8, VOCAB, dtype=torch.bool)
+def test_seeded_sampling_is_reproducible_and_keyed_by_seed_and_draw():
+    logits = random_logits(batch=8)
+    settings = RowSampling.of(SamplingParams(), 8, "cpu").talker
 
-    def codes(p):
-        gen = p.generator()
-        return [TalkerSampler(config, p)(logits, seen, torch.tensor(5), gen) for _ in range(4)] + \
-               [PredictorSampler(p)(logits[:, :2048], gen) for _ in range(4)]
+    def codes(seed, counter):
+        return sample_codes_reference(logits, torch.full((8,), seed), torch.full((8,), counter), settings)
 
-    first, again, other = codes(params), codes(params), codes(SamplingParams(seed=99))
-    assert all(torch.equal(a, b) for a, b in zip(first, again))
-    assert not all(torch.equal(a, b) for a, b in zip(first, other))
+    assert torch.equal(codes(1234, 5), codes(1234, 5))
+    assert not torch.equal(codes(1234, 5), codes(99, 5))
+    assert not torch.equal(codes(1234, 5), codes(1234, 6))
+    assert not torch.equal(codes(1234, 5), codes(1234 + 2**40, 5))  # the seed's high half counts too
 
 
 @pytest.mark.parametrize("bad", [

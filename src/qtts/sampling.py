@@ -10,11 +10,12 @@ CUDA graph can run it; the draw uses the exponential trick (argmax of p / Exp(1)
 from __future__ import annotations
 
 import math
+import secrets
 from dataclasses import dataclass, fields, replace
 
 import torch
 
-from .config import GenerationConfig, TalkerConfig
+from .config import GenerationConfig
 from .errors import InputError
 
 
@@ -60,11 +61,13 @@ class SamplingParams(GenerationConfig):
         base = {f.name: getattr(config, f.name) for f in fields(config)}
         return replace(cls(**base), **{k: v for k, v in overrides.items() if v is not None})
 
-    def generator(self, device=None) -> torch.Generator | None:
-        """A generator seeded with `seed`, or None (use the global RNG) when no seed is given."""
-        if self.seed is None:
-            return None
-        return torch.Generator(device=device).manual_seed(self.seed)
+
+def request_seeds(params: SamplingParams, count: int) -> list[int]:
+    """The seed of each of `count` rows of one request: its own seed, or fresh random ones (unseeded rows
+    must differ)."""
+    if params.seed is not None:
+        return [params.seed] * count
+    return [secrets.randbits(62) for _ in range(count)]
 
 
 def _is_number(value) -> bool:
@@ -94,87 +97,113 @@ def suppress(scores: torch.Tensor, suppressed: torch.Tensor) -> torch.Tensor:
     return torch.where(suppressed, -math.inf, scores)
 
 
-def temperature(scores: torch.Tensor, value: float) -> torch.Tensor:
-    return scores / value
+def temperature(scores: torch.Tensor, value: float | torch.Tensor) -> torch.Tensor:
+    """`value`: one temperature, or one per row [B]."""
+    return scores / (value[:, None] if isinstance(value, torch.Tensor) else value)
 
 
-def top_k(scores: torch.Tensor, k: int) -> torch.Tensor:
-    """Keep the k best scores (ties with the k-th kept); k = 0 keeps all."""
+def top_k(scores: torch.Tensor, k: int | torch.Tensor) -> torch.Tensor:
+    """Keep the k best scores (ties with the k-th kept); k = 0 keeps all. `k`: one, or one per row [B]."""
+    vocab = scores.shape[-1]
+    if isinstance(k, torch.Tensor):
+        kth = scores.sort(dim=-1, descending=True).values.gather(-1, (k.clamp(1, vocab) - 1)[:, None])
+        return scores.masked_fill((k[:, None] > 0) & (scores < kth), -math.inf)
     if k == 0:
         return scores
-    k = min(k, scores.shape[-1])
-    kth = torch.topk(scores, k, dim=-1).values[..., -1:]
+    kth = torch.topk(scores, min(k, vocab), dim=-1).values[..., -1:]
     return scores.masked_fill(scores < kth, -math.inf)
 
 
-def top_p(scores: torch.Tensor, p: float) -> torch.Tensor:
-    """Keep the smallest set of best tokens whose probability reaches p (at least one); p = 1 keeps all."""
-    if p >= 1.0:
+def top_p(scores: torch.Tensor, p: float | torch.Tensor) -> torch.Tensor:
+    """Keep the smallest set of best tokens whose probability reaches p (at least one); p = 1 keeps all.
+    `p`: one, or one per row [B]."""
+    per_row = isinstance(p, torch.Tensor)
+    if not per_row and p >= 1.0:
         return scores
     ascending, order = torch.sort(scores, dim=-1, descending=False)
     cumulative = ascending.softmax(dim=-1).cumsum(dim=-1)
-    drop = cumulative <= (1 - p)
+    drop = cumulative <= (1 - (p[:, None] if per_row else p))
+    if per_row:
+        drop &= p[:, None] < 1.0
     drop[..., -1:] = False
     return scores.masked_fill(drop.scatter(-1, order, drop), -math.inf)
 
 
-def draw(scores: torch.Tensor, do_sample: bool, generator: torch.Generator | None = None,
-         noise: torch.Tensor | None = None) -> torch.Tensor:
-    """Token ids [batch]: argmax when not sampling, else a draw from softmax(scores) by the exponential trick.
-
-    `noise` (Exp(1) samples shaped like `scores`) may be supplied by a caller that owns its random stream,
-    e.g. a captured graph; otherwise it is drawn from `generator`."""
+def draw(scores: torch.Tensor, do_sample: bool, noise: torch.Tensor | None = None) -> torch.Tensor:
+    """Token ids [batch]: argmax when not sampling, else a draw from softmax(scores) by the exponential trick
+    with `noise`, Exp(1) samples shaped like `scores` (`kernels.sample.exponential_noise`: a pure function
+    of the request's seed and the draw, the same on every engine)."""
     if not do_sample:
         return scores.argmax(dim=-1)
-    probs = scores.softmax(dim=-1)
-    if noise is None:
-        noise = torch.empty_like(probs).exponential_(generator=generator)
-    return (probs / noise).argmax(dim=-1)
+    return (scores.softmax(dim=-1) / noise).argmax(dim=-1)
 
 
-# -- the two samplers ------------------------------------------------------------------------------------
-class TalkerSampler:
-    """Code-0 sampling for the talker: penalty, min-new-tokens, suppression, then warpers and the draw."""
+# -- every row its own settings ----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class DrawSettings:
+    """One sampler's settings for every row of a batch, as device tensors [rows], so that requests with
+    different settings share one frame (and one captured graph): the talker's (`do_sample`, ...) or the
+    code predictor's (`subtalker_*`)."""
 
-    def __init__(self, config: TalkerConfig, params: SamplingParams, device=None):
-        self.params = params
-        self.eos_id = config.codec_eos_token_id
-        ids = torch.arange(config.vocab_size, device=device)
-        # Only codebook-0 codes and EOS may be emitted: control/speaker/language ids are suppressed.
-        self.suppress_from = config.vocab_size - 1024
-        self.suppressed = (ids >= self.suppress_from) & (ids != self.eos_id)
+    do_sample: torch.Tensor  # bool
+    temperature: torch.Tensor  # float32
+    top_k: torch.Tensor  # int64, 0 = off
+    top_p: torch.Tensor  # float32, 1 = off
 
-    def process(self, logits: torch.Tensor, seen: torch.Tensor, generated: torch.Tensor,
-                min_new_tokens: torch.Tensor | None = None) -> torch.Tensor:
-        """logits [batch, vocab]; `seen` [batch, vocab] bool of generated code-0 tokens; `generated` 0-d count;
-        `min_new_tokens` (0-d tensor) overrides the params' value, so a captured graph can take it per request."""
-        p = self.params
-        scores = logits.float()
-        if p.repetition_penalty != 1.0:
-            scores = repetition_penalty(scores, seen, p.repetition_penalty)
-        limit = p.min_new_tokens if min_new_tokens is None else min_new_tokens
-        scores = mask_eos_before(scores, self.eos_id, generated, limit)
-        scores = suppress(scores, self.suppressed)
-        if p.do_sample:
-            scores = top_p(top_k(temperature(scores, p.temperature), p.top_k), p.top_p)
-        return scores
+    def rows(self, count: int) -> "DrawSettings":
+        return DrawSettings(*(t[:count] for t in self.tensors()))
 
-    def __call__(self, logits, seen, generated, generator=None, noise=None, min_new_tokens=None) -> torch.Tensor:
-        return draw(self.process(logits, seen, generated, min_new_tokens), self.params.do_sample, generator, noise)
+    def tensors(self) -> tuple[torch.Tensor, ...]:
+        return self.do_sample, self.temperature, self.top_k, self.top_p
 
 
-class PredictorSampler:
-    """Codes 1..15: temperature -> top-k -> top-p and the draw, with the `subtalker_*` settings."""
+@dataclass(frozen=True)
+class RowSampling:
+    """Every row's sampling settings: the talker's and the predictor's draws, the repetition penalty and
+    min_new_tokens. Rows are loaded one request at a time (`load`) and moved when the batch is packed."""
 
-    def __init__(self, params: SamplingParams):
-        self.params = params
+    talker: DrawSettings
+    predictor: DrawSettings
+    repetition_penalty: torch.Tensor  # float32
+    min_new_tokens: torch.Tensor  # int64
 
-    def process(self, logits: torch.Tensor) -> torch.Tensor:
-        p = self.params
-        scores = logits.float()
-        if p.subtalker_dosample:
-            scores = top_p(top_k(temperature(scores, p.subtalker_temperature), p.subtalker_top_k), p.subtalker_top_p)
-        return scores
+    @classmethod
+    def allocate(cls, rows: int, device) -> "RowSampling":
+        def draw_settings():
+            return DrawSettings(torch.zeros(rows, dtype=torch.bool, device=device),
+                                torch.ones(rows, device=device), torch.zeros(rows, dtype=torch.int64, device=device),
+                                torch.ones(rows, device=device))
 
-    def __call__(self, logits, generator=None, noise=None) -> torch.Tensor:
-        return draw(self.process(logits), self.params.subtalker_dosample, generator, noise)
+        return cls(draw_settings(), draw_settings(), torch.ones(rows, device=device),
+                   torch.zeros(rows, dtype=torch.int64, device=device))
+
+    @classmethod
+    def of(cls, params: SamplingParams, rows: int, device) -> "RowSampling":
+        """`rows` rows, all with `params`."""
+        sampling = cls.allocate(rows, device)
+        sampling.load(slice(None), params)
+        return sampling
+
+    def tensors(self) -> tuple[torch.Tensor, ...]:
+        return (*self.talker.tensors(), *self.predictor.tensors(), self.repetition_penalty, self.min_new_tokens)
+
+    def rows(self, count: int) -> "RowSampling":
+        return RowSampling(self.talker.rows(count), self.predictor.rows(count), self.repetition_penalty[:count],
+                           self.min_new_tokens[:count])
+
+    def load(self, row: int | slice, params: SamplingParams) -> None:
+        """Write `params` into `row` (fills on the device: no host synchronisation)."""
+        values = (params.do_sample, params.temperature, params.top_k, params.top_p, params.subtalker_dosample,
+                  params.subtalker_temperature, params.subtalker_top_k, params.subtalker_top_p,
+                  params.repetition_penalty, params.min_new_tokens)
+        for tensor, value in zip(self.tensors(), values):
+            tensor[row] = value
+
+
+def warp(scores: torch.Tensor, settings: DrawSettings) -> torch.Tensor:
+    return top_p(top_k(temperature(scores, settings.temperature), settings.top_k), settings.top_p)
+
+
+def draw_rows(scores: torch.Tensor, do_sample: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    """Ids [B]: a draw by the exponential trick where `do_sample` [B], the argmax elsewhere."""
+    return torch.where(do_sample, draw(scores, True, noise), draw(scores, False))

@@ -19,7 +19,8 @@ from ..errors import InputError
 from ..models.layers import attention_mask
 from ..models.talker import Talker
 from ..prompt import PromptPlan, pad_batch, prompt_positions
-from ..sampling import PredictorSampler, SamplingParams, TalkerSampler
+from ..kernels.sample import sample_codes_reference
+from ..sampling import RowSampling, SamplingParams, request_seeds
 
 
 class DecodeState:
@@ -60,16 +61,16 @@ def talker_step(talker: Talker, inputs: torch.Tensor, step: int, state: DecodeSt
 
 
 @torch.no_grad()
-def predict_codes(talker: Talker, hidden: torch.Tensor, code0: torch.Tensor, sampler: PredictorSampler,
-                  generator: torch.Generator | None = None) -> torch.Tensor:
-    """Codes [batch, 16] of one frame from the talker's hidden state [batch, hidden] and code 0 [batch]."""
+def predict_codes(talker: Talker, hidden: torch.Tensor, code0: torch.Tensor, sample_code) -> torch.Tensor:
+    """Codes [batch, 16] of one frame from the talker's hidden state [batch, hidden] and code 0 [batch];
+    `sample_code(group, logits)` draws codebook `group`'s codes."""
     predictor = talker.code_predictor
     slots = torch.arange(predictor.num_positions, device=hidden.device)
     inputs = torch.stack([hidden, talker.embed_codec(code0)], dim=1)
     codes = [code0]
     out = predictor(inputs, slots[:2])[:, -1]
     for group in range(1, predictor.num_positions):
-        codes.append(sampler(predictor.lm_head[group - 1](out), generator))
+        codes.append(sample_code(group, predictor.lm_head[group - 1](out)))
         if group + 1 < predictor.num_positions:
             out = predictor(predictor.embed_code(group, codes[-1])[:, None], slots[group + 1: group + 2])[:, -1]
     return torch.stack(codes, dim=-1)
@@ -83,48 +84,57 @@ def _limit(params: SamplingParams, max_new_tokens: int | None) -> int:
 
 
 def iter_frames_batch(talker: Talker, plans: list[PromptPlan], params: SamplingParams, *,
-                      max_new_tokens: int | None = None) -> Iterator[torch.Tensor]:
+                      max_new_tokens: int | None = None, seeds: list[int] | None = None) -> Iterator[torch.Tensor]:
     """Frames [batch, 16] as they are made, from left-padded prompts (spec 5.5), until every row has
-    sampled EOS or the limit is reached. A row that finished earlier carries EOS in code 0 from then on."""
+    sampled EOS or the limit is reached. A row that finished earlier carries EOS in code 0 from then on.
+    `seeds`: one per row (default: the request's seed, or fresh random ones), drawn as every engine does
+    (`kernels.sample.exponential_noise`)."""
     if not plans:
         raise InputError("no prompts to generate from")
     limit = _limit(params, max_new_tokens)
-    return _frames(talker, plans, params, limit)
+    if seeds is not None and len(seeds) != len(plans):
+        raise InputError(f"{len(seeds)} seeds for {len(plans)} prompts")
+    return _frames(talker, plans, params, limit, seeds or request_seeds(params, len(plans)))
 
 
 @torch.no_grad()
-def _frames(talker: Talker, plans: list[PromptPlan], params: SamplingParams, limit: int):
+def _frames(talker: Talker, plans: list[PromptPlan], params: SamplingParams, limit: int, seeds: list[int]):
     config = talker.config
     embeds, valid, trailing = pad_batch(plans)
     batch, prompt_len, _ = embeds.shape
     device = embeds.device
     talker.setup_caches(batch, prompt_len + limit, device, embeds.dtype)
     state = DecodeState(valid, prompt_len + limit, config.vocab_size)
-    talker_sampler = TalkerSampler(config, params, device)
-    predictor_sampler = PredictorSampler(params)
-    generator = params.generator(device)
+    sampling = RowSampling.of(params, batch, device)
+    seeds = torch.tensor(seeds, device=device)
+    groups = config.num_code_groups
     eos = config.codec_eos_token_id
     tts_pad = plans[-1].tts_pad
 
     hidden, logits = prefill(talker, embeds, state)
     finished = torch.zeros(batch, dtype=torch.bool, device=device)
     for step in range(limit):
-        code0 = talker_sampler(logits, state.seen, torch.tensor(step, device=device), generator)
+        generated = torch.full_like(seeds, step)
+        code0 = sample_codes_reference(
+            logits, seeds, generated * groups, sampling.talker, seen=state.seen, generated=generated,
+            penalty=sampling.repetition_penalty, min_new_tokens=sampling.min_new_tokens, eos_id=eos,
+            suppress_from=config.vocab_size - 1024)
         code0 = torch.where(finished, eos, code0)  # finished rows are fed EOS, as transformers pads them
         state.seen.scatter_(1, code0[:, None], True)
         finished |= code0 == eos
         if bool(finished.all()) or step == limit - 1:
             return
-        codes = predict_codes(talker, hidden, code0, predictor_sampler, generator)
+        codes = predict_codes(talker, hidden, code0, lambda group, logits: sample_codes_reference(
+            logits, seeds, generated * groups + group, sampling.predictor))
         yield codes
         text = trailing[:, step] if step < trailing.shape[1] else tts_pad.expand(batch, -1)
         hidden, logits = talker_step(talker, talker.embed_frame(codes) + text, step, state)
 
 
 def generate_codes_batch(talker: Talker, plans: list[PromptPlan], params: SamplingParams, *,
-                         max_new_tokens: int | None = None) -> list[torch.Tensor]:
+                         max_new_tokens: int | None = None, seeds: list[int] | None = None) -> list[torch.Tensor]:
     """Codes [frames, 16] per plan, generated together from left-padded prompts (spec 5.5)."""
-    frames = list(iter_frames_batch(talker, plans, params, max_new_tokens=max_new_tokens))
+    frames = list(iter_frames_batch(talker, plans, params, max_new_tokens=max_new_tokens, seeds=seeds))
     config = talker.config
     if not frames:
         device = plans[0].prefill.device

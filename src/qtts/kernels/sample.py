@@ -3,13 +3,14 @@ with counter-based noise: Exp(1) samples that are a pure function of (request se
 
 No generator state lives on the host or the device, so a captured CUDA graph replays fresh noise every
 frame (the counter is a device tensor the graph advances), and a request's draws do not depend on which
-other requests share its batch.
+other requests share its batch. Every setting is read per row (`qtts.sampling.DrawSettings`), so rows of
+requests with different settings share one launch.
 
 The function is the official processing (spec 4) as `qtts.sampling` implements it, with the noise of
-`exponential_noise` generated in the kernel from (seed, counter, id): for the talker,
-repetition penalty over `seen` ids, EOS masked before `min_new_tokens`, ids from `suppress_from` on
-suppressed except EOS; then, when sampling, temperature -> top-k -> softmax -> argmax(p / Exp(1) noise);
-otherwise argmax. top-p < 1 is not fused: callers use the reference for it.
+`exponential_noise` generated in the kernel from (seed, counter, id): for the talker, repetition penalty
+over `seen` ids, EOS masked before `min_new_tokens`, ids from `suppress_from` on suppressed except EOS;
+then temperature -> top-k -> top-p -> softmax -> argmax(p / Exp(1) noise) where the row samples, argmax
+where it does not.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import torch
 
 from qtts.errors import InputError
 from qtts.kernels import jit, next_power_of_2, pdl_launch, tl, wait_for_previous
-from qtts.sampling import draw, mask_eos_before, repetition_penalty, suppress, temperature, top_k
+from qtts.sampling import DrawSettings, draw_rows, mask_eos_before, repetition_penalty, suppress, warp
 
 _MASK32 = 0xFFFFFFFF
 
@@ -33,9 +34,11 @@ def _mix32_reference(x: torch.Tensor) -> torch.Tensor:
 
 
 def exponential_noise(seeds: torch.Tensor, counter: torch.Tensor, vocab: int) -> torch.Tensor:
-    """Exp(1) samples [batch, vocab] for request `seeds` [batch] (int64) at draw `counter` (int64 tensor,
-    0-d or [batch]). Uniforms have 24 bits, strictly inside (0, 1), so the log is finite."""
+    """Exp(1) samples [batch, vocab] for request `seeds` [batch] (int64 in [0, 2**63)) at draw `counter`
+    (int64 tensor, 0-d or [batch]). Both halves of the seed key the stream. Uniforms have 24 bits,
+    strictly inside (0, 1), so the log is finite."""
     stream = _mix32_reference((seeds & _MASK32) ^ 0x9E3779B9)
+    stream = _mix32_reference((stream + ((seeds >> 32) & _MASK32)) & _MASK32)
     stream = _mix32_reference((stream + (counter & _MASK32)) & _MASK32)
     index = torch.arange(vocab, device=seeds.device, dtype=torch.int64)
     bits = _mix32_reference((stream[:, None] ^ _mix32_reference(index)[None, :]) & _MASK32)
@@ -44,25 +47,23 @@ def exponential_noise(seeds: torch.Tensor, counter: torch.Tensor, vocab: int) ->
 
 
 def sample_codes_reference(
-    logits: torch.Tensor, seeds: torch.Tensor, counter: torch.Tensor, *, do_sample: bool, temp: float,
-    k: int, seen: torch.Tensor | None = None, generated: torch.Tensor | None = None, penalty: float = 1.0,
-    eos_id: int = -1, min_new_tokens: int | torch.Tensor = 0, suppress_from: int | None = None,
+    logits: torch.Tensor, seeds: torch.Tensor, counter: torch.Tensor, settings: DrawSettings, *,
+    seen: torch.Tensor | None = None, generated: torch.Tensor | None = None,
+    penalty: torch.Tensor | None = None, min_new_tokens: torch.Tensor | None = None,
+    eos_id: int = -1, suppress_from: int | None = None,
 ) -> torch.Tensor:
-    """Ids [B] from logits [B, V]. `seen` (bool [B, V]) turns on the talker's processing; `counter` is the
-    draw's 0-d int64 tensor (frame * 16 + codebook) keying the noise with each row's seed; `min_new_tokens`
-    may be a 0-d tensor (a captured graph then takes it per request)."""
+    """Ids [B] from logits [B, V] with each row's `settings`. `seen` (bool [B, V]) turns on the talker's
+    processing with `generated`, `penalty` and `min_new_tokens` [B]; `counter` [B] (frame * 16 + codebook)
+    keys the noise with each row's seed."""
     scores = logits.float()
     if seen is not None:
-        if penalty != 1.0:
-            scores = repetition_penalty(scores, seen, penalty)
-        scores = mask_eos_before(scores, eos_id, generated, min_new_tokens)
+        scores = repetition_penalty(scores, seen, penalty[:, None])
+        scores = mask_eos_before(scores, eos_id, generated[:, None], min_new_tokens[:, None])
         if suppress_from is not None:
             ids = torch.arange(scores.shape[-1], device=scores.device)
             scores = suppress(scores, (ids >= suppress_from) & (ids != eos_id))
-    if not do_sample:
-        return draw(scores, False)
-    scores = top_k(temperature(scores, temp), k)
-    return draw(scores, True, noise=exponential_noise(seeds, counter, scores.shape[-1]))
+    scores = warp(scores, settings)
+    return draw_rows(scores, settings.do_sample, exponential_noise(seeds, counter, scores.shape[-1]))
 
 
 @jit
@@ -80,13 +81,18 @@ SAMPLE_WARPS = 8
 
 
 @jit
+def _order_keys(x):
+    """Non-negative int64 keys below 2**32 that sort like the float32 values `x`: float bits sort like the
+    floats for positives and backwards for negatives, so those are flipped, then all are shifted up."""
+    bits = x.to(tl.int32, bitcast=True).to(tl.int64)
+    return tl.where(bits < 0, bits ^ 0x7FFFFFFF, bits) + 0x80000000
+
+
+@jit
 def _kth_largest(x, k, RADIX_BITS: tl.constexpr):
     """The k-th largest value of float32 `x` (ties counted, as torch.topk's last value), found digit by digit
     on order-preserving integer keys: 32 / RADIX_BITS counting passes instead of a sort of the vocabulary."""
-    bits = x.to(tl.int32, bitcast=True).to(tl.int64)
-    # floats as integers sort like the floats for positives and backwards for negatives: flip those, then
-    # shift so that every key is a non-negative integer below 2**32 in the floats' order
-    keys = tl.where(bits < 0, bits ^ 0x7FFFFFFF, bits) + 0x80000000
+    keys = _order_keys(x)
     digits = tl.arange(0, 1 << RADIX_BITS).to(tl.int64)
     prefix = tl.zeros([], dtype=tl.int64)
     for shift in tl.static_range(32 - RADIX_BITS, -1, -RADIX_BITS):
@@ -97,11 +103,28 @@ def _kth_largest(x, k, RADIX_BITS: tl.constexpr):
 
 
 @jit
+def _top_p_threshold(p, top_p, RADIX_BITS: tl.constexpr):
+    """The smallest probability top-p keeps: the largest value v of `p` (>= 0) whose tokens at or above it
+    hold at least `top_p` of the mass. Found digit by digit like `_kth_largest`, summing mass instead of
+    counting. Keeping p >= v is the official rule (drop a token when the ascending cumulative mass up to
+    it is <= 1 - top_p), up to the order of float additions."""
+    keys = _order_keys(p)
+    digits = tl.arange(0, 1 << RADIX_BITS).to(tl.int64)
+    prefix = tl.zeros([], dtype=tl.int64)
+    for shift in tl.static_range(32 - RADIX_BITS, -1, -RADIX_BITS):
+        above = keys[None, :] >= (prefix | (digits << shift))[:, None]
+        mass = tl.sum(tl.where(above, p[None, :], 0.0), axis=1)
+        prefix = prefix | (tl.max(tl.where(mass >= top_p, digits, 0), axis=0) << shift)
+    return tl.max(tl.where(keys == prefix, p, 0.0), axis=0)
+
+
+@jit
 def _sample_codes_kernel(
-    logits_ptr, seeds_ptr, counter_ptr, seen_ptr, generated_ptr, min_new_ptr, out_ptr, table_ptr, embed_ptr,
-    vocab, temp, penalty, eos_id, suppress_from, counter_scale, counter_offset, width,
-    TALKER: tl.constexpr, DO_SAMPLE: tl.constexpr, TOP_K: tl.constexpr, BLOCK_V: tl.constexpr,
-    RADIX_BITS: tl.constexpr, EMBED: tl.constexpr, BLOCK_E: tl.constexpr, PDL: tl.constexpr,
+    logits_ptr, seeds_ptr, counter_ptr, do_sample_ptr, temp_ptr, top_k_ptr, top_p_ptr,
+    seen_ptr, generated_ptr, penalty_ptr, min_new_ptr, out_ptr, table_ptr, embed_ptr,
+    vocab, eos_id, suppress_from, counter_scale, counter_offset, width,
+    TALKER: tl.constexpr, BLOCK_V: tl.constexpr, RADIX_BITS: tl.constexpr, EMBED: tl.constexpr,
+    BLOCK_E: tl.constexpr, PDL: tl.constexpr,
 ):
     wait_for_previous(PDL)
     row = tl.program_id(0).to(tl.int64)
@@ -110,19 +133,26 @@ def _sample_codes_kernel(
     x = tl.load(logits_ptr + row * vocab + ids, mask=in_vocab, other=float("-inf")).to(tl.float32)
     if TALKER:
         seen = tl.load(seen_ptr + row * vocab + ids, mask=in_vocab, other=0) != 0
+        penalty = tl.load(penalty_ptr + row)
         x = tl.where(seen, tl.where(x < 0, x * penalty, x / penalty), x)
-        generated = tl.load(generated_ptr)
-        x = tl.where((ids == eos_id) & (generated < tl.load(min_new_ptr)), float("-inf"), x)
+        generated = tl.load(generated_ptr + row)
+        x = tl.where((ids == eos_id) & (generated < tl.load(min_new_ptr + row)), float("-inf"), x)
         x = tl.where((ids >= suppress_from) & (ids != eos_id), float("-inf"), x)
-    if DO_SAMPLE:
-        x = x / temp
-        if TOP_K > 0:
-            x = tl.where(x < _kth_largest(x, TOP_K, RADIX_BITS), float("-inf"), x)
+    if tl.load(do_sample_ptr + row) != 0:
+        x = x / tl.load(temp_ptr + row)
+        k = tl.load(top_k_ptr + row)
+        if k > 0:
+            x = tl.where(x < _kth_largest(x, tl.minimum(k, vocab), RADIX_BITS), float("-inf"), x)
         p = tl.exp(x - tl.max(x, axis=0))
         p = p / tl.sum(p, axis=0)
+        top_p = tl.load(top_p_ptr + row)
+        if top_p < 1.0:
+            p = tl.where(p < _top_p_threshold(p, top_p, RADIX_BITS), 0.0, p)
         # the noise of exponential_noise, bit for bit: 32-bit hashes kept in int64
-        counter = tl.load(counter_ptr).to(tl.int64) * counter_scale + counter_offset
-        stream = _mix32((tl.load(seeds_ptr + row).to(tl.int64) & 0xFFFFFFFF) ^ 0x9E3779B9)
+        counter = tl.load(counter_ptr + row).to(tl.int64) * counter_scale + counter_offset
+        seed = tl.load(seeds_ptr + row).to(tl.int64)
+        stream = _mix32((seed & 0xFFFFFFFF) ^ 0x9E3779B9)
+        stream = _mix32((stream + ((seed >> 32) & 0xFFFFFFFF)) & 0xFFFFFFFF)
         stream = _mix32((stream + (counter & 0xFFFFFFFF)) & 0xFFFFFFFF)
         bits = _mix32((stream ^ _mix32(ids.to(tl.int64))) & 0xFFFFFFFF)
         uniform = ((bits >> 8).to(tl.float32) + 0.5) * (1.0 / 16777216.0)
@@ -137,36 +167,33 @@ def _sample_codes_kernel(
 
 
 def sample_codes_triton(
-    logits: torch.Tensor, seeds: torch.Tensor, counter: torch.Tensor, *, do_sample: bool, temp: float,
-    k: int, seen: torch.Tensor | None = None, generated: torch.Tensor | None = None, penalty: float = 1.0,
-    eos_id: int = -1, min_new_tokens: int | torch.Tensor = 0, suppress_from: int | None = None,
-    counter_scale: int = 1, counter_offset: int = 0, embedding: torch.Tensor | None = None,
-    pdl: bool = False, radix_bits: int = 2, num_warps: int | None = None,
+    logits: torch.Tensor, seeds: torch.Tensor, counter: torch.Tensor, settings: DrawSettings, *,
+    seen: torch.Tensor | None = None, generated: torch.Tensor | None = None,
+    penalty: torch.Tensor | None = None, min_new_tokens: torch.Tensor | None = None,
+    eos_id: int = -1, suppress_from: int | None = None, counter_scale: int = 1, counter_offset: int = 0,
+    embedding: torch.Tensor | None = None, pdl: bool = False, radix_bits: int = 2, num_warps: int | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-    """As the reference, with the counter given as `counter * counter_scale + counter_offset` so a frame
-    can key all 16 draws off its one frame counter without extra launches. With `embedding` (a table
-    [vocab, H]) also returns the drawn codes' rows [B, H], saving the lookup's launch.
+    """As the reference, with each row's counter given as `counter * counter_scale + counter_offset` so a
+    frame keys all 16 draws off its per-row frame counter without extra launches. With `embedding` (a
+    table [vocab, H]) also returns the drawn codes' rows [B, H], saving the lookup's launch.
 
-    `pdl`: see `qtts.kernels.wait_for_previous`; `radix_bits` (1, 2 or 4): digit width of the top-k
-    search; `num_warps`: warps per row (8 measured fastest, see SAMPLE_WARPS)."""
+    `pdl`: see `qtts.kernels.wait_for_previous`; `radix_bits` (1, 2 or 4): digit width of the top-k and
+    top-p searches; `num_warps`: warps per row (8 measured fastest, see SAMPLE_WARPS)."""
     if radix_bits not in (1, 2, 4):
         raise InputError(f"radix_bits must be 1, 2 or 4, got {radix_bits}")
     batch, vocab = logits.shape
     talker = seen is not None
     out = torch.empty(batch, device=logits.device, dtype=torch.int64)
     embedded = None if embedding is None else embedding.new_empty(batch, embedding.shape[1])
-    if talker and not isinstance(min_new_tokens, torch.Tensor):  # a fill kernel: capturable, no host copy
-        min_new_tokens = torch.full((), min_new_tokens, device=logits.device, dtype=torch.int64)
-    block = next_power_of_2(vocab)
+    unused = counter  # a valid pointer for arguments the kernel does not read
     _sample_codes_kernel[(batch,)](
-        logits.contiguous(), seeds, counter, seen if talker else logits,
-        generated if talker else counter, min_new_tokens if talker else counter, out,
+        logits.contiguous(), seeds, counter, *settings.tensors(),
+        seen if talker else unused, generated if talker else unused, penalty if talker else unused,
+        min_new_tokens if talker else unused, out,
         embedding if embedding is not None else logits, embedded if embedded is not None else logits,
-        vocab, float(temp), float(penalty), eos_id,
-        vocab if suppress_from is None else suppress_from, counter_scale, counter_offset,
+        vocab, eos_id, vocab if suppress_from is None else suppress_from, counter_scale, counter_offset,
         0 if embedding is None else embedding.shape[1],
-        TALKER=talker, DO_SAMPLE=do_sample, TOP_K=min(k, vocab) if do_sample else 0, BLOCK_V=block,
-        RADIX_BITS=radix_bits, EMBED=embedding is not None, BLOCK_E=1024, PDL=pdl,
-        num_warps=num_warps or SAMPLE_WARPS, **pdl_launch(pdl),
+        TALKER=talker, BLOCK_V=next_power_of_2(vocab), RADIX_BITS=radix_bits, EMBED=embedding is not None,
+        BLOCK_E=1024, PDL=pdl, num_warps=num_warps or SAMPLE_WARPS, **pdl_launch(pdl),
     )
     return out if embedded is None else (out, embedded)
