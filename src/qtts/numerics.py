@@ -13,12 +13,14 @@ from dataclasses import asdict, dataclass, replace
 import torch
 
 from .config import TalkerConfig
-from .engine.fast import Frame
+from . import kernels
+from .engine.frame import Frame, LayerOps, prefill as fast_prefill
+from .engine.rows import RowStore
 from .engine.reference import DecodeState, generate_codes, predict_codes, prefill, talker_step
 from .errors import InputError
 from .models.talker import Talker
 from .prompt import PromptPlan, pad_batch
-from .sampling import SamplingParams, TalkerSampler
+from .sampling import SamplingParams
 
 GREEDY = SamplingParams(do_sample=False, subtalker_dosample=False)
 
@@ -109,7 +111,7 @@ def teacher_forced_reference(talker: Talker, plan: PromptPlan, frames: torch.Ten
     code0, codes = _forcers(frames)
     hidden, logits = prefill(talker, embeds, state)
     for k in range(count):
-        frame = predict_codes(talker, hidden, code0(logits), codes)
+        frame = predict_codes(talker, hidden, code0(logits), lambda group, logits: codes(logits))
         if k + 1 < count:
             hidden, logits = talker_step(talker, talker.embed_frame(frame) + _text_vector(plan, k), k, state)
     return _result(code0, codes, count)
@@ -118,23 +120,31 @@ def teacher_forced_reference(talker: Talker, plan: PromptPlan, frames: torch.Ten
 @torch.no_grad()
 def teacher_forced_fast(talker: Talker, plan: PromptPlan, frames: torch.Tensor,
                         fused: bool | None = None) -> TeacherForced:
-    """Logits of the fast path's `Frame.step` (fused kernels where Triton runs, unless `fused` says
-    otherwise), run eagerly with its samplers replaced by forcing ones; the reference prefill, as the fast
-    loop uses."""
+    """Logits of the engine's `Frame.step` and prefill (fused kernels where Triton runs, unless `fused`
+    says otherwise), run eagerly with its samplers replaced by forcing ones."""
     weight = talker.codec_head.weight
     _check_frames(frames, talker.config.num_code_groups)
     plan, frames = cast_plan(plan, weight.device, weight.dtype), frames.to(weight.device)
     count = frames.shape[0]
     embeds, valid, trailing = pad_batch([plan])
     max_len = embeds.shape[1] + count + 1  # the last step also writes the next frame's talker position
-    frame = Frame(talker, 1, max_len, count, trailing.shape[1], GREEDY, fused)
-    state = DecodeState(valid, max_len, talker.config.vocab_size)
-    hidden, logits = prefill(talker, embeds, state)
-    frame.start(hidden, logits, valid, trailing, plan.tts_pad)
-    frame.talker_sampler, frame.predictor_sampler = code0, codes = _forcers(frames)
-    # The fused sampler kernel would bypass the forcing samplers (and hide the logits): keep the math
-    # kernels fused but route sampling through the samplers.
-    frame.fused_sampling = False
+    ops = LayerOps(kernels.enabled(weight.device) if fused is None else fused)
+    store = RowStore(talker, 1, 1, max_len, trailing.shape[1])
+    fast_prefill(talker, ops, store, store.staging_rows(1), embeds, valid)
+    store.load(store.staging_rows(1), valid, trailing, plan.tts_pad, torch.zeros(1, dtype=torch.long,
+               device=weight.device), [GREEDY])
+    store.move(slice(0, 1), store.staging_rows(1), filled=embeds.shape[1])
+    frame = Frame(talker, ops, store, 1)
+    code0, codes = _forcers(frames)
+    predictor = talker.code_predictor
+
+    def forced_code(group, logits):
+        code = codes(logits)
+        return code if group + 1 == frame.groups else (code, predictor.embed_code(group, code))
+
+    # Sampling goes through the forcers (the fused sampler would hide the logits); the math stays fused.
+    frame.sample_code0 = lambda: code0(frame.logits)
+    frame.sample_code = forced_code
     for _ in range(count):
         frame.step()
     return _result(code0, codes, count)
@@ -199,7 +209,8 @@ def agreement(reference: torch.Tensor, candidate: torch.Tensor, allowed: torch.T
 def sampleable_code0(config: TalkerConfig) -> torch.Tensor:
     """Bool mask [vocab] of the ids code 0 can take (codebook-0 codes and EOS): control ids are suppressed
     before sampling, so their logits never matter."""
-    return ~TalkerSampler(config, GREEDY).suppressed
+    ids = torch.arange(config.vocab_size)
+    return (ids < config.vocab_size - 1024) | (ids == config.codec_eos_token_id)
 
 
 def compare(reference: TeacherForced, candidate: TeacherForced, config: TalkerConfig) -> dict[str, Agreement]:

@@ -22,6 +22,8 @@ class PromptPlan:
     prefill: torch.Tensor  # [T, hidden]: text track + codec track per position
     trailing: torch.Tensor  # [N, hidden]: text-track vector added to frame k's feedback, k < N
     tts_pad: torch.Tensor  # [hidden]: text-track vector after the trailing track ends
+    text_tokens: int = 0  # tokens of the text to speak: the runaway guard's frame budget grows with it
+    context: torch.Tensor | None = None  # [n, 16] ICL reference codes: the decoder's left context, audio dropped
 
 
 def supported_languages(config: TTSConfig) -> list[str]:
@@ -154,7 +156,8 @@ class PromptBuilder:
             content = talker.embed_text(ids[3:4]) + codec_bos
             trailing = torch.cat([talker.embed_text(ids[4:-5]), eos[None]])
         parts.append(content)
-        return PromptPlan(prefill=torch.cat(parts), trailing=trailing, tts_pad=pad)
+        return PromptPlan(prefill=torch.cat(parts), trailing=trailing, tts_pad=pad, text_tokens=len(ids) - 8,
+                          context=None if reference is None else reference[0])
 
     def _icl_content(self, ids, reference, codec_bos, eos, pad, non_streaming_mode):
         """ICL content: reference transcript + text against codec bos + reference frames (spec 5.3)."""

@@ -14,7 +14,6 @@ import torch
 
 from .audio import SAMPLE_RATE, Audio
 from .models.codec_decoder import CodecDecoder
-from .engine.codec_graphs import GraphedCodecStream
 from .models.codec_stream import CodecStream
 
 OFFICIAL_WINDOW = 300
@@ -26,9 +25,9 @@ class OfficialWindowStream:
     """Decodes frames incrementally with the same 300/25 windowing as the official decode."""
 
     def __init__(self, decoder: CodecDecoder, context: torch.Tensor | None = None,
-                 stream: CodecStream | GraphedCodecStream | None = None):
+                 stream: CodecStream | None = None):
         """`context`: frames [n, 16] that precede the stream (ICL reference codes); their audio is dropped.
-        `stream`: a batch-1 stream over `decoder` to reuse (e.g. graph-captured); it is reset first."""
+        `stream`: a batch-1 stream over `decoder` to reuse; it is reset first."""
         self.stream = stream if stream is not None else CodecStream(decoder, batch_size=1)
         self.stream.reset()
         self.history: torch.Tensor | None = None  # the last OFFICIAL_CONTEXT frames, for window restarts
@@ -55,7 +54,7 @@ class OfficialWindowStream:
 
 def stream_audio(decoder: CodecDecoder, frames: Iterable[torch.Tensor], *,
                  context: torch.Tensor | None = None, ramp: tuple[int, ...] = CHUNK_RAMP,
-                 stream: CodecStream | GraphedCodecStream | None = None) -> Iterator[Audio]:
+                 stream: CodecStream | None = None) -> Iterator[Audio]:
     """Yield `Audio` chunks for `frames` (an iterable of code tensors [n, 16], n >= 1, as generated).
 
     Frames are grouped into chunks of `ramp[0]`, `ramp[1]`, ... frames (the last size repeats); each

@@ -1,11 +1,13 @@
-"""One frame of speech as a static, sync-free step over preallocated buffers: the fast path's unit of work
-and of CUDA-graph capture.
+"""One frame of speech for the first b rows of a `RowStore`, as a static, sync-free step: the engine's
+unit of work and of CUDA-graph capture (one graph per batch bucket b).
 
 A frame samples code 0 from the talker's last logits, runs the 15 code-predictor steps with their sampling,
-feeds back the sum of the 16 code embeddings plus the next text-track vector, and runs one talker step,
-which leaves the next frame's logits. It reads the weights of the `Talker` module it is given (no copies)
-and works on that module's static KV caches. Nothing in `step` reads a tensor value on the host, branches on
-one, or changes a shape, so the same code runs eagerly on CPU (CI) and replays as one CUDA graph.
+feeds back the sum of the 16 code embeddings plus each row's next text-track vector, and runs one talker
+step, which leaves the next frame's logits. Every row carries its own frame counter, cache length and
+sampling settings, so requests that started at different times and with different settings share it. It
+reads the weights of the `Talker` module it is given (no copies). Nothing in `step` reads a tensor value on
+the host, branches on one, or changes a shape, so the same code runs eagerly on CPU (CI) and replays as
+one CUDA graph.
 """
 
 from __future__ import annotations
@@ -16,18 +18,16 @@ import torch
 from torch import nn
 
 from .. import kernels
-from ..errors import InputError
 from ..kernels.decode_attention import decode_attention_reference, decode_attention_triton
 from ..kernels.linear import fused_linear_reference, fused_linear_triton
 from ..kernels.qk_norm_rope import qk_norm_rope_cache_reference, qk_norm_rope_cache_triton
 from ..kernels.rms_norm import add_rms_norm_reference, add_rms_norm_triton
-from ..kernels.sample import exponential_noise, sample_codes_triton
+from ..kernels.sample import sample_codes_reference, sample_codes_triton
 from ..kernels.swiglu import silu_mul_reference, silu_mul_triton
 from ..models.layers import DecoderStack
 from ..models.talker import Talker
 from ..prompt import prompt_positions
-from ..sampling import PredictorSampler, SamplingParams, TalkerSampler
-from .fused_weights import fuse_projections
+from .rows import RowStore
 
 
 class LayerOps:
@@ -50,6 +50,7 @@ class LayerOps:
         self.qk_norm_rope_cache = kernel(qk_norm_rope_cache_triton) if fused else qk_norm_rope_cache_reference
         self.decode_attention = kernel(decode_attention_triton) if fused else decode_attention_reference
         self.silu_mul = silu_mul_triton if fused else silu_mul_reference
+        self.sample = kernel(sample_codes_triton) if fused else sample_codes_reference
 
     def qkv(self, layer, x: torch.Tensor):
         """q, k, v of the residual stream x, its pre-norm included."""
@@ -76,18 +77,18 @@ class LayerOps:
         return self.linear(gated, mlp.down_proj.weight, residual=x)
 
 
-def run_stack(stack: DecoderStack, ops: LayerOps, x: torch.Tensor, positions: torch.Tensor,
+def run_stack(stack: DecoderStack, ops: LayerOps, caches: list, x: torch.Tensor, positions: torch.Tensor,
               cache_index: torch.Tensor, lengths: torch.Tensor, starts: torch.Tensor) -> torch.Tensor:
     """The residual stream after every layer of `stack` (final norm not applied: callers fuse it into the
     product that reads it). x [B, S, H] are new tokens at RoPE `positions` and cache rows `cache_index`
-    [B, S]; attention sees cache rows `starts` [B] .. `lengths` [B] - 1.
+    [B, S] of `caches` (one `KVCache` [B, ...] per layer); attention sees cache rows `starts` [B] ..
+    `lengths` [B] - 1.
 
     Each residual add is fused into the product in front of it and rounds to the activation dtype, as the
     official math does after every add."""
-    for layer in stack.layers:
+    for layer, cache in zip(stack.layers, caches):
         attn = layer.self_attn
         q, k, v = ops.qkv(layer, x)
-        cache = attn.kv_cache
         q = ops.qk_norm_rope_cache(q, k, v, attn.q_norm.weight, attn.k_norm.weight, attn.q_norm.eps,
                                    stack.inv_freq, positions, cache.k, cache.v, cache_index)
         attended = ops.decode_attention(q, cache.k, cache.v, lengths, attn.head_dim**-0.5, starts)
@@ -96,60 +97,61 @@ def run_stack(stack: DecoderStack, ops: LayerOps, x: torch.Tensor, positions: to
     return x
 
 
+class _RowCaches:
+    """The first rows of one layer's pooled KV cache, as a view the kernels take like a cache of their own."""
+
+    def __init__(self, cache, rows: slice):
+        self.k, self.v = cache.k[rows], cache.v[rows]
+
+
+def row_caches(caches: list, rows: slice) -> list[_RowCaches]:
+    return [_RowCaches(cache, rows) for cache in caches]
+
+
+def talker_head(talker: Talker, ops: LayerOps, stream: torch.Tensor, hidden: torch.Tensor,
+                logits: torch.Tensor) -> None:
+    """The talker's final norm of its last residual stream [B, H] into `hidden`, codec logits into `logits`."""
+    norm = talker.model.norm
+    hidden.copy_(ops.add_rms_norm(stream, norm.weight, norm.eps)[0])
+    logits.copy_(ops.linear(hidden, talker.codec_head.weight))
+
+
+def prefill(talker: Talker, ops: LayerOps, store: RowStore, rows: slice, embeds: torch.Tensor,
+            valid: torch.Tensor) -> None:
+    """Run prompts [k, T, H] with validity [k, T] (False = left padding) through the talker into `rows` of
+    the store: keys and values into cache rows 0..T-1, last hidden state and logits. Static shapes for a
+    given (k, T), so it can be captured as a graph per arrival count and prompt length."""
+    batch, length = valid.shape
+    positions = prompt_positions(valid)
+    starts = (~valid).sum(-1).to(torch.int32)
+    cache_rows = torch.arange(length, device=valid.device).expand(batch, length)
+    lengths = torch.full((batch,), length, device=valid.device, dtype=torch.int32)
+    stream = run_stack(talker.model, ops, row_caches(store.caches, rows), embeds, positions, cache_rows,
+                       lengths, starts)
+    talker_head(talker, ops, stream[:, -1], store.hidden[rows], store.logits[rows])
+
+
 class Frame:
-    """Static decode state of one batch bucket and the frame step over it.
+    """The frame step over rows 0 .. batch-1 of `store`: views of its buffers, so frames of every bucket
+    share one state and a request keeps its row whatever bucket runs it."""
 
-    `fused` (default: where Triton runs compiled) picks the Triton kernels; `fuse_weights` (default: the
-    same) makes the talker's q/k/v and gate/up weights views of one matrix each, see `fused_weights`;
-    `pdl` (default: fused on a GPU that has programmatic dependent launch) lets each layer kernel start
-    while the kernel before it finishes, see `kernels.wait_for_previous`.
-
-    Buffers: the talker's last hidden state and logits, each row's next cache row / RoPE position / first
-    valid row, the frame counter, the code-0 history table for the repetition penalty, finished flags,
-    the text track, per-request seeds and the codes of every frame so far.
-    """
-
-    def __init__(self, talker: Talker, batch: int, max_len: int, max_frames: int, max_text: int,
-                 params: SamplingParams, fused: bool | None = None, fuse_weights: bool | None = None,
-                 projections: dict | None = None, pdl: bool | None = None):
-        weight = talker.codec_head.weight
-        device, dtype = weight.device, weight.dtype
+    def __init__(self, talker: Talker, ops: LayerOps, store: RowStore, batch: int):
+        rows = slice(0, batch)
         config = talker.config
-        self.talker, self.params, self.batch = talker, params, batch
-        self.max_len, self.max_frames, self.max_text = max_len, max_frames, max_text
-        fused = kernels.enabled(device) if fused is None else fused
-        # Fusing re-points the talker's q/k/v and gate/up weights into shared matrices (no copies kept).
-        # `projections` from an earlier `fuse_projections(talker)` are reused: fusing again would copy every weight.
-        if projections is None and (fused if fuse_weights is None else fuse_weights):
-            projections = fuse_projections(talker)
-        pdl = fused and kernels.pdl_supported(device) if pdl is None else pdl
-        self.ops = LayerOps(fused, projections, pdl)
-        # The fused sampler has no top-p; with top-p < 1 the frame keeps the PyTorch processors.
-        self.fused_sampling = self.ops.fused and params.top_p >= 1.0 and params.subtalker_top_p >= 1.0
+        device = store.hidden.device
+        self.talker, self.ops, self.batch = talker, ops, batch
         self.groups = config.num_code_groups
         self.eos = config.codec_eos_token_id
-        self.talker_sampler = TalkerSampler(config, params, device)
-        self.predictor_sampler = PredictorSampler(params)
-        talker.setup_caches(batch, max_len, device, dtype)
-
-        def zeros(*shape, dtype=dtype):
-            return torch.zeros(*shape, device=device, dtype=dtype)
-
-        hidden = config.hidden_size
-        self.hidden = zeros(batch, hidden)
-        self.logits = zeros(batch, config.vocab_size)
-        self.slot = zeros(batch, 1, dtype=torch.int64)
-        self.position = zeros(batch, 1, dtype=torch.int64)
-        self.first_row = zeros(batch, dtype=torch.int32)
-        self.step_count = zeros((), dtype=torch.int64)
-        self.seen = zeros(batch, config.vocab_size, dtype=torch.bool)
-        self.finished = zeros(batch, dtype=torch.bool)
-        self.text = zeros(batch, max_text + 1, hidden)
-        self.seeds = zeros(batch, dtype=torch.int64)
-        # EOS stays masked before this many code-0 tokens: a buffer, so requests that differ only in it share
-        # the captured graph.
-        self.min_new_tokens = torch.full((), params.min_new_tokens, device=device, dtype=torch.int64)
-        self.codes = zeros(batch, max_frames, self.groups, dtype=torch.int64)
+        self.suppress_from = config.vocab_size - 1024  # only codebook-0 codes and EOS may be emitted
+        self.caches = row_caches(store.caches, rows)
+        self.predictor_caches = row_caches(store.predictor_caches, rows)
+        self.hidden, self.logits = store.hidden[rows], store.logits[rows]
+        self.slot, self.position, self.first_row = store.slot[rows], store.position[rows], store.first_row[rows]
+        self.step_count, self.seen, self.text = store.step[rows], store.seen[rows], store.text[rows]
+        self.seeds, self.codes = store.seeds[rows], store.codes[rows]
+        self.sampling = store.sampling.rows(batch)
+        self.max_text = store.max_text
+        self.last_cache_row = store.max_len - 1
         # The predictor's positions are the same every frame: [0, 1] for the talker hidden state and code 0,
         # then one position per code fed back.
         first = torch.arange(2, device=device).expand(batch, 2).contiguous()
@@ -157,85 +159,27 @@ class Frame:
                                               for g in range(1, self.groups - 1)]
         self.predictor_lengths = [torch.full((batch,), int(p[0, -1]) + 1, device=device, dtype=torch.int32)
                                   for p in self.predictor_positions]
-        self.predictor_starts = zeros(batch, dtype=torch.int32)
+        self.predictor_starts = torch.zeros(batch, device=device, dtype=torch.int32)
+        self.row_index = torch.arange(batch, device=device)
 
-    def prefill(self, embeds: torch.Tensor, valid: torch.Tensor) -> None:
-        """Run a prompt [B, T, H] with validity [B, T] (False = left padding) through the talker with the
-        frame's kernels: its keys and values into cache rows 0..T-1, its last hidden state and logits into
-        `hidden` and `logits`, ready for `start(None, None, valid, ...)`. Static shapes for a given T, so
-        it can be captured as a graph per prompt length."""
-        batch, length = valid.shape
-        positions = prompt_positions(valid)
-        starts = (~valid).sum(-1).to(torch.int32)
-        rows = torch.arange(length, device=valid.device).expand(batch, length)
-        lengths = torch.full((batch,), length, device=valid.device, dtype=torch.int32)
-        stream = run_stack(self.talker.model, self.ops, embeds, positions, rows, lengths, starts)
-        self._talker_head(stream[:, -1])
+    def sample_code0(self) -> torch.Tensor:
+        s = self.sampling
+        return self.ops.sample(
+            self.logits, self.seeds, self.step_count * self.groups, s.talker, seen=self.seen,
+            generated=self.step_count, penalty=s.repetition_penalty, min_new_tokens=s.min_new_tokens,
+            eos_id=self.eos, suppress_from=self.suppress_from)
 
-    def _talker_head(self, stream: torch.Tensor) -> None:
-        """The talker's final norm of its last residual stream [B, H] into `hidden`, codec logits into `logits`."""
-        norm = self.talker.model.norm
-        self.hidden.copy_(self.ops.add_rms_norm(stream, norm.weight, norm.eps)[0])
-        self.logits.copy_(self.ops.linear(self.hidden, self.talker.codec_head.weight))
-
-    def start(self, hidden: torch.Tensor | None, logits: torch.Tensor | None, valid: torch.Tensor,
-              trailing: torch.Tensor, tts_pad: torch.Tensor, seeds: torch.Tensor | None = None,
-              min_new_tokens: int | None = None) -> None:
-        """Load a prefilled batch: its last hidden state [B, H] and logits [B, V] (None: left in place by
-        `prefill`), the prompt's validity [B, T] (False = left padding), trailing text track [B, N, H],
-        tts_pad [H], seeds [B] and the request's min_new_tokens (default: the frame's params')."""
-        batch, prompt_len = valid.shape
-        if batch != self.batch or trailing.shape[1] > self.max_text or prompt_len >= self.max_len:
-            raise InputError(f"batch {batch}, prompt {prompt_len}, text track {trailing.shape[1]} do not fit this "
-                             f"frame (batch {self.batch}, max_len {self.max_len}, max_text {self.max_text})")
-        pad = (~valid).sum(-1)
-        if hidden is not None:
-            self.hidden.copy_(hidden)
-        if logits is not None:
-            self.logits.copy_(logits)
-        self.slot.fill_(prompt_len)
-        self.position.copy_((prompt_len - pad)[:, None])
-        self.first_row.copy_(pad)
-        self.step_count.zero_()
-        self.seen.zero_()
-        self.finished.zero_()
-        self.text.copy_(tts_pad.expand_as(self.text))
-        self.text[:, : trailing.shape[1]] = trailing
-        self.seeds.copy_(torch.zeros(batch, dtype=torch.int64) if seeds is None else seeds)
-        self.min_new_tokens.fill_(self.params.min_new_tokens if min_new_tokens is None else min_new_tokens)
-
-    def _sample_code0(self) -> torch.Tensor:
-        p = self.params
-        if self.fused_sampling:
-            return sample_codes_triton(
-                self.logits, self.seeds, self.step_count, do_sample=p.do_sample, temp=p.temperature, k=p.top_k,
-                seen=self.seen, generated=self.step_count, penalty=p.repetition_penalty, eos_id=self.eos,
-                min_new_tokens=self.min_new_tokens, suppress_from=self.talker_sampler.suppress_from,
-                counter_scale=self.groups, pdl=self.ops.pdl)
-        noise = self._noise(0, self.logits.shape[-1]) if p.do_sample else None
-        return self.talker_sampler(self.logits, self.seen, self.step_count, noise=noise,
-                                   min_new_tokens=self.min_new_tokens)
-
-    def _sample_code(self, group: int, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Code `group` [B] and, where the predictor takes it next, its embedding [B, H] (the fused sampler
+    def sample_code(self, group: int, logits: torch.Tensor):
+        """Code `group` [B], with its embedding [B, H] where the predictor takes it next (the fused sampler
         writes it as it draws the code)."""
-        p = self.params
         predictor = self.talker.code_predictor
         feeds_back = group + 1 < self.groups
-        if self.fused_sampling:
+        counter = self.step_count * self.groups + group
+        if self.ops.fused:
             table = predictor.model.codec_embedding[group - 1].weight if feeds_back else None
-            drawn = sample_codes_triton(
-                logits, self.seeds, self.step_count, do_sample=p.subtalker_dosample, temp=p.subtalker_temperature,
-                k=p.subtalker_top_k, counter_scale=self.groups, counter_offset=group, embedding=table,
-                pdl=self.ops.pdl)
-            return drawn if feeds_back else (drawn, None)
-        noise = self._noise(group, logits.shape[-1]) if p.subtalker_dosample else None
-        code = self.predictor_sampler(logits, noise=noise)
-        return code, predictor.embed_code(group, code) if feeds_back else None
-
-    def _noise(self, group: int, vocab: int) -> torch.Tensor:
-        """Exp(1) noise of draw `group` of this frame, keyed by each row's seed."""
-        return exponential_noise(self.seeds, self.step_count * self.groups + group, vocab)
+            return self.ops.sample(logits, self.seeds, counter, self.sampling.predictor, embedding=table)
+        code = self.ops.sample(logits, self.seeds, counter, self.sampling.predictor)
+        return (code, predictor.embed_code(group, code)) if feeds_back else code
 
     def _predict(self, x: torch.Tensor, index: int) -> torch.Tensor:
         predictor = self.talker.code_predictor
@@ -243,8 +187,8 @@ class Frame:
         if isinstance(projection, nn.Linear):  # 1.7B: talker width to predictor width
             x = self.ops.linear(x, projection.weight, bias=projection.bias)
         positions = self.predictor_positions[index]
-        out = run_stack(predictor.model, self.ops, x, positions, positions, self.predictor_lengths[index],
-                        self.predictor_starts)
+        out = run_stack(predictor.model, self.ops, self.predictor_caches, x, positions, positions,
+                        self.predictor_lengths[index], self.predictor_starts)
         return out[:, -1]
 
     def _predictor_logits(self, stream: torch.Tensor, group: int) -> torch.Tensor:
@@ -254,29 +198,31 @@ class Frame:
         return self.ops.linear(stream, predictor.lm_head[group - 1].weight, norm_weight=norm.weight, eps=norm.eps)
 
     def step(self) -> None:
-        """One frame: codes of frame `step_count` into `codes`, the talker's next hidden state and logits."""
+        """One frame for every row: its codes into `codes`, the talker's next hidden state and logits."""
         talker = self.talker
-        code0 = self._sample_code0()
-        code0 = torch.where(self.finished, self.eos, code0)  # finished rows are fed EOS, as transformers does
+        code0 = self.sample_code0()
         self.seen.scatter_(1, code0[:, None], True)
-        self.finished |= code0 == self.eos
 
         codes = [code0]
         out = self._predict(torch.stack([self.hidden, talker.embed_codec(code0)], dim=1), 0)
         for group in range(1, self.groups):
-            code, embedded = self._sample_code(group, self._predictor_logits(out, group))
-            codes.append(code)
-            if embedded is not None:
+            drawn = self.sample_code(group, self._predictor_logits(out, group))
+            if group + 1 < self.groups:  # the code and its embedding, the predictor's next input
+                code, embedded = drawn
                 out = self._predict(embedded[:, None], group)
+            else:
+                code = drawn
+            codes.append(code)
         codes = torch.stack(codes, dim=-1)
-        frame = self.step_count.clamp(max=self.max_frames - 1).view(1)
-        self.codes.index_copy_(1, frame, codes[:, None])
+        self.codes.copy_(codes)
 
-        text = self.text.index_select(1, self.step_count.clamp(max=self.max_text).view(1))
-        x = talker.embed_frame(codes)[:, None] + text
+        text = self.text[self.row_index, self.step_count.clamp(max=self.max_text)]
+        x = talker.embed_frame(codes)[:, None] + text[:, None]
         lengths = (self.slot[:, 0] + 1).to(torch.int32)
-        stream = run_stack(talker.model, self.ops, x, self.position, self.slot, lengths, self.first_row)
-        self._talker_head(stream[:, -1])
-        self.slot += 1
+        stream = run_stack(talker.model, self.ops, self.caches, x, self.position, self.slot, lengths,
+                           self.first_row)
+        talker_head(talker, self.ops, stream[:, -1], self.hidden, self.logits)
+        # Rows past the running ones run too (a bucket's padding): their cache row stays inside the cache.
+        self.slot.add_(1).clamp_(max=self.last_cache_row)
         self.position += 1
         self.step_count += 1

@@ -1,0 +1,86 @@
+"""Everything the engine keeps per batch row, preallocated once: a request lives in one row from its
+prefill to its last frame, and a frame over the first b rows is one fixed set of shapes (a captured graph
+per batch bucket).
+
+Rows 0 .. capacity-1 are the running batch, kept packed: when a request leaves, the last running row moves
+into its place. Rows capacity .. capacity+staging-1 are staging rows: arrivals are prefilled there (one
+captured prefill per arrival count and prompt length) and then moved to the end of the batch.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..models.layers import KVCache
+from ..models.talker import Talker
+from ..sampling import RowSampling
+
+
+class RowStore:
+    """The per-row device state: the talker's KV cache pool (and the code predictor's 16-position caches),
+    the talker's last hidden state and logits, each row's next cache row (`slot`), RoPE position and first
+    valid cache row, its frame counter, code-0 history (`seen`, for the repetition penalty), trailing text
+    track, seed, sampling settings and its latest frame's codes."""
+
+    def __init__(self, talker: Talker, capacity: int, staging: int, max_len: int, max_text: int):
+        weight = talker.codec_head.weight
+        device, dtype = weight.device, weight.dtype
+        config = talker.config
+        rows = capacity + staging
+        self.capacity, self.staging, self.max_len, self.max_text = capacity, staging, max_len, max_text
+        stack, predictor = talker.model, talker.code_predictor
+        self.caches = [KVCache(rows, stack.num_kv_heads, max_len, stack.head_dim, device, dtype)
+                       for _ in stack.layers]
+        self.predictor_caches = [
+            KVCache(rows, predictor.model.num_kv_heads, predictor.num_positions, predictor.model.head_dim,
+                    device, dtype) for _ in predictor.model.layers]
+
+        def zeros(*shape, dtype=dtype):
+            return torch.zeros(*shape, device=device, dtype=dtype)
+
+        hidden = config.hidden_size
+        self.hidden = zeros(rows, hidden)
+        self.logits = zeros(rows, config.vocab_size)
+        self.slot = zeros(rows, 1, dtype=torch.int64)
+        self.position = zeros(rows, 1, dtype=torch.int64)
+        self.first_row = zeros(rows, dtype=torch.int32)
+        self.step = zeros(rows, dtype=torch.int64)
+        self.seen = zeros(rows, config.vocab_size, dtype=torch.bool)
+        self.text = zeros(rows, max_text + 1, hidden)
+        self.seeds = zeros(rows, dtype=torch.int64)
+        self.codes = zeros(rows, config.num_code_groups, dtype=torch.int64)
+        self.sampling = RowSampling.allocate(rows, device)
+
+    def per_row(self) -> list[torch.Tensor]:
+        """Every per-row tensor except the caches (which move only their filled part)."""
+        return [self.hidden, self.logits, self.slot, self.position, self.first_row, self.step, self.seen,
+                self.text, self.seeds, self.codes, *self.sampling.tensors()]
+
+    def staging_rows(self, count: int) -> slice:
+        return slice(self.capacity, self.capacity + count)
+
+    def move(self, to: slice, source: slice, filled: int) -> None:
+        """Copy rows `source` into rows `to` (the same count), caches only up to cache row `filled`.
+        Enqueued on the current stream after every frame before it, so the host may run ahead."""
+        for tensor in self.per_row():
+            tensor[to] = tensor[source]
+        for cache in self.caches:
+            cache.k[to, :, :filled] = cache.k[source, :, :filled]
+            cache.v[to, :, :filled] = cache.v[source, :, :filled]
+
+    def load(self, rows: slice, prompt_valid: torch.Tensor, trailing: torch.Tensor, tts_pad: torch.Tensor,
+             seeds: torch.Tensor, params: list) -> None:
+        """Start requests in prefilled `rows`: their prompt validity [k, T] (False = left padding), trailing
+        text tracks [k, N, H], tts_pad [H], seeds [k] and SamplingParams (one per row)."""
+        prompt_len = prompt_valid.shape[1]
+        pad = (~prompt_valid).sum(-1)
+        self.slot[rows] = prompt_len
+        self.position[rows] = (prompt_len - pad)[:, None]
+        self.first_row[rows] = pad.to(torch.int32)
+        self.step[rows] = 0
+        self.seen[rows] = False
+        self.text[rows] = tts_pad
+        self.text[rows, : trailing.shape[1]] = trailing
+        self.seeds[rows] = seeds
+        for row, row_params in zip(range(rows.start, rows.stop), params):
+            self.sampling.load(row, row_params)
