@@ -5,6 +5,8 @@ float tolerance, for every mode.
 """
 
 import json
+import threading
+import time
 import shutil
 import warnings
 
@@ -16,6 +18,7 @@ from safetensors.torch import load_file, save_file
 import qtts
 from oracle import official
 from qtts import CheckpointError, InputError, VoiceError
+from qtts.engine import reference
 
 GREEDY = dict(do_sample=False, subtalker_dosample=False)
 TEXT = "Hello world, this is a test of qtts."
@@ -254,25 +257,73 @@ def test_config_that_does_not_match_weights_is_rejected(tiny_checkpoint, tmp_pat
         qtts.load(bad, device="cpu")
 
 
-def test_fast_engine_gives_the_reference_codes_and_streams_the_same_audio(tiny_checkpoint):
+def test_both_kernel_sets_give_the_reference_codes_and_stream_the_same_audio(tiny_checkpoint):
     folder = tiny_checkpoint("custom_voice")
-    reference = qtts.load(folder, device="cpu", engine="reference")
-    fast = qtts.load(folder, device="cpu", engine="fast")
-    assert reference.fast_engine is None and fast.fast_engine is not None
+    plain = qtts.load(folder, device="cpu", engine="reference", max_len=256)
+    fast = qtts.load(folder, device="cpu", engine="fast", max_len=256)
     kwargs = dict(speaker="aiden", language="english", max_new_tokens=FRAMES, **GREEDY)
-    assert torch.equal(fast.generate_codes(TEXT, **kwargs), reference.generate_codes(TEXT, **kwargs))
-    # The engine keeps its frame between requests: a second, shorter request reuses it.
-    assert torch.equal(fast.generate_codes("Short.", **kwargs), reference.generate_codes("Short.", **kwargs))
+    expected = reference.generate_codes(plain.talker, plain.plan(TEXT, speaker="aiden", language="english"),
+                                        plain.sampling_params(max_new_tokens=FRAMES, **GREEDY))
+    assert torch.equal(fast.generate_codes(TEXT, **kwargs), plain.generate_codes(TEXT, **kwargs))
+    assert torch.equal(plain.generate_codes(TEXT, **kwargs), expected)
     whole = fast.synthesize(TEXT, **kwargs)
     chunks = list(fast.synthesize(TEXT, stream=True, **kwargs))
     np.testing.assert_allclose(np.concatenate([c.samples for c in chunks]), whole.samples, atol=1e-4)
+    np.testing.assert_allclose(whole.samples, fast.decode(expected).samples, atol=1e-4)
     sampled = dict(speaker="aiden", max_new_tokens=12, seed=5)
-    assert torch.equal(fast.generate_codes(TEXT, **sampled), fast.generate_codes(TEXT, **sampled))
+    assert torch.equal(fast.generate_codes(TEXT, **sampled), plain.generate_codes(TEXT, **sampled))
     unseeded = dict(speaker="aiden", max_new_tokens=12)
     assert not torch.equal(fast.generate_codes(TEXT, **unseeded), fast.generate_codes(TEXT, **unseeded))
-    texts = ["One.", TEXT]
-    for ours, theirs in zip(fast.synthesize_batch(texts, **kwargs), reference.synthesize_batch(texts, **kwargs)):
-        np.testing.assert_allclose(ours.samples, theirs.samples, atol=1e-4)
+
+
+def test_interleaved_streams_on_one_tts_each_equal_their_solo_result(custom):
+    _, tts, _ = custom
+    kwargs = dict(speaker="aiden", max_new_tokens=FRAMES, **GREEDY)
+    texts = [TEXT, "Another sentence, quite different."]
+    solo = [tts.synthesize(text, **kwargs).samples for text in texts]
+    streams = [tts.synthesize(text, stream=True, **kwargs) for text in texts]
+    pieces: list[list[np.ndarray]] = [[], []]
+    live = [True, True]
+    while any(live):
+        for index, stream in enumerate(streams):
+            if live[index]:
+                chunk = next(stream, None)
+                if chunk is None:
+                    live[index] = False
+                else:
+                    pieces[index].append(chunk.samples)
+    for got, want in zip(pieces, solo):
+        np.testing.assert_allclose(np.concatenate(got), want, atol=1e-5)
+
+
+def test_threads_calling_synthesize_at_once_each_get_their_own_audio(custom):
+    _, tts, _ = custom
+    kwargs = dict(speaker="aiden", max_new_tokens=FRAMES, **GREEDY)
+    texts = [TEXT, "Another sentence.", "A third one, longer than the second."]
+    solo = [tts.synthesize(text, **kwargs).samples for text in texts]
+    results: dict[int, np.ndarray] = {}
+
+    def speak(index):
+        results[index] = tts.synthesize(texts[index], **kwargs).samples
+
+    threads = [threading.Thread(target=speak, args=(i,)) for i in range(len(texts))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    for index, want in enumerate(solo):
+        np.testing.assert_allclose(results[index], want, atol=1e-5)
+
+
+def test_closing_a_stream_early_frees_its_row(custom):
+    _, tts, _ = custom
+    stream = tts.synthesize(TEXT, speaker="aiden", max_new_tokens=200, min_new_tokens=200, stream=True)
+    next(stream)
+    stream.close()
+    deadline = time.monotonic() + 30
+    while tts.engine.running and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert tts.engine.running == 0
 
 
 def test_unknown_engine_is_an_input_error(tiny_checkpoint):

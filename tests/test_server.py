@@ -70,8 +70,8 @@ def one_torch_thread():
     torch.set_num_threads(threads)
 
 
-def start(folder, **options):
-    return Server(create_app(qtts.load(folder, device="cpu"), **options))
+def start(folder, max_batch: int = 64, **options):
+    return Server(create_app(qtts.load(folder, device="cpu", max_batch=max_batch), **options))
 
 
 @pytest.fixture(scope="module")
@@ -135,9 +135,14 @@ def wait_for(condition, why, seconds=15.0):
         time.sleep(0.02)
 
 
-def wait_until_idle(server, seconds=15.0, why="the worker is still busy"):
-    """The worker finishes its bookkeeping just after the last bytes leave, so idleness is polled for."""
-    wait_for(lambda: metric(server, "qtts_requests_in_flight") == 0, why, seconds)
+def wait_until_idle(server, seconds=15.0, why="the engine is still busy"):
+    """The engine finishes its bookkeeping just after the last bytes leave, so idleness is polled for."""
+    wait_for(lambda: metric(server, "qtts_requests_running") == metric(server, "qtts_queue_depth") == 0, why,
+             seconds)
+
+
+def cancelled(server) -> float:
+    return metric(server, 'qtts_finished_requests_total{reason="cancelled"}', default=0.0)
 
 
 def raw_request(server, method, path, body) -> socket.socket:
@@ -271,25 +276,55 @@ def test_sse_error_before_audio_is_a_plain_400(custom):
     assert_error(speak(server, stream_format="sse", response_format="pcm", top_p=2.0), 400, "top_p")
 
 
-def test_clients_that_leave_free_the_worker_and_others_carry_on(custom):
-    server, tts = custom
-    cancelled = metric(server, "qtts_cancelled_jobs_total")
+@pytest.fixture(scope="module")
+def one_row(tiny_checkpoint):
+    """A server whose engine runs one request at a time, so that others must wait for a row."""
+    server = start(tiny_checkpoint("custom_voice"), max_batch=1, model_name="tiny-custom", max_queue=1)
+    yield server
+    server.close()
+
+
+def test_clients_that_leave_free_their_rows_and_others_carry_on(one_row, custom):
+    server, (_, tts) = one_row, custom
+    before = cancelled(server)
     long = {"input": TEXT, "voice": SPEAKER, "response_format": "pcm", "max_new_tokens": 2000}
     with server.client.stream("POST", "/v1/audio/speech", json=long) as leaving:
         chunks = leaving.iter_raw()  # held: dropping a half-read iterator would close the connection now
-        next(chunks)  # generation is under way; 2000 frames would take half a minute
-        # A second client gives up while its request still waits behind the first.
+        next(chunks)  # generation is under way; 2000 frames would take minutes
+        # A second client gives up while its request still waits for the only row.
         waiting = raw_request(server, "POST", "/v1/audio/speech", {**long, "response_format": "wav"})
         wait_for(lambda: metric(server, "qtts_queue_depth") == 1, "the second request never queued")
         waiting.close()
-        # Its slot frees at once, not when the worker would have reached it.
-        wait_for(lambda: metric(server, "qtts_queue_depth") == 0, "a client who left still holds a queue slot")
-    # Leaving the block hung up the first client mid-stream: both jobs end, no slot stays taken.
-    wait_until_idle(server, why="the worker is still busy with requests whose clients left")
-    assert metric(server, "qtts_cancelled_jobs_total") == cancelled + 2
+        # Its place frees at once, not when the engine would have reached it.
+        wait_for(lambda: metric(server, "qtts_queue_depth") == 0, "a client who left still holds a queue place")
+    # Leaving the block hung up the first client mid-stream: both requests end, no row stays taken.
+    wait_until_idle(server, why="the engine is still busy with requests whose clients left")
+    assert cancelled(server) == before + 2
     response = speak(server, response_format="wav")
     assert response.status_code == 200
     np.testing.assert_array_equal(samples_of(response, "wav"), reference_samples(tts))
+
+
+def test_a_client_that_leaves_a_whole_file_request_frees_its_row(custom):
+    server, _ = custom
+    before = cancelled(server)
+    body = {"input": TEXT, "voice": SPEAKER, "response_format": "flac", "max_new_tokens": 2000}
+    leaving = raw_request(server, "POST", "/v1/audio/speech", body)
+    wait_for(lambda: metric(server, "qtts_requests_running") == 1, "the request never started")
+    leaving.close()
+    wait_until_idle(server, why="a whole-file request whose client left still runs")
+    assert cancelled(server) == before + 1
+
+
+def test_requests_run_together_and_each_gets_its_own_audio(custom):
+    server, tts = custom
+    with ThreadPoolExecutor(4) as pool:
+        responses = list(pool.map(lambda seed: speak(server, response_format="wav", seed=seed), (7, 7, 8, 9)))
+    assert all(r.status_code == 200 for r in responses)
+    audio = [samples_of(r, "wav") for r in responses]
+    np.testing.assert_array_equal(audio[0], reference_samples(tts))
+    np.testing.assert_array_equal(audio[0], audio[1])
+    assert not np.array_equal(audio[0], audio[2])
 
 
 # -- models, health, metrics ------------------------------------------------------------------------------
@@ -374,25 +409,22 @@ def test_concurrent_requests_all_succeed_and_do_not_mix(custom):
     wait_until_idle(server, seconds=5)
 
 
-def test_full_queue_answers_503_with_retry_after(tiny_checkpoint):
-    server = start(tiny_checkpoint("custom_voice"), model_name="tiny-custom", max_queue=1)
-    try:
-        body = {"input": TEXT, "voice": SPEAKER, "response_format": "pcm", "stream_format": "audio"}
-        # A long stream occupies the worker; one request waits; the next finds the queue full.
-        with server.client.stream("POST", "/v1/audio/speech", json={**body, "max_new_tokens": 2000}) as running:
-            assert running.status_code == 200
-            chunks = running.iter_raw()  # held: dropping a half-read iterator would close the connection now
-            next(chunks)
-            with ThreadPoolExecutor(1) as pool:
-                waiting = pool.submit(speak, server, response_format="wav")
-                wait_for(lambda: metric(server, "qtts_queue_depth") == 1, "the second request never queued")
-                busy = speak(server, response_format="wav")
-                assert_error(busy, 503, "busy")
-                assert busy.headers["retry-after"] == "1"
-                running.close()  # the client leaves: the worker moves on to the waiting request
-                assert waiting.result().status_code == 200
-    finally:
-        server.close()
+def test_full_queue_answers_503_with_retry_after(one_row):
+    server = one_row
+    body = {"input": TEXT, "voice": SPEAKER, "response_format": "pcm", "stream_format": "audio"}
+    # A long stream occupies the only row; one request waits; the next finds the queue full.
+    with server.client.stream("POST", "/v1/audio/speech", json={**body, "max_new_tokens": 2000}) as running:
+        assert running.status_code == 200
+        chunks = running.iter_raw()  # held: dropping a half-read iterator would close the connection now
+        next(chunks)
+        with ThreadPoolExecutor(1) as pool:
+            waiting = pool.submit(speak, server, response_format="wav")
+            wait_for(lambda: metric(server, "qtts_queue_depth") == 1, "the second request never queued")
+            busy = speak(server, response_format="wav")
+            assert_error(busy, 503, "busy")
+            assert busy.headers["retry-after"] == "1"
+            running.close()  # the client leaves: the engine moves on to the waiting request
+            assert waiting.result().status_code == 200
 
 
 # -- voices (Base model) ---------------------------------------------------------------------------------
@@ -531,42 +563,6 @@ def test_qtts_serve_command(tiny_checkpoint):
 
 
 # -- the parts on their own ------------------------------------------------------------------------------
-def test_worker_stop_cancels_running_and_waiting_jobs():
-    import asyncio
-
-    from qtts.server.worker import JobCancelled, QueueFull, SynthesisWorker
-
-    closed = threading.Event()
-
-    def endless():
-        try:
-            while True:
-                time.sleep(0.01)
-                yield "chunk"
-        finally:
-            closed.set()
-
-    async def scenario():
-        worker = SynthesisWorker(max_queue=1)
-        worker.start()
-        running = worker.submit(endless)
-        assert await anext(running) == "chunk"
-        waiting = worker.submit(lambda: ["never made"])
-        with pytest.raises(QueueFull):
-            worker.submit(lambda: ["no room"])
-        await asyncio.to_thread(worker.stop)
-        assert closed.is_set() and not worker.alive and worker.in_flight == 0
-        with pytest.raises(JobCancelled):
-            async for _ in waiting:
-                pass
-        with pytest.raises(JobCancelled):
-            async for _ in running:  # the chunks made before the stop, then the cancellation
-                pass
-        assert worker.cancelled_jobs == 2
-
-    asyncio.run(scenario())
-
-
 def test_voice_store_reads_hand_made_files_and_skips_foreign_ones(tmp_path):
     from qtts.server.voice_store import VoiceStore
 

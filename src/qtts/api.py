@@ -15,18 +15,15 @@ import torch
 
 from .audio import SAMPLE_RATE, Audio, load_audio, mel_spectrogram
 from .checkpoint import Checkpoint, build_empty, load_weights, open_checkpoint, split_prefixes
-from .engine.codec_graphs import GraphedCodecStream
-from .engine.fast import FastEngine
-from .engine.reference import generate_codes, generate_codes_batch, iter_frames
+from .engine.requests import Generation
+from .engine.scheduler import Scheduler
 from .errors import InputError
 from .models.codec_decoder import CodecDecoder, decode_official
 from .models.codec_encoder import CodecEncoder, encode
-from .models.codec_stream import CodecStream
 from .models.speaker_encoder import SpeakerEncoder
 from .models.talker import Talker
 from .prompt import PromptBuilder, PromptPlan, supported_languages, supported_speakers
 from .sampling import SamplingParams
-from .streaming import stream_audio
 from .text import TextTokenizer
 from .voices import Voice
 
@@ -35,13 +32,16 @@ ENGINES = ("auto", "fast", "reference")
 
 
 def load(model: str | os.PathLike, *, device: str | torch.device | None = None,
-         dtype: torch.dtype | None = None, engine: str = "auto") -> "TTS":
+         dtype: torch.dtype | None = None, engine: str = "auto", max_batch: int = 64,
+         max_len: int = 4096) -> "TTS":
     """Load a Qwen3-TTS 12 Hz checkpoint from a folder or a Hugging Face repo id.
 
     The talker runs in `dtype` (default bf16 on CUDA, float32 on CPU); the speaker encoder and the codec
-    stay in float32, as the official checkpoints store them and as their small cost allows. `engine`:
-    "fast" (one CUDA graph per frame, fused Triton kernels; eager where there is no GPU), "reference"
-    (the plain PyTorch loop), or "auto": fast on CUDA, reference on CPU.
+    stay in float32, as the official checkpoints store them and as their small cost allows. Every request
+    runs through one continuous-batching engine (`engine.scheduler`) of `max_batch` rows of `max_len`
+    cache positions (prompt plus frames). `engine` picks its kernels: "fast" (fused Triton kernels and
+    CUDA graphs; eager where there is no GPU), "reference" (plain PyTorch ops, eager), or "auto": fast on
+    CUDA, reference on CPU.
     """
     if engine not in ENGINES:
         raise InputError(f"unknown engine {engine!r}; choose one of: {', '.join(ENGINES)}")
@@ -76,16 +76,21 @@ def load(model: str | os.PathLike, *, device: str | torch.device | None = None,
     load_weights(codec_decoder, ckpt.speech_tokenizer_file, "decoder.")
     tokenizer = TextTokenizer.from_folder(ckpt.path)
     fast = engine == "fast" or (engine == "auto" and device.type == "cuda")
-    return TTS(ckpt, talker, speaker_encoder, codec_encoder, codec_decoder, tokenizer,
-               FastEngine(talker) if fast else None)
+    if not isinstance(max_batch, int) or not 1 <= max_batch <= 1024:
+        raise InputError(f"max_batch must be an integer in 1..1024, got {max_batch!r}")
+    if not isinstance(max_len, int) or not 128 <= max_len <= 1 << 20:
+        raise InputError(f"max_len must be an integer in 128..{1 << 20}, got {max_len!r}")
+    scheduler = Scheduler(talker, codec_decoder, max_batch=max_batch, max_len=max_len,
+                          graphs=fast and device.type == "cuda", fused=None if fast else False)
+    return TTS(ckpt, talker, speaker_encoder, codec_encoder, codec_decoder, tokenizer, scheduler)
 
 
 class TTS:
-    """A loaded model. Thread-compatible, not thread-safe: serve concurrent requests through one engine."""
+    """A loaded model. Thread-safe: every call submits to the one engine, which runs requests together."""
 
     def __init__(self, checkpoint: Checkpoint, talker: Talker, speaker_encoder: SpeakerEncoder | None,
                  codec_encoder: CodecEncoder, codec_decoder: CodecDecoder, tokenizer: TextTokenizer,
-                 fast_engine: FastEngine | None = None):
+                 engine: Scheduler):
         self.checkpoint = checkpoint
         self.config = checkpoint.config
         self.talker = talker
@@ -94,8 +99,7 @@ class TTS:
         self.codec_decoder = codec_decoder
         self.tokenizer = tokenizer
         self.prompts = PromptBuilder(talker, self.config, tokenizer)
-        self.fast_engine = fast_engine  # None: the reference loop generates
-        self._decoder_stream: GraphedCodecStream | None = None  # made on the first streamed request
+        self.engine = engine
 
     # -- what the model offers --------------------------------------------------------------------------
     @property
@@ -174,26 +178,19 @@ class TTS:
             non_streaming_mode=True if non_streaming_mode is None else non_streaming_mode,
         )
 
-    @torch.inference_mode()
     def generate_codes(self, text: str, *, language: str = "auto", voice: Voice | None = None,
                        speaker: str | None = None, instruct: str | None = None,
                        non_streaming_mode: bool | None = None, **sampling) -> torch.Tensor:
         """Codes [frames, 16] for `text` (no audio); sampling keywords as in generation_config.json."""
-        params = self.sampling_params(**sampling)
-        plan = self.plan(text, language=language, voice=voice, speaker=speaker, instruct=instruct,
-                         non_streaming_mode=non_streaming_mode)
-        return self._generate(plan, params).cpu()
+        plan, params = self._request(text, language, voice, speaker, instruct, non_streaming_mode, sampling)
+        return self.engine.submit(plan, params, audio=False).result()[1].codes
 
-    def _generate(self, plan: PromptPlan, params: SamplingParams) -> torch.Tensor:
-        if self.fast_engine is not None:
-            return self.fast_engine.generate_codes_batch([plan], params)[0]
-        return generate_codes(self.talker, plan, params)
-
-    def _iter_frames(self, plan: PromptPlan, params: SamplingParams) -> Iterator[torch.Tensor]:
-        """Blocks [1, 16]: each frame of the single row as it is made."""
-        if self.fast_engine is not None:
-            return self.fast_engine.iter_frames_batch([plan], params)
-        return iter_frames(self.talker, plan, params)
+    def _request(self, text, language, voice, speaker, instruct, non_streaming_mode, sampling):
+        with torch.inference_mode():
+            params = self.sampling_params(**sampling)
+            plan = self.plan(text, language=language, voice=voice, speaker=speaker, instruct=instruct,
+                             non_streaming_mode=non_streaming_mode)
+        return plan, params
 
     # -- codes -> audio -----------------------------------------------------------------------------------
     @torch.inference_mode()
@@ -207,27 +204,33 @@ class TTS:
                    **sampling) -> Audio | Iterator[Audio]:
         """Speech for `text` as one `Audio` (24 kHz float32), or with `stream=True` an iterator of `Audio`
         chunks as they are made (the first after one frame); joined, the chunks equal the whole audio.
+        Closing the iterator early (or dropping it) cancels the request.
 
         The request is validated before this returns, so a bad argument raises here, not mid-stream."""
-        with torch.inference_mode():
-            params = self.sampling_params(**sampling)
-            plan = self.plan(text, language=language, voice=voice, speaker=speaker, instruct=instruct,
-                             non_streaming_mode=non_streaming_mode)
-        context = None if voice is None else voice.ref_codes
+        plan, params = self._request(text, language, voice, speaker, instruct, non_streaming_mode, sampling)
+        generation = self.engine.submit(plan, params)
         if stream:
-            return self._stream(plan, params, context)
-        with torch.inference_mode():
-            return self._decode_batch([self._generate(plan, params)], [context])[0]
+            return _audio_chunks(generation)
+        return _joined(generation.result()[0])
+
+    def submit(self, text: str, *, language: str = "auto", voice: Voice | None = None,
+               speaker: str | None = None, instruct: str | None = None, non_streaming_mode: bool | None = None,
+               loop=None, **sampling) -> Generation:
+        """Queue one utterance and return its `Generation` handle (audio chunks as float32 arrays, then
+        the finish reason and timings; `cancel()`). `loop`: an asyncio loop to deliver to, for
+        `async for` (the server uses this). Validated before it returns."""
+        plan, params = self._request(text, language, voice, speaker, instruct, non_streaming_mode, sampling)
+        return self.engine.submit(plan, params, loop=loop)
 
     def synthesize_batch(self, texts: Sequence[str], *, language: str | Sequence[str] = "auto",
                          voice: Voice | None | Sequence[Voice | None] = None,
                          speaker: str | None | Sequence[str | None] = None,
                          instruct: str | None | Sequence[str | None] = None,
                          non_streaming_mode: bool | None = None, **sampling) -> list[Audio]:
-        """Speech for several texts, generated together as one batch, in order.
+        """Speech for several texts, generated together, in order.
 
         `language`, `voice`, `speaker` and `instruct` are one value for every text or a list with one per
-        text; sampling settings are shared. With `seed` the batch is reproducible."""
+        text; sampling settings are shared. With `seed`, text i draws with seed + i: reproducible."""
         if isinstance(texts, str) or not isinstance(texts, Sequence) or not texts:
             raise InputError("texts must be a non-empty list of strings; use synthesize() for one text")
         count = len(texts)
@@ -241,19 +244,15 @@ class TTS:
 
         with torch.inference_mode():
             params = self.sampling_params(**sampling)
-            voices = per_text("voice", voice)
             plans = [
                 self.plan(text, language=lang, voice=v, speaker=spk, instruct=ins,
                           non_streaming_mode=non_streaming_mode)
-                for text, lang, v, spk, ins in zip(texts, per_text("language", language), voices,
+                for text, lang, v, spk, ins in zip(texts, per_text("language", language), per_text("voice", voice),
                                                    per_text("speaker", speaker), per_text("instruct", instruct))
             ]
-            if self.fast_engine is not None:
-                seeds = None if params.seed is None else [params.seed + row for row in range(count)]
-                codes = self.fast_engine.generate_codes_batch(plans, params, seeds=seeds)
-            else:
-                codes = generate_codes_batch(self.talker, plans, params)
-            return self._decode_batch(codes, [None if v is None else v.ref_codes for v in voices])
+        generations = [self.engine.submit(plan, params, seed=None if params.seed is None else params.seed + row)
+                       for row, plan in enumerate(plans)]
+        return [_joined(generation.result()[0]) for generation in generations]
 
     def _decode_batch(self, codes: list[torch.Tensor], contexts: list[torch.Tensor | None]) -> list[Audio]:
         """Audio per item, decoded together as the official decode does (rows right-padded with -1). An ICL
@@ -273,17 +272,9 @@ class TTS:
             audio.append(Audio(samples, SAMPLE_RATE))
         return audio
 
-    def _stream(self, plan: PromptPlan, params: SamplingParams, context: torch.Tensor | None) -> Iterator[Audio]:
-        frames = self._iter_frames(plan, params)
-        context = None if context is None else context.to(self.device)
-        chunks = stream_audio(self.codec_decoder, frames, context=context, stream=self._streaming_decoder())
-        while True:
-            # Each step runs in inference mode; between chunks the caller's own mode is left alone.
-            with torch.inference_mode():
-                chunk = next(chunks, None)
-            if chunk is None:
-                return
-            yield chunk
+    def close(self) -> None:
+        """Stop the engine: requests still running end with an error."""
+        self.engine.close()
 
     # -- audio -> codes, voices ---------------------------------------------------------------------------
     @torch.inference_mode()
@@ -308,16 +299,6 @@ class TTS:
         return Voice(embedding.cpu(), None if codes is None else codes.cpu(), ref_text, self.checkpoint.name,
                      self.config.tts_model_size)
 
-    def _streaming_decoder(self) -> GraphedCodecStream:
-        """One batch-1 decoder stream, graph-captured per chunk size on CUDA, reused by every request.
-
-        Capture costs far more than a chunk, so it happens once per model; requests take turns (TTS is
-        not thread-safe)."""
-        if self._decoder_stream is None:
-            with torch.inference_mode():
-                self._decoder_stream = GraphedCodecStream(CodecStream(self.codec_decoder, batch_size=1))
-        return self._decoder_stream
-
     def _check_codes(self, codes) -> torch.Tensor:
         codes = torch.as_tensor(codes)
         groups = self.config.talker_config.num_code_groups
@@ -329,3 +310,15 @@ class TTS:
             raise InputError(f"codes must lie in [0, {self.codec_decoder.config.codebook_size})")
         return codes.long()
 
+
+
+def _audio_chunks(generation: Generation) -> Iterator[Audio]:
+    try:
+        for samples in generation:
+            yield Audio(samples, SAMPLE_RATE)
+    finally:  # closed early or dropped: the engine frees the request's row within a frame
+        generation.cancel()
+
+
+def _joined(chunks: list[np.ndarray]) -> Audio:
+    return Audio(np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.float32), SAMPLE_RATE)

@@ -1,7 +1,8 @@
 """The OpenAI-compatible HTTP layer over one loaded `TTS`: speech, voices, models, health and metrics.
 
-Handlers check what only the server knows (model name, voice ids, formats, limits), hand the model work
-to the single `SynthesisWorker`, and turn its results into bytes. Nothing here runs the model itself.
+Handlers check what only the server knows (model name, voice ids, formats, limits), submit the model work
+to the TTS's engine (one continuous-batching scheduler for every request), and turn its audio into bytes.
+Nothing here runs the model itself.
 """
 
 from __future__ import annotations
@@ -11,18 +12,20 @@ import base64
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from fastapi import FastAPI, File, Form, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException
 
 from .. import __version__
-from ..audio import SAMPLES_PER_FRAME
+from ..audio import SAMPLE_RATE, SAMPLES_PER_FRAME, Audio
+from ..engine.requests import EngineStopped, Generation
 from ..errors import InputError, VoiceError
 from .formats import DEFAULT_FORMAT, FORMATS, AudioFormat, StreamEncoder, encode
 from .metrics import Metrics, RequestCounter
@@ -36,13 +39,12 @@ from .schemas import (
     voice_object,
 )
 from .voice_store import StoredVoice, VoiceStore
-from .worker import Job, JobCancelled, QueueFull, SynthesisWorker
 
 logger = logging.getLogger(__name__)
 
 MAX_INPUT_CHARS = 4096  # OpenAI's limit for one speech request
 MAX_UPLOAD_BYTES = 10 * 2**20  # OpenAI's limit for a voice sample
-DEFAULT_MAX_QUEUE = 64
+DEFAULT_MAX_QUEUE = 64  # requests waiting for a free engine row before new ones get 503
 RETRY_AFTER_SECONDS = 1
 # Model names OpenAI clients are configured with; they all mean "the model this server runs".
 OPENAI_TTS_MODELS = ("tts-1", "tts-1-hd", "gpt-4o-mini-tts")
@@ -51,15 +53,16 @@ CLIENT_CLOSED = 499  # nginx's status for a client that left before the answer; 
 
 def create_app(tts, *, model_name: str | None = None, voices_dir: str | Path | None = None,
                max_queue: int = DEFAULT_MAX_QUEUE, max_input_chars: int = MAX_INPUT_CHARS) -> FastAPI:
-    """A FastAPI app serving `tts` (a `qtts.TTS`); its synthesis worker runs while the app is up.
+    """A FastAPI app serving `tts` (a `qtts.TTS`): every request runs in its engine, many at once.
 
     `model_name` is the id clients send and `/v1/models` lists (default: the checkpoint's name);
-    `voices_dir` keeps cloned voices across restarts (Base models); `max_queue` requests may wait behind
-    the running one before new ones get 503.
+    `voices_dir` keeps cloned voices across restarts (Base models); `max_queue` requests may wait for a
+    free engine row (the engine runs `max_batch` at once) before new ones get 503.
     """
     served_name = model_name or tts.checkpoint.name
-    worker = SynthesisWorker(max_queue)
-    metrics = Metrics(worker)
+    engine = tts.engine
+    metrics = Metrics(engine, max_queue)
+    open_generations: set[Generation] = set()
     is_base = tts.model_type == "base"
     if voices_dir is not None and not is_base:
         logger.warning("ignoring voices_dir: voices are for Base models and this is a %s model", tts.model_type)
@@ -69,23 +72,30 @@ def create_app(tts, *, model_name: str | None = None, voices_dir: str | Path | N
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        worker.start()
         try:
             yield
-        finally:
-            await asyncio.to_thread(worker.stop)
+        finally:  # the engine belongs to the TTS: stop only this app's requests
+            for generation in list(open_generations):
+                generation.cancel()
 
     app = FastAPI(title="qtts", version=__version__, lifespan=lifespan,
                   description="OpenAI-compatible speech synthesis with Qwen3-TTS")
     app.add_middleware(RequestCounter, metrics=metrics)
     _add_error_handlers(app)
 
-    def submit(produce: Callable[[], Iterable[Any]]) -> Job:
+    def submit(arguments: dict) -> Generation:
+        """Admission: a request starts at once while the engine has a free row; up to `max_queue` wait for
+        one; beyond that, 503 with Retry-After."""
+        if engine.running + engine.queued >= engine.max_batch + max_queue:
+            raise ApiError(503, f"the server is busy ({engine.running} requests running, {engine.queued} "
+                           "waiting); retry in a moment", code="server_busy",
+                           headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
         try:
-            return worker.submit(produce)
-        except QueueFull as exc:
-            raise ApiError(503, f"the server is busy ({exc}); retry in a moment", code="server_busy",
-                           headers={"Retry-After": str(RETRY_AFTER_SECONDS)}) from None
+            generation = tts.submit(loop=asyncio.get_running_loop(), **arguments)
+        except Exception as exc:
+            raise _api_error(exc) from None
+        open_generations.add(generation)
+        return generation
 
     # -- speech -------------------------------------------------------------------------------------------
     def check_model(name: str | None) -> None:
@@ -148,11 +158,10 @@ def create_app(tts, *, model_name: str | None = None, voices_dir: str | Path | N
         # pcm has no container, so it always leaves as it is made; wav streams when asked (its header then
         # cannot know the length); flac, mp3 and opus need the whole signal.
         incremental = fmt.incremental and (body.stream_format is not None or fmt.name == "pcm")
-        if incremental:
-            job = submit(lambda: tts.synthesize(stream=True, **arguments))
-        else:
-            job = submit(lambda: [tts.synthesize(**arguments)])
-        first = await first_result(job, request)
+        job = submit(arguments)
+        first = await first_result(job, request) if incremental else await whole_audio(job, request)
+        if first is CLIENT_GONE or not incremental:
+            open_generations.discard(job)
         if first is CLIENT_GONE:
             return Response(status_code=CLIENT_CLOSED)
         if body.stream_format == "sse":
@@ -162,10 +171,10 @@ def create_app(tts, *, model_name: str | None = None, voices_dir: str | Path | N
         if incremental:
             return StreamingResponse(audio_stream(job, first, fmt), media_type=fmt.media_type)
         metrics.audio_seconds += first.duration
-        # Compressing minutes of audio takes a while: off the event loop, beside the worker's next job.
+        # Compressing minutes of audio takes a while: off the event loop, while the engine goes on.
         return Response(await asyncio.to_thread(encode, first.samples, fmt), media_type=fmt.media_type)
 
-    async def audio_stream(job: Job, first, fmt: AudioFormat) -> AsyncIterator[bytes]:
+    async def audio_stream(job: Generation, first, fmt: AudioFormat) -> AsyncIterator[bytes]:
         """Bytes as chunks are made. A failure after the first chunk propagates: the status line has left,
         so an aborted connection is how the client learns that the audio is cut."""
         encoder = StreamEncoder(fmt)
@@ -175,9 +184,10 @@ def create_app(tts, *, model_name: str | None = None, voices_dir: str | Path | N
                 yield encoder.encode(audio.samples)
             yield encoder.finish()
         finally:
-            job.cancel()  # a no-op when the job finished; stops generation when the client left mid-stream
+            job.cancel()  # a no-op when the request finished; frees its row when the client left mid-stream
+            open_generations.discard(job)
 
-    async def sse_stream(job: Job, first, fmt: AudioFormat, incremental: bool,
+    async def sse_stream(job: Generation, first, fmt: AudioFormat, incremental: bool,
                          input_tokens: int) -> AsyncIterator[bytes]:
         encoder = StreamEncoder(fmt) if incremental else None
         samples = 0
@@ -195,6 +205,7 @@ def create_app(tts, *, model_name: str | None = None, voices_dir: str | Path | N
             yield error_event(_api_error(exc))
         finally:
             job.cancel()
+            open_generations.discard(job)
 
     # -- voices -------------------------------------------------------------------------------------------
     def voice_json(stored: StoredVoice) -> dict:
@@ -221,10 +232,10 @@ def create_app(tts, *, model_name: str | None = None, voices_dir: str | Path | N
         data = await upload.read()
         # HTML forms send empty fields: an empty transcript means "none" (an x-vector-only voice).
         ref_text = ref_text if ref_text else None
-        job = submit(lambda: [tts.create_voice(data, ref_text)])
-        voice = await first_result(job, request)
-        if voice is CLIENT_GONE:
-            return Response(status_code=CLIENT_CLOSED)
+        try:
+            voice = await asyncio.to_thread(tts.create_voice, data, ref_text)
+        except Exception as exc:
+            raise _api_error(exc) from None
         return voice_json(voices.add(voice, (name or "").strip() or None))
 
     async def list_voices():
@@ -252,9 +263,9 @@ def create_app(tts, *, model_name: str | None = None, voices_dir: str | Path | N
 
     @app.get("/health")
     async def health():
-        if not worker.alive:
-            return JSONResponse({"status": "error", "message": "the synthesis worker is not running"}, 503)
-        return {"status": "ok", "model": served_name, "in_flight": worker.in_flight}
+        if not engine.alive:
+            return JSONResponse({"status": "error", "message": "the engine is not running"}, 503)
+        return {"status": "ok", "model": served_name, "running": engine.running, "queued": engine.queued}
 
     @app.get("/metrics")
     async def prometheus():
@@ -263,17 +274,28 @@ def create_app(tts, *, model_name: str | None = None, voices_dir: str | Path | N
     return app
 
 
-# -- waiting on the worker -----------------------------------------------------------------------------------
+# -- waiting on the engine -----------------------------------------------------------------------------------
 CLIENT_GONE = object()
 _NO_RESULT = object()
 
 
-async def first_result(job: Job, request: Request):
-    """The job's first result (or `_NO_RESULT`), or `CLIENT_GONE` (job cancelled) if the client hangs up first.
+async def first_result(job: Generation, request: Request):
+    """The request's first audio chunk (or `_NO_RESULT`), or `CLIENT_GONE` (request cancelled) if the
+    client hangs up first. Raises ApiError for what the engine raised."""
+    return await _unless_gone(_next(job), job, request)
 
-    Raises ApiError for what the job raised.
-    """
-    result = asyncio.ensure_future(_next(job))
+
+async def whole_audio(job: Generation, request: Request):
+    """All of the request's audio as one `Audio`, or `CLIENT_GONE` (request cancelled: its row is freed
+    within a frame) if the client hangs up first."""
+    async def collect():
+        return _audio(np.concatenate([chunk async for chunk in job] or [np.zeros(0, np.float32)]))
+
+    return await _unless_gone(collect(), job, request)
+
+
+async def _unless_gone(work, job: Generation, request: Request):
+    result = asyncio.ensure_future(work)
     gone = asyncio.ensure_future(_disconnected(request))
     try:
         await asyncio.wait({result, gone}, return_when=asyncio.FIRST_COMPLETED)
@@ -291,9 +313,9 @@ async def first_result(job: Job, request: Request):
         raise _api_error(exc) from None
 
 
-async def _next(job: Job):
+async def _next(job: Generation):
     try:
-        return await anext(job)
+        return _audio(await anext(job))
     except StopAsyncIteration:
         return _NO_RESULT
 
@@ -304,11 +326,15 @@ async def _disconnected(request: Request) -> None:
         pass
 
 
-async def _chain(first, job: Job) -> AsyncIterator[Any]:
+async def _chain(first, job: Generation) -> AsyncIterator[Audio]:
     if first is not _NO_RESULT:
         yield first
-    async for item in job:
-        yield item
+    async for samples in job:
+        yield _audio(samples)
+
+
+def _audio(samples: np.ndarray) -> Audio:
+    return Audio(samples, SAMPLE_RATE)
 
 
 # -- errors in OpenAI's shape ------------------------------------------------------------------------------
@@ -318,7 +344,7 @@ def _api_error(exc: BaseException) -> ApiError:
         return exc
     if isinstance(exc, (InputError, VoiceError)):
         return ApiError(400, str(exc), code="invalid_input")
-    if isinstance(exc, JobCancelled):
+    if isinstance(exc, EngineStopped):
         return ApiError(503, "the server is shutting down; retry on another replica or in a moment",
                         code="server_shutting_down", headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
     logger.error("synthesis failed", exc_info=exc)

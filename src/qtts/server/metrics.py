@@ -4,14 +4,13 @@ from __future__ import annotations
 
 from collections import Counter
 
-from .worker import SynthesisWorker
 
 
 class Metrics:
-    """Counted on the event loop; the worker's gauges are read when the page is rendered."""
+    """Counted on the event loop; the engine's gauges are read when the page is rendered."""
 
-    def __init__(self, worker: SynthesisWorker):
-        self.worker = worker
+    def __init__(self, engine, max_queue: int):
+        self.engine, self.max_queue = engine, max_queue
         self.requests: Counter[str] = Counter()  # by route path template
         self.errors: Counter[int] = Counter()  # by HTTP status
         self.audio_seconds = 0.0
@@ -30,14 +29,18 @@ class Metrics:
                {f'{{status="{status}"}}': n for status, n in sorted(self.errors.items())})
         metric("qtts_audio_seconds_total", "counter", "Seconds of audio sent to clients.",
                {"": self.audio_seconds})
-        metric("qtts_requests_in_flight", "gauge", "Model jobs waiting or running.",
-               {"": self.worker.in_flight})
-        metric("qtts_queue_depth", "gauge", "Model jobs waiting for the worker.", {"": self.worker.queued})
-        metric("qtts_queue_capacity", "gauge", "Most model jobs that may wait; one more is answered 503.",
-               {"": self.worker.max_queue})
-        metric("qtts_cancelled_jobs_total", "counter",
-               "Model jobs stopped early or skipped: their client left, or the server stopped.",
-               {"": self.worker.cancelled_jobs})
+        stats = self.engine.stats
+        metric("qtts_requests_running", "gauge", "Requests in the engine's batch.", {"": self.engine.running})
+        metric("qtts_batch_capacity", "gauge", "Rows of the engine's batch.", {"": self.engine.max_batch})
+        metric("qtts_queue_depth", "gauge", "Requests waiting for a free row.", {"": self.engine.queued})
+        metric("qtts_queue_capacity", "gauge", "Most requests that may wait; one more is answered 503.",
+               {"": self.max_queue})
+        metric("qtts_frames_total", "counter", "Frames the engine ran (each for every running row).",
+               {"": stats["frames"]})
+        metric("qtts_prefill_seconds_total", "counter", "Host seconds spent enqueueing prefills.",
+               {"": stats["prefill_s"]})
+        metric("qtts_finished_requests_total", "counter", "Requests ended, by reason.",
+               {f'{{reason="{reason}"}}': n for reason, n in sorted(stats["reasons"].items())})
         return "\n".join(lines) + "\n"
 
 
