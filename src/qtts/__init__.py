@@ -7,7 +7,7 @@
 from .errors import CheckpointError, InputError, QttsError, VoiceError
 
 __version__ = "0.1.0"
-__all__ = ["load", "TTS", "Voice", "Audio", "QttsError", "CheckpointError", "InputError", "VoiceError"]
+__all__ = ["load", "TTS", "Voice", "Audio", "PromptLimits", "QttsError", "CheckpointError", "InputError", "VoiceError"]
 
 
 def __getattr__(name):
@@ -20,6 +20,10 @@ def __getattr__(name):
         from .voices import Voice
 
         return Voice
+    if name == "PromptLimits":
+        from .limits import PromptLimits
+
+        return PromptLimits
     if name == "Audio":
         from .audio import Audio
 

@@ -18,7 +18,8 @@ from .checkpoint import Checkpoint, build_empty, load_weights, open_checkpoint, 
 from .engine.codec_graphs import GraphedCodecStream
 from .engine.fast import FastEngine
 from .engine.reference import generate_codes, generate_codes_batch, iter_frames
-from .errors import InputError
+from .errors import InputError, VoiceError
+from .limits import PromptLimits, check_text
 from .models.codec_decoder import CodecDecoder, decode_official
 from .models.codec_encoder import CodecEncoder, encode
 from .models.codec_stream import CodecStream
@@ -30,7 +31,6 @@ from .streaming import stream_audio
 from .text import TextTokenizer
 from .voices import Voice
 
-_MAX_TEXT_CHARS = 20_000
 ENGINES = ("auto", "fast", "reference")
 
 
@@ -95,6 +95,7 @@ class TTS:
         self.tokenizer = tokenizer
         self.prompts = PromptBuilder(talker, self.config, tokenizer)
         self.fast_engine = fast_engine  # None: the reference loop generates
+        self.limits = PromptLimits()  # token limits of each text part; replace to change them
         self._decoder_stream: GraphedCodecStream | None = None  # made on the first streamed request
 
     # -- what the model offers --------------------------------------------------------------------------
@@ -127,6 +128,15 @@ class TTS:
     def hidden_size(self) -> int:
         return self.config.talker_config.hidden_size
 
+    def check_voice(self, voice: Voice) -> None:
+        """Raise `VoiceError` unless `voice` fits this model and its transcript is within `limits`."""
+        voice.check_compatible(self.hidden_size, self.checkpoint.name)
+        if voice.ref_text is not None:
+            try:
+                check_text(self.tokenizer, "ref_text", voice.ref_text, self.limits.ref_text_tokens)
+            except InputError as exc:
+                raise VoiceError(f"this voice cannot be used: its {exc}") from None
+
     # -- text -> codes ----------------------------------------------------------------------------------
     def sampling_params(self, **overrides) -> SamplingParams:
         """Sampling settings: explicit keywords over generation_config.json over the official defaults."""
@@ -135,13 +145,9 @@ class TTS:
     def plan(self, text: str, *, language: str = "auto", voice: Voice | None = None, speaker: str | None = None,
              instruct: str | None = None, non_streaming_mode: bool | None = None) -> PromptPlan:
         """The prefill embeddings and trailing text track for one request, after validating it."""
-        if not isinstance(text, str) or not text.strip():
-            raise InputError("text is empty; pass the words to speak")
-        if len(text) > _MAX_TEXT_CHARS:
-            raise InputError(
-                f"text is {len(text)} characters; the limit for one request is {_MAX_TEXT_CHARS}. "
-                "Split it into paragraphs and synthesize them one by one."
-            )
+        check_text(self.tokenizer, "text", text, self.limits.input_tokens)
+        if instruct:
+            check_text(self.tokenizer, "instruct", instruct, self.limits.instructions_tokens)
         kind = self.model_type
         if kind == "base":
             if speaker is not None:
@@ -150,7 +156,7 @@ class TTS:
                 raise InputError("this is a Base (voice clone) model: instruct is not supported")
             if voice is None:
                 raise InputError("a Base model clones a voice: pass voice=tts.create_voice(reference_audio, ...)")
-            voice.check_compatible(self.hidden_size, self.checkpoint.name)
+            self.check_voice(voice)
             return self.prompts.voice_clone(
                 text, voice.speaker_embedding, language=language, ref_codes=voice.ref_codes,
                 ref_text=voice.ref_text, non_streaming_mode=bool(non_streaming_mode),
@@ -297,9 +303,11 @@ class TTS:
         """A reusable cloned voice: speaker embedding, plus reference codes and transcript when given (ICL)."""
         if self.speaker_encoder is None:
             raise InputError(f"voices are made with Base models; this is a {self.model_type} model")
-        if ref_text is not None and not ref_text.strip():
-            raise InputError("ref_text is empty; pass the transcript of the reference audio, or None for an "
-                             "x-vector-only voice")
+        if ref_text is not None:
+            if isinstance(ref_text, str) and not ref_text.strip():
+                raise InputError("ref_text is empty; pass the transcript of the reference audio, or None for "
+                                 "an x-vector-only voice")
+            check_text(self.tokenizer, "ref_text", ref_text, self.limits.ref_text_tokens)
         samples = load_audio(ref_audio)
         wav = torch.from_numpy(samples).to(self.device)
         # Launch the speaker encoder and the codec encoder before copying anything back to the host.

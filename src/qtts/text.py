@@ -93,6 +93,11 @@ class TextTokenizer:
     def decode(self, ids: list[int]) -> str:
         return self._backend.decode(ids, skip_special_tokens=False)
 
+    @property
+    def added_tokens(self) -> tuple[str, ...]:
+        """The text of every added token (`<|im_start|>`, `<tts_pad>`, ...): text holding one gets its id."""
+        return tuple(self._token_ids)
+
     def token_id(self, content: str) -> int:
         """Id of an added token such as `<|im_start|>`."""
         if content not in self._token_ids:

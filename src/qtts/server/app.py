@@ -23,8 +23,8 @@ from starlette.exceptions import HTTPException
 
 from .. import __version__
 from ..audio import SAMPLES_PER_FRAME
+from ..audio_formats import DEFAULT_FORMAT, FORMATS, AudioFormat, StreamEncoder, encode
 from ..errors import InputError, VoiceError
-from .formats import DEFAULT_FORMAT, FORMATS, AudioFormat, StreamEncoder, encode
 from .metrics import Metrics, RequestCounter
 from .schemas import (
     ApiError,
@@ -145,9 +145,9 @@ def create_app(tts, *, model_name: str | None = None, voices_dir: str | Path | N
     async def speech(body: SpeechRequest, request: Request):
         fmt = check_speech(body)
         arguments = {"text": body.input, "language": body.language, **voice_arguments(body), **body.sampling()}
-        # pcm has no container, so it always leaves as it is made; wav streams when asked (its header then
-        # cannot know the length); flac, mp3 and opus need the whole signal.
-        incremental = fmt.incremental and (body.stream_format is not None or fmt.name == "pcm")
+        # pcm, mp3 and opus leave as they are made, as OpenAI's do; wav streams when asked (its header then
+        # cannot know the length); flac needs the whole signal.
+        incremental = fmt.incremental and (body.stream_format is not None or fmt.name != "wav")
         if incremental:
             job = submit(lambda: tts.synthesize(stream=True, **arguments))
         else:
@@ -163,12 +163,13 @@ def create_app(tts, *, model_name: str | None = None, voices_dir: str | Path | N
             return StreamingResponse(audio_stream(job, first, fmt), media_type=fmt.media_type)
         metrics.audio_seconds += first.duration
         # Compressing minutes of audio takes a while: off the event loop, beside the worker's next job.
-        return Response(await asyncio.to_thread(encode, first.samples, fmt), media_type=fmt.media_type)
+        return Response(await asyncio.to_thread(encode, first.samples, fmt, first.sample_rate),
+                        media_type=fmt.media_type)
 
     async def audio_stream(job: Job, first, fmt: AudioFormat) -> AsyncIterator[bytes]:
         """Bytes as chunks are made. A failure after the first chunk propagates: the status line has left,
         so an aborted connection is how the client learns that the audio is cut."""
-        encoder = StreamEncoder(fmt)
+        encoder = StreamEncoder(fmt, tts.sample_rate)
         try:
             async for audio in _chain(first, job):
                 metrics.audio_seconds += audio.duration
@@ -179,14 +180,16 @@ def create_app(tts, *, model_name: str | None = None, voices_dir: str | Path | N
 
     async def sse_stream(job: Job, first, fmt: AudioFormat, incremental: bool,
                          input_tokens: int) -> AsyncIterator[bytes]:
-        encoder = StreamEncoder(fmt) if incremental else None
+        encoder = StreamEncoder(fmt, tts.sample_rate) if incremental else None
         samples = 0
         try:
             async for audio in _chain(first, job):
                 metrics.audio_seconds += audio.duration
                 samples += len(audio.samples)
-                data = encoder.encode(audio.samples) if encoder else await asyncio.to_thread(encode, audio.samples, fmt)
-                yield audio_delta_event(base64.b64encode(data).decode("ascii"))
+                data = (encoder.encode(audio.samples) if encoder
+                        else await asyncio.to_thread(encode, audio.samples, fmt, audio.sample_rate))
+                if data:  # an Opus encoder hands out whole pages, about a second of audio each
+                    yield audio_delta_event(base64.b64encode(data).decode("ascii"))
             tail = encoder.finish() if encoder else b""
             if tail:
                 yield audio_delta_event(base64.b64encode(tail).decode("ascii"))
