@@ -162,6 +162,9 @@ def test_seeded_sampling_is_reproducible(custom):
     (dict(text="Hi.", speaker="ryan", instruct="<tts_pad>"), "instruct contains the control token"),
     (dict(text=TEXT, speaker="ryan", seed=2**70), "seed must be an integer in"),
     (dict(text=TEXT, speaker="ryan", seed=-1), "seed must be an integer in"),
+    # Caches are sized from the budget: 10**9 frames would ask for terabytes before the first frame.
+    (dict(text=TEXT, speaker="ryan", max_new_tokens=10**9), "max_new_tokens 1000000000 is more frames"),
+    (dict(text=TEXT, speaker="ryan", max_new_tokens=32768), "share its 32768 positions"),
     (dict(text=TEXT, speaker="nobody"), "unknown speaker 'nobody'.*ryan"),
     (dict(text=TEXT, speaker="ryan", language="klingon"), "unsupported language 'klingon'.*english"),
     (dict(text=TEXT), "needs speaker="),
@@ -175,6 +178,22 @@ def test_bad_requests_raise_input_error(custom, kwargs, message):
     text = kwargs.pop("text")
     with pytest.raises(InputError, match=message):
         tts.generate_codes(text, **kwargs)
+
+
+def test_impossible_budgets_are_refused_by_every_entry_point(custom):
+    _, tts, _ = custom
+    for call in (lambda: tts.synthesize(TEXT, speaker="ryan", max_new_tokens=10**9),
+                 lambda: tts.synthesize(TEXT, speaker="ryan", max_new_tokens=10**9, stream=True),
+                 lambda: tts.synthesize_batch([TEXT], speaker="ryan", max_new_tokens=10**9)):
+        with pytest.raises(InputError, match="max_new_tokens 1000000000"):
+            call()
+
+
+@pytest.mark.parametrize("device, message", [("tpu", "unknown device 'tpu'"), ("xla", "cpu or cuda, not xla"),
+                                             ("cuda:x", "unknown device")])
+def test_unusable_devices_are_input_errors(tiny_checkpoint, device, message):
+    with pytest.raises(InputError, match=message):
+        qtts.load(tiny_checkpoint("custom_voice"), device=device)
 
 
 def test_mode_mismatches_are_input_errors(custom, base, design):

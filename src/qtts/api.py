@@ -45,12 +45,8 @@ def load(model: str | os.PathLike, *, device: str | torch.device | None = None,
     """
     if engine not in ENGINES:
         raise InputError(f"unknown engine {engine!r}; choose one of: {', '.join(ENGINES)}")
+    device = resolve_device(device)
     ckpt = open_checkpoint(model)
-    device = torch.device(device) if device is not None else torch.device(
-        "cuda" if torch.cuda.is_available() else "cpu"
-    )
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise InputError(f"device {device} was asked for, but this PyTorch sees no CUDA GPU; use device='cpu'")
     if dtype is None:
         dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     cfg = ckpt.config
@@ -78,6 +74,25 @@ def load(model: str | os.PathLike, *, device: str | torch.device | None = None,
     fast = engine == "fast" or (engine == "auto" and device.type == "cuda")
     return TTS(ckpt, talker, speaker_encoder, codec_encoder, codec_decoder, tokenizer,
                FastEngine(talker) if fast else None)
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """`device` as a torch device qtts can run on (default: cuda when there is one); `InputError` for
+    anything else, said before any weight is read."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise InputError(f"unknown device {device!r}; use cpu, cuda or cuda:N") from None
+    if resolved.type not in ("cpu", "cuda"):
+        raise InputError(f"qtts runs on cpu or cuda, not {resolved.type} (device {device!r})")
+    if resolved.type == "cuda":
+        if not torch.cuda.is_available():
+            raise InputError(f"device {resolved} was asked for, but this PyTorch sees no CUDA GPU; use device='cpu'")
+        if resolved.index is not None and resolved.index >= torch.cuda.device_count():
+            raise InputError(f"device {resolved} was asked for, but there are {torch.cuda.device_count()} CUDA GPUs")
+    return resolved
 
 
 class TTS:
@@ -139,8 +154,16 @@ class TTS:
 
     # -- text -> codes ----------------------------------------------------------------------------------
     def sampling_params(self, **overrides) -> SamplingParams:
-        """Sampling settings: explicit keywords over generation_config.json over the official defaults."""
-        return SamplingParams.from_generation_config(self.checkpoint.generation, **overrides)
+        """Sampling settings: explicit keywords over generation_config.json over the official defaults.
+
+        A `max_new_tokens` the talker's positions cannot hold is refused here: caches are sized from it."""
+        params = SamplingParams.from_generation_config(self.checkpoint.generation, **overrides)
+        positions = self.config.talker_config.max_position_embeddings
+        if params.max_new_tokens >= positions:
+            raise InputError(f"max_new_tokens {params.max_new_tokens} is more frames than this model can make: "
+                             f"the prompt and the frames share its {positions} positions; ask for at most "
+                             f"{self.checkpoint.generation.max_new_tokens} (generation_config.json)")
+        return params
 
     def plan(self, text: str, *, language: str = "auto", voice: Voice | None = None, speaker: str | None = None,
              instruct: str | None = None, non_streaming_mode: bool | None = None) -> PromptPlan:
