@@ -7,6 +7,7 @@ headers, so a wrong or truncated file is reported by tensor name before any weig
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import re
 from dataclasses import dataclass
@@ -117,6 +118,22 @@ def _check_generation(generation: GenerationConfig, config: TTSConfig, path: Pat
     if generation.max_new_tokens >= positions:
         raise CheckpointError(f"{path}: max_new_tokens {generation.max_new_tokens} leaves no room for the prompt "
                               f"in the talker's {positions} positions (config.json max_position_embeddings)")
+
+
+# The parts of a checkpoint by tensor-name prefix: model.safetensors, then speech_tokenizer/model.safetensors.
+PARTS = (("talker", "model", "talker."), ("speaker encoder", "model", "speaker_encoder."),
+         ("codec encoder", "speech", "encoder."), ("codec decoder", "speech", "decoder."))
+
+
+def parameter_counts(ckpt: Checkpoint) -> dict[str, int]:
+    """Parameters of each part the checkpoint holds, counted from the safetensors headers alone."""
+    shapes = {"model": tensor_shapes(ckpt.model_file), "speech": tensor_shapes(ckpt.speech_tokenizer_file)}
+    counts = {}
+    for part, file, prefix in PARTS:
+        total = sum(math.prod(shape) for name, shape in shapes[file].items() if name.startswith(prefix))
+        if total:
+            counts[part] = total
+    return counts
 
 
 def tensor_shapes(file: Path) -> dict[str, tuple[int, ...]]:
