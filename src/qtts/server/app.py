@@ -11,7 +11,7 @@ import base64
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -25,23 +25,26 @@ from .. import __version__
 from ..audio import SAMPLES_PER_FRAME
 from ..audio_formats import DEFAULT_FORMAT, FORMATS, AudioFormat, StreamEncoder, encode
 from ..errors import InputError, VoiceError
+from ..limits import check_text
+from .guards import CLIENT_TIMEOUT, add_guards
 from .metrics import Metrics, RequestCounter
+from .request_body import MAX_UPLOAD_BYTES
 from .schemas import (
     ApiError,
     SpeechRequest,
     audio_delta_event,
     audio_done_event,
     error_event,
+    preset_voice_object,
     voice_deleted,
     voice_object,
 )
-from .voice_store import StoredVoice, VoiceStore
+from .voice_store import MAX_VOICES, StoredVoice, VoiceStore
 from .worker import Job, JobCancelled, QueueFull, SynthesisWorker
 
 logger = logging.getLogger(__name__)
 
 MAX_INPUT_CHARS = 4096  # OpenAI's limit for one speech request
-MAX_UPLOAD_BYTES = 10 * 2**20  # OpenAI's limit for a voice sample
 DEFAULT_MAX_QUEUE = 64
 RETRY_AFTER_SECONDS = 1
 # Model names OpenAI clients are configured with; they all mean "the model this server runs".
@@ -50,12 +53,16 @@ CLIENT_CLOSED = 499  # nginx's status for a client that left before the answer; 
 
 
 def create_app(tts, *, model_name: str | None = None, voices_dir: str | Path | None = None,
-               max_queue: int = DEFAULT_MAX_QUEUE, max_input_chars: int = MAX_INPUT_CHARS) -> FastAPI:
+               max_queue: int = DEFAULT_MAX_QUEUE, max_input_chars: int = MAX_INPUT_CHARS,
+               max_voices: int = MAX_VOICES, api_key: str | None = None, cors_origins: Sequence[str] = (),
+               client_timeout: float = CLIENT_TIMEOUT) -> FastAPI:
     """A FastAPI app serving `tts` (a `qtts.TTS`); its synthesis worker runs while the app is up.
 
     `model_name` is the id clients send and `/v1/models` lists (default: the checkpoint's name);
-    `voices_dir` keeps cloned voices across restarts (Base models); `max_queue` requests may wait behind
-    the running one before new ones get 503.
+    `voices_dir` keeps cloned voices across restarts (Base models), at most `max_voices` of them;
+    `max_queue` requests may wait behind the running one before new ones get 503. With `api_key`, every
+    `/v1/` request must carry it as a Bearer token; `cors_origins` may call from browsers; a client gets
+    `client_timeout` seconds for its headers and for each piece of its body.
     """
     served_name = model_name or tts.checkpoint.name
     worker = SynthesisWorker(max_queue)
@@ -63,7 +70,7 @@ def create_app(tts, *, model_name: str | None = None, voices_dir: str | Path | N
     is_base = tts.model_type == "base"
     if voices_dir is not None and not is_base:
         logger.warning("ignoring voices_dir: voices are for Base models and this is a %s model", tts.model_type)
-    voices = VoiceStore(voices_dir if is_base else None, hidden_size=tts.hidden_size)
+    voices = VoiceStore(voices_dir if is_base else None, hidden_size=tts.hidden_size, max_voices=max_voices)
     started = int(time.time())
     max_new_tokens = tts.checkpoint.generation.max_new_tokens
 
@@ -77,7 +84,8 @@ def create_app(tts, *, model_name: str | None = None, voices_dir: str | Path | N
 
     app = FastAPI(title="qtts", version=__version__, lifespan=lifespan,
                   description="OpenAI-compatible speech synthesis with Qwen3-TTS")
-    app.add_middleware(RequestCounter, metrics=metrics)
+    add_guards(app, api_key=api_key, cors_origins=cors_origins, client_timeout=client_timeout)
+    app.add_middleware(RequestCounter, metrics=metrics)  # outermost: it counts what the guards refuse too
     _add_error_handlers(app)
 
     def submit(produce: Callable[[], Iterable[Any]]) -> Job:
@@ -123,11 +131,18 @@ def create_app(tts, *, model_name: str | None = None, voices_dir: str | Path | N
         if name not in FORMATS:
             raise ApiError(400, f"response_format {name!r} is not supported here; choose one of: "
                            f"{', '.join(FORMATS)}", code="unsupported_format", param="response_format")
-        if not body.input.strip():
-            raise ApiError(400, "input is empty; send the text to speak", code="invalid_input", param="input")
         if len(body.input) > max_input_chars:
             raise ApiError(400, f"input is {len(body.input)} characters; the limit is {max_input_chars}. "
                            "Split the text and send the parts one by one.", code="input_too_long", param="input")
+        # TTS.plan checks these too; checked here they are named as the request names them.
+        parts = [("input", body.input, tts.limits.input_tokens)]
+        if body.instructions:  # OpenAI clients send "" for none
+            parts.append(("instructions", body.instructions, tts.limits.instructions_tokens))
+        for field, text, max_tokens in parts:
+            try:
+                check_text(tts.tokenizer, field, text, max_tokens)
+            except InputError as exc:
+                raise ApiError(400, str(exc), code="invalid_input", param=field) from None
         if body.speed != 1.0:
             raise ApiError(400, f"speed {body.speed:g} is not supported: qtts speaks at the model's own pace "
                            "(speed 1.0)", code="unsupported_value", param="speed")
@@ -213,6 +228,7 @@ def create_app(tts, *, model_name: str | None = None, voices_dir: str | Path | N
         if not is_base:
             raise ApiError(400, f"voices are made with Base models; this server runs a {tts.model_type} model",
                            code="unsupported_model")
+        check_room()
         upload = audio_sample or file
         if upload is None:
             raise ApiError(400, "no reference audio: send the recording as the multipart file field "
@@ -228,10 +244,18 @@ def create_app(tts, *, model_name: str | None = None, voices_dir: str | Path | N
         voice = await first_result(job, request)
         if voice is CLIENT_GONE:
             return Response(status_code=CLIENT_CLOSED)
+        check_room()  # again: other uploads may have filled the store while this one was encoded
         return voice_json(voices.add(voice, (name or "").strip() or None))
 
+    def check_room() -> None:
+        if voices.full:
+            raise ApiError(409, f"this server holds its limit of {voices.max_voices} voices; delete one "
+                           "(DELETE /v1/voices/ID) before making another", code="voice_limit_reached")
+
     async def list_voices():
-        return {"object": "list", "data": [voice_json(stored) for stored in voices.list()]}
+        # A CustomVoice model's speakers are voices too: clients list them to fill a picker.
+        presets = [preset_voice_object(speaker, started) for speaker in tts.speakers]
+        return {"object": "list", "data": presets + [voice_json(stored) for stored in voices.list()]}
 
     async def delete_voice(voice_id: str):
         if not voices.delete(voice_id):
