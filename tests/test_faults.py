@@ -181,6 +181,12 @@ def test_an_upload_over_the_limit_is_refused(base):
     key = f"Authorization: Bearer {API_KEY}\r\n"
     reply = raw_request(base.port, declared("multipart/form-data; boundary=x", 12 * 2**20, "/v1/voices", key))
     assert reply.startswith("HTTP/1.1 413") and "request_too_large" in reply
+    # Without a length: counted while the multipart parser reads it.
+    head = (f"POST /v1/voices HTTP/1.1\r\nHost: x\r\n{key}Content-Type: multipart/form-data; boundary=b\r\n"
+            "Transfer-Encoding: chunked\r\n\r\n").encode()
+    part = b'--b\r\nContent-Disposition: form-data; name="audio_sample"; filename="a.wav"\r\n\r\n'
+    reply = raw_request(base.port, head, [part] + [b"\0" * 2**20] * 12)
+    assert reply.startswith("HTTP/1.1 413") and "larger than this server accepts" in reply
 
 
 def test_an_hour_long_upload_is_refused_from_its_header(base, tmp_path):
