@@ -244,6 +244,23 @@ def test_reference_files_beyond_any_recording_are_refused(rate, channels, messag
         audio.load_audio(data)
 
 
+def test_read_audio_takes_any_length_that_load_audio_refuses_as_a_reference():
+    short = sweep(0.4, 16000, channels=2)
+    with pytest.raises(InputError, match="too short"):
+        audio.load_audio((short, 16000))
+    np.testing.assert_array_equal(audio.read_audio((short, 16000)),
+                                  audio.resample(short.mean(axis=-1), 16000, audio.SAMPLE_RATE))
+    with pytest.raises(InputError, match="NaN"):
+        audio.read_audio((np.full(100, np.nan, dtype=np.float32), 24000))
+    with pytest.raises(InputError, match="empty"):
+        audio.read_audio((np.zeros(0, dtype=np.float32), 24000))
+    # Files too: the reference clip's 60 s cap on decoding is load_audio's alone.
+    long = encoded(np.zeros(8000 * 70, dtype=np.int16), 8000, "WAV", "PCM_16")
+    with pytest.raises(InputError, match="too long"):
+        audio.load_audio(long)
+    assert len(audio.read_audio(long)) == 24000 * 70
+
+
 # ---- saving --------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("suffix", [".wav", ".flac"])

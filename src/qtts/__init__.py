@@ -7,7 +7,9 @@
 from .errors import CheckpointError, InputError, QttsError, VoiceError
 
 __version__ = "0.1.0"
-__all__ = ["load", "TTS", "Voice", "Audio", "PromptLimits", "QttsError", "CheckpointError", "InputError", "VoiceError"]
+__all__ = ["load", "TTS", "Voice", "Audio", "PromptLimits", "QttsError", "CheckpointError", "InputError",
+           "VoiceError", "Qwen3TTSModel", "Qwen3TTSTokenizer", "VoiceClonePromptItem"]
+_COMPAT = ("Qwen3TTSModel", "Qwen3TTSTokenizer", "VoiceClonePromptItem")
 
 
 def __getattr__(name):
@@ -28,4 +30,8 @@ def __getattr__(name):
         from .audio import Audio
 
         return Audio
+    if name in _COMPAT:  # the official qwen-tts surface (see qtts.compat)
+        from . import compat
+
+        return getattr(compat, name)
     raise AttributeError(f"module 'qtts' has no attribute {name!r}")

@@ -72,11 +72,28 @@ def load_audio(source: AudioSource) -> np.ndarray:
     formats libsndfile cannot read are rejected (librosa would try audioread/ffmpeg); integer arrays are
     scaled to [-1, 1); stereo arrays work (the official wrapper's array path fails on them); the checks.
     """
-    samples, sample_rate = _decode(source)
-    if samples.ndim == 2:
-        samples = samples.mean(axis=-1)  # channels averaged, like the official loader
+    samples, sample_rate = _decode_mono(source, REFERENCE_MAX_SECONDS)
     _check_reference(samples, sample_rate)
     return resample(samples, sample_rate, SAMPLE_RATE)
+
+
+def read_audio(source: AudioSource) -> np.ndarray:
+    """Any audio as float32 mono at 24 kHz, from the sources `load_audio` takes, without its reference-clip
+    checks: the codec encodes clips of any length. Raises `InputError` when the audio cannot be read, is
+    empty or not finite."""
+    samples, sample_rate = _decode_mono(source, None)
+    if samples.size == 0:
+        raise InputError("audio is empty: it has no samples")
+    if not np.isfinite(samples).all():
+        raise InputError("audio contains NaN or infinite samples")
+    return resample(samples, sample_rate, SAMPLE_RATE)
+
+
+def _decode_mono(source: AudioSource, max_seconds: float | None) -> tuple[np.ndarray, int]:
+    samples, sample_rate = _decode(source, max_seconds)
+    if samples.ndim == 2:
+        samples = samples.mean(axis=-1)  # channels averaged, like the official loader
+    return samples, sample_rate
 
 
 def resample(samples: np.ndarray, orig_sr: int, target_sr: int = SAMPLE_RATE) -> np.ndarray:
@@ -114,30 +131,31 @@ def save_audio(path: str | Path, samples: np.ndarray | torch.Tensor, sample_rate
         raise InputError(f"cannot write {str(path)!r}: {exc.strerror}") from None
 
 
-def _decode(source: AudioSource) -> tuple[np.ndarray, int]:
-    """Samples ([n] or [n, channels], float32) and their rate, from any accepted source."""
+def _decode(source: AudioSource, max_seconds: float | None) -> tuple[np.ndarray, int]:
+    """Samples ([n] or [n, channels], float32) and their rate, from any accepted source; files are read no
+    further than `max_seconds` (None: to their end)."""
     if isinstance(source, tuple):
         return _from_array(source)
     if isinstance(source, (bytes, bytearray, memoryview)):
         if len(source) == 0:
             raise InputError("reference audio is empty: got 0 bytes")
-        return _read_file(io.BytesIO(bytes(source)), "audio bytes")
+        return _read_file(io.BytesIO(bytes(source)), "audio bytes", max_seconds)
     if isinstance(source, (str, Path)):
         path = Path(source)
         if not path.is_file():
             raise InputError(f"reference audio file not found: {str(path)!r}")
-        return _read_file(path, repr(str(path)))
+        return _read_file(path, repr(str(path)), max_seconds)
     raise InputError(
         f"unsupported reference audio of type {type(source).__name__}: "
         "pass a file path, the bytes of an audio file, or (samples, sample_rate)"
     )
 
 
-def _read_file(file, name: str) -> tuple[np.ndarray, int]:
+def _read_file(file, name: str, max_seconds: float | None) -> tuple[np.ndarray, int]:
     """Mono float32 samples (channels averaged block by block) and their rate.
 
-    The header is checked before anything is decoded, and decoding stops one block past the duration
-    limit: a small, well-compressed file can hold hours of audio, which would otherwise be decoded whole.
+    The header is checked before anything is decoded, and decoding stops one block past `max_seconds`:
+    a small, well-compressed file can hold hours of audio, which would otherwise be decoded whole.
     """
     try:
         with soundfile.SoundFile(file) as f:
@@ -146,9 +164,10 @@ def _read_file(file, name: str) -> tuple[np.ndarray, int]:
                 raise InputError(f"{name} has a sample rate of {rate} Hz; qtts reads up to {MAX_SAMPLE_RATE} Hz")
             if not 0 < channels <= MAX_CHANNELS:
                 raise InputError(f"{name} has {channels} channels; qtts reads up to {MAX_CHANNELS}")
-            if 0 < f.frames < UNKNOWN_FRAMES and f.frames / rate > REFERENCE_MAX_SECONDS:
+            if max_seconds is not None and 0 < f.frames < UNKNOWN_FRAMES and f.frames / rate > max_seconds:
                 raise InputError(_too_long(f.frames / rate))
-            budget = int(REFERENCE_MAX_SECONDS * rate) + 1  # one frame past the limit tells "too long"
+            # One frame past the limit tells "too long"; -1 reads to the end.
+            budget = -1 if max_seconds is None else int(max_seconds * rate) + 1
             blocks = [block.mean(axis=-1) if channels > 1 else block[:, 0]
                       for block in f.blocks(blocksize=rate, frames=budget, dtype="float32", always_2d=True)]
     except RuntimeError as exc:  # soundfile's LibsndfileError: unknown container, codec or truncated data
@@ -156,7 +175,7 @@ def _read_file(file, name: str) -> tuple[np.ndarray, int]:
             f"cannot read {name} as audio ({exc}); use a wav, flac, ogg or mp3 file"
         ) from None
     samples = np.concatenate(blocks) if blocks else np.zeros(0, dtype=np.float32)
-    if len(samples) >= budget:
+    if budget != -1 and len(samples) >= budget:
         raise InputError(_too_long(None))
     return samples, int(rate)
 
