@@ -203,6 +203,47 @@ def test_load_audio_rejects_a_file_that_is_not_audio(tmp_path):
         audio.load_audio(path)
 
 
+def _flac_with_unknown_length(data: bytes) -> bytes:
+    """The same FLAC with STREAMINFO's total-samples field zeroed, as a streaming encoder leaves it."""
+    patched = bytearray(data)
+    start = 8 + 13  # "fLaC", the block header, then 13 bytes into STREAMINFO: 4 bits of rate/bits, 36 of count
+    patched[start] &= 0xF0
+    patched[start + 1:start + 5] = bytes(4)
+    return bytes(patched)
+
+
+def test_long_reference_audio_is_refused_without_decoding_it_whole():
+    import tracemalloc
+
+    hour = np.zeros(24000 * 3600, dtype=np.int16)  # one hour of silence compresses to a small FLAC
+    data = encoded(hour, 24000, "FLAC", "PCM_16")
+    del hour
+    unknown = _flac_with_unknown_length(data)
+    assert soundfile.info(io.BytesIO(unknown)).frames > 24000 * 3600  # the header no longer tells
+    tracemalloc.start()
+    try:
+        with pytest.raises(InputError, match="too long: 3600.0 s exceeds the 60 s limit"):
+            audio.load_audio(data)
+        # Without a length in the header, decoding stops one block past the limit.
+        with pytest.raises(InputError, match="too long: it is longer than the 60 s limit"):
+            audio.load_audio(unknown)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    # An hour decoded as float32 is 345 MB; 61 s is 5.9 MB, plus the file and one block.
+    assert peak < 2 * len(data) + 20 * 2**20, peak
+
+
+@pytest.mark.parametrize("rate, channels, message", [
+    (400_000, 1, "sample rate of 400000 Hz"),
+    (24000, 20, "20 channels"),
+])
+def test_reference_files_beyond_any_recording_are_refused(rate, channels, message):
+    data = encoded(np.zeros((rate // 10, channels), dtype=np.int16), rate, "WAV", "PCM_16")
+    with pytest.raises(InputError, match=message):
+        audio.load_audio(data)
+
+
 def test_read_audio_takes_any_length_that_load_audio_refuses_as_a_reference():
     short = sweep(0.4, 16000, channels=2)
     with pytest.raises(InputError, match="too short"):
@@ -213,6 +254,11 @@ def test_read_audio_takes_any_length_that_load_audio_refuses_as_a_reference():
         audio.read_audio((np.full(100, np.nan, dtype=np.float32), 24000))
     with pytest.raises(InputError, match="empty"):
         audio.read_audio((np.zeros(0, dtype=np.float32), 24000))
+    # Files too: the reference clip's 60 s cap on decoding is load_audio's alone.
+    long = encoded(np.zeros(8000 * 70, dtype=np.int16), 8000, "WAV", "PCM_16")
+    with pytest.raises(InputError, match="too long"):
+        audio.load_audio(long)
+    assert len(audio.read_audio(long)) == 24000 * 70
 
 
 # ---- saving --------------------------------------------------------------------------------------------
@@ -226,12 +272,17 @@ def test_save_audio_round_trips_within_16_bit_precision(tmp_path, suffix):
     read, rate = soundfile.read(path, dtype="float32")
     assert rate == 24000 and len(read) == len(samples)
     assert soundfile.info(path).subtype == "PCM_16"
-    np.testing.assert_allclose(read, np.clip(samples, -1, 1), atol=1.0 / 32767)
+    # Half a step of rounding, plus up to one more from scale: written * 32767, read back / 32768.
+    np.testing.assert_allclose(read, np.clip(samples, -1, 1), atol=1.5 / 32768)
 
 
 def test_save_audio_rejects_unknown_extension_and_bad_samples(tmp_path):
-    with pytest.raises(InputError, match="unsupported extension '.mp3'"):
-        audio.save_audio(tmp_path / "out.mp3", np.zeros(10, dtype=np.float32))
+    with pytest.raises(InputError, match="extension '.aac'"):
+        audio.save_audio(tmp_path / "out.aac", np.zeros(10, dtype=np.float32))
+    with pytest.raises(InputError, match="no extension"):
+        audio.save_audio(tmp_path / "out", np.zeros(10, dtype=np.float32))
+    with pytest.raises(InputError, match="cannot write"):
+        audio.save_audio(tmp_path / "missing" / "out.wav", np.zeros(10, dtype=np.float32))
     with pytest.raises(InputError, match="NaN"):
         audio.save_audio(tmp_path / "out.wav", np.array([0.0, np.nan], dtype=np.float32))
     with pytest.raises(InputError, match="mono"):

@@ -52,7 +52,8 @@ def test_user_errors_are_one_line_and_exit_2(tiny_checkpoint, tmp_path):
     result = run("speak", "Hi.", "--model", model, "--speaker", "nobody", "-o", tmp_path / "x.wav")
     assert result.returncode == 2
     assert "unknown speaker 'nobody'" in result.stderr and "Traceback" not in result.stderr
-    result = run("clone", tmp_path / "missing.wav", "--model", tiny_checkpoint("base"), "-o", tmp_path / "v")
+    result = run("clone", tmp_path / "missing.wav", "--model", tiny_checkpoint("base"),
+                 "-o", tmp_path / "v.safetensors")
     assert result.returncode == 2 and "missing.wav" in result.stderr
     result = run("info", tmp_path / "no-such-model")
     assert result.returncode == 2 and "neither an existing folder" in result.stderr

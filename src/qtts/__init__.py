@@ -7,8 +7,8 @@
 from .errors import CheckpointError, InputError, QttsError, VoiceError
 
 __version__ = "0.1.0"
-__all__ = ["load", "TTS", "Voice", "Audio", "QttsError", "CheckpointError", "InputError", "VoiceError",
-           "Qwen3TTSModel", "Qwen3TTSTokenizer", "VoiceClonePromptItem"]
+__all__ = ["load", "TTS", "Voice", "Audio", "PromptLimits", "QttsError", "CheckpointError", "InputError",
+           "VoiceError", "Qwen3TTSModel", "Qwen3TTSTokenizer", "VoiceClonePromptItem"]
 _COMPAT = ("Qwen3TTSModel", "Qwen3TTSTokenizer", "VoiceClonePromptItem")
 
 
@@ -22,6 +22,10 @@ def __getattr__(name):
         from .voices import Voice
 
         return Voice
+    if name == "PromptLimits":
+        from .limits import PromptLimits
+
+        return PromptLimits
     if name == "Audio":
         from .audio import Audio
 

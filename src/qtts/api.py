@@ -17,7 +17,8 @@ from .audio import SAMPLE_RATE, Audio, load_audio, mel_spectrogram
 from .checkpoint import Checkpoint, build_empty, load_weights, open_checkpoint, split_prefixes
 from .engine.requests import Generation
 from .engine.scheduler import Scheduler
-from .errors import InputError
+from .errors import InputError, VoiceError
+from .limits import PromptLimits, check_text
 from .models.codec_decoder import CodecDecoder, decode_official
 from .models.codec_encoder import CodecEncoder, encode
 from .models.speaker_encoder import SpeakerEncoder
@@ -27,7 +28,6 @@ from .sampling import SamplingParams
 from .text import TextTokenizer
 from .voices import Voice
 
-_MAX_TEXT_CHARS = 20_000
 ENGINES = ("auto", "fast", "reference")
 
 
@@ -45,12 +45,8 @@ def load(model: str | os.PathLike, *, device: str | torch.device | None = None,
     """
     if engine not in ENGINES:
         raise InputError(f"unknown engine {engine!r}; choose one of: {', '.join(ENGINES)}")
+    device = resolve_device(device)
     ckpt = open_checkpoint(model)
-    device = torch.device(device) if device is not None else torch.device(
-        "cuda" if torch.cuda.is_available() else "cpu"
-    )
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise InputError(f"device {device} was asked for, but this PyTorch sees no CUDA GPU; use device='cpu'")
     if dtype is None:
         dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     cfg = ckpt.config
@@ -85,6 +81,25 @@ def load(model: str | os.PathLike, *, device: str | torch.device | None = None,
     return TTS(ckpt, talker, speaker_encoder, codec_encoder, codec_decoder, tokenizer, scheduler)
 
 
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """`device` as a torch device qtts can run on (default: cuda when there is one); `InputError` for
+    anything else, said before any weight is read."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise InputError(f"unknown device {device!r}; use cpu, cuda or cuda:N") from None
+    if resolved.type not in ("cpu", "cuda"):
+        raise InputError(f"qtts runs on cpu or cuda, not {resolved.type} (device {device!r})")
+    if resolved.type == "cuda":
+        if not torch.cuda.is_available():
+            raise InputError(f"device {resolved} was asked for, but this PyTorch sees no CUDA GPU; use device='cpu'")
+        if resolved.index is not None and resolved.index >= torch.cuda.device_count():
+            raise InputError(f"device {resolved} was asked for, but there are {torch.cuda.device_count()} CUDA GPUs")
+    return resolved
+
+
 class TTS:
     """A loaded model. Thread-safe: every call submits to the one engine, which runs requests together."""
 
@@ -100,6 +115,7 @@ class TTS:
         self.tokenizer = tokenizer
         self.prompts = PromptBuilder(talker, self.config, tokenizer)
         self.engine = engine
+        self.limits = PromptLimits()  # token limits of each text part; replace to change them
 
     # -- what the model offers --------------------------------------------------------------------------
     @property
@@ -131,21 +147,34 @@ class TTS:
     def hidden_size(self) -> int:
         return self.config.talker_config.hidden_size
 
+    def check_voice(self, voice: Voice) -> None:
+        """Raise `VoiceError` unless `voice` fits this model and its transcript is within `limits`."""
+        voice.check_compatible(self.hidden_size, self.checkpoint.name)
+        if voice.ref_text is not None:
+            try:
+                check_text(self.tokenizer, "ref_text", voice.ref_text, self.limits.ref_text_tokens)
+            except InputError as exc:
+                raise VoiceError(f"this voice cannot be used: its {exc}") from None
+
     # -- text -> codes ----------------------------------------------------------------------------------
     def sampling_params(self, **overrides) -> SamplingParams:
-        """Sampling settings: explicit keywords over generation_config.json over the official defaults."""
-        return SamplingParams.from_generation_config(self.checkpoint.generation, **overrides)
+        """Sampling settings: explicit keywords over generation_config.json over the official defaults.
+
+        A `max_new_tokens` the talker's positions cannot hold is refused here: caches are sized from it."""
+        params = SamplingParams.from_generation_config(self.checkpoint.generation, **overrides)
+        positions = self.config.talker_config.max_position_embeddings
+        if params.max_new_tokens >= positions:
+            raise InputError(f"max_new_tokens {params.max_new_tokens} is more frames than this model can make: "
+                             f"the prompt and the frames share its {positions} positions; ask for at most "
+                             f"{self.checkpoint.generation.max_new_tokens} (generation_config.json)")
+        return params
 
     def plan(self, text: str, *, language: str = "auto", voice: Voice | None = None, speaker: str | None = None,
              instruct: str | None = None, non_streaming_mode: bool | None = None) -> PromptPlan:
         """The prefill embeddings and trailing text track for one request, after validating it."""
-        if not isinstance(text, str) or not text.strip():
-            raise InputError("text is empty; pass the words to speak")
-        if len(text) > _MAX_TEXT_CHARS:
-            raise InputError(
-                f"text is {len(text)} characters; the limit for one request is {_MAX_TEXT_CHARS}. "
-                "Split it into paragraphs and synthesize them one by one."
-            )
+        check_text(self.tokenizer, "text", text, self.limits.input_tokens)
+        if instruct:
+            check_text(self.tokenizer, "instruct", instruct, self.limits.instructions_tokens)
         kind = self.model_type
         if kind == "base":
             if speaker is not None:
@@ -154,7 +183,7 @@ class TTS:
                 raise InputError("this is a Base (voice clone) model: instruct is not supported")
             if voice is None:
                 raise InputError("a Base model clones a voice: pass voice=tts.create_voice(reference_audio, ...)")
-            voice.check_compatible(self.hidden_size, self.checkpoint.name)
+            self.check_voice(voice)
             return self.prompts.voice_clone(
                 text, voice.speaker_embedding, language=language, ref_codes=voice.ref_codes,
                 ref_text=voice.ref_text, non_streaming_mode=bool(non_streaming_mode),
@@ -288,9 +317,11 @@ class TTS:
         """A reusable cloned voice: speaker embedding, plus reference codes and transcript when given (ICL)."""
         if self.speaker_encoder is None:
             raise InputError(f"voices are made with Base models; this is a {self.model_type} model")
-        if ref_text is not None and not ref_text.strip():
-            raise InputError("ref_text is empty; pass the transcript of the reference audio, or None for an "
-                             "x-vector-only voice")
+        if ref_text is not None:
+            if isinstance(ref_text, str) and not ref_text.strip():
+                raise InputError("ref_text is empty; pass the transcript of the reference audio, or None for "
+                                 "an x-vector-only voice")
+            check_text(self.tokenizer, "ref_text", ref_text, self.limits.ref_text_tokens)
         samples = load_audio(ref_audio)
         wav = torch.from_numpy(samples).to(self.device)
         # Launch the speaker encoder and the codec encoder before copying anything back to the host.

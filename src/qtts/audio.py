@@ -19,6 +19,7 @@ import soundfile
 import soxr
 import torch
 
+from .audio_formats import encode, format_for_path
 from .errors import InputError
 
 SAMPLE_RATE = 24000  # codec input/output and speaker-encoder rate
@@ -34,11 +35,14 @@ MAGNITUDE_EPS = 1e-9  # added under the square root of |STFT|^2, as the official
 
 REFERENCE_MIN_SECONDS = 1.0
 REFERENCE_MAX_SECONDS = 60.0
+# Files beyond these are no recording of one voice, and decoding them would take memory out of proportion.
+MAX_SAMPLE_RATE = 384000
+MAX_CHANNELS = 16
+UNKNOWN_FRAMES = 2**63 - 1  # what libsndfile reports as the length of a stream whose header does not say
 # Peak below -80 dBFS: nothing a speaker encoder could hear (catches digital silence and bare dither).
 SILENCE_PEAK = 1e-4
 
 AudioSource = Union[str, Path, bytes, tuple[np.ndarray, int]]
-SAVE_FORMATS = {".wav": "WAV", ".flac": "FLAC"}
 
 
 @dataclass(frozen=True, eq=False)
@@ -68,7 +72,7 @@ def load_audio(source: AudioSource) -> np.ndarray:
     formats libsndfile cannot read are rejected (librosa would try audioread/ffmpeg); integer arrays are
     scaled to [-1, 1); stereo arrays work (the official wrapper's array path fails on them); the checks.
     """
-    samples, sample_rate = _decode_mono(source)
+    samples, sample_rate = _decode_mono(source, REFERENCE_MAX_SECONDS)
     _check_reference(samples, sample_rate)
     return resample(samples, sample_rate, SAMPLE_RATE)
 
@@ -77,7 +81,7 @@ def read_audio(source: AudioSource) -> np.ndarray:
     """Any audio as float32 mono at 24 kHz, from the sources `load_audio` takes, without its reference-clip
     checks: the codec encodes clips of any length. Raises `InputError` when the audio cannot be read, is
     empty or not finite."""
-    samples, sample_rate = _decode_mono(source)
+    samples, sample_rate = _decode_mono(source, None)
     if samples.size == 0:
         raise InputError("audio is empty: it has no samples")
     if not np.isfinite(samples).all():
@@ -85,8 +89,8 @@ def read_audio(source: AudioSource) -> np.ndarray:
     return resample(samples, sample_rate, SAMPLE_RATE)
 
 
-def _decode_mono(source: AudioSource) -> tuple[np.ndarray, int]:
-    samples, sample_rate = _decode(source)
+def _decode_mono(source: AudioSource, max_seconds: float | None) -> tuple[np.ndarray, int]:
+    samples, sample_rate = _decode(source, max_seconds)
     if samples.ndim == 2:
         samples = samples.mean(axis=-1)  # channels averaged, like the official loader
     return samples, sample_rate
@@ -109,14 +113,10 @@ def resample(samples: np.ndarray, orig_sr: int, target_sr: int = SAMPLE_RATE) ->
 
 
 def save_audio(path: str | Path, samples: np.ndarray | torch.Tensor, sample_rate: int = SAMPLE_RATE) -> None:
-    """Write mono `samples` as 16-bit PCM WAV or FLAC, chosen by the file extension."""
+    """Write mono `samples` in the format the file extension names (wav, flac, mp3, opus/ogg, pcm), with the
+    encoder the server uses."""
     path = Path(path)
-    file_format = SAVE_FORMATS.get(path.suffix.lower())
-    if file_format is None:
-        raise InputError(
-            f"cannot save audio as {path.name!r}: unsupported extension {path.suffix!r}; "
-            f"use one of {', '.join(SAVE_FORMATS)}"
-        )
+    fmt = format_for_path(path)
     if isinstance(samples, torch.Tensor):
         samples = samples.detach().to("cpu", torch.float32).numpy()
     samples = np.asarray(samples, dtype=np.float32)
@@ -124,37 +124,60 @@ def save_audio(path: str | Path, samples: np.ndarray | torch.Tensor, sample_rate
         raise InputError(f"cannot save audio of shape {samples.shape}: expected mono samples [n]")
     if not np.isfinite(samples).all():
         raise InputError(f"cannot save audio to {path.name!r}: it contains NaN or infinite samples")
-    # Clip explicitly: 16-bit PCM cannot hold values beyond full scale, and wrap-around would be a loud click.
-    soundfile.write(path, np.clip(samples, -1.0, 1.0), int(sample_rate), format=file_format, subtype="PCM_16")
+    data = encode(samples, fmt, int(sample_rate))
+    try:
+        path.write_bytes(data)
+    except OSError as exc:
+        raise InputError(f"cannot write {str(path)!r}: {exc.strerror}") from None
 
 
-def _decode(source: AudioSource) -> tuple[np.ndarray, int]:
-    """Samples ([n] or [n, channels], float32) and their rate, from any accepted source."""
+def _decode(source: AudioSource, max_seconds: float | None) -> tuple[np.ndarray, int]:
+    """Samples ([n] or [n, channels], float32) and their rate, from any accepted source; files are read no
+    further than `max_seconds` (None: to their end)."""
     if isinstance(source, tuple):
         return _from_array(source)
     if isinstance(source, (bytes, bytearray, memoryview)):
         if len(source) == 0:
             raise InputError("reference audio is empty: got 0 bytes")
-        return _read_file(io.BytesIO(bytes(source)), "audio bytes")
+        return _read_file(io.BytesIO(bytes(source)), "audio bytes", max_seconds)
     if isinstance(source, (str, Path)):
         path = Path(source)
         if not path.is_file():
             raise InputError(f"reference audio file not found: {str(path)!r}")
-        return _read_file(path, repr(str(path)))
+        return _read_file(path, repr(str(path)), max_seconds)
     raise InputError(
         f"unsupported reference audio of type {type(source).__name__}: "
         "pass a file path, the bytes of an audio file, or (samples, sample_rate)"
     )
 
 
-def _read_file(file, name: str) -> tuple[np.ndarray, int]:
+def _read_file(file, name: str, max_seconds: float | None) -> tuple[np.ndarray, int]:
+    """Mono float32 samples (channels averaged block by block) and their rate.
+
+    The header is checked before anything is decoded, and decoding stops one block past `max_seconds`:
+    a small, well-compressed file can hold hours of audio, which would otherwise be decoded whole.
+    """
     try:
-        samples, sample_rate = soundfile.read(file, dtype="float32", always_2d=False)
+        with soundfile.SoundFile(file) as f:
+            rate, channels = f.samplerate, f.channels
+            if not 0 < rate <= MAX_SAMPLE_RATE:
+                raise InputError(f"{name} has a sample rate of {rate} Hz; qtts reads up to {MAX_SAMPLE_RATE} Hz")
+            if not 0 < channels <= MAX_CHANNELS:
+                raise InputError(f"{name} has {channels} channels; qtts reads up to {MAX_CHANNELS}")
+            if max_seconds is not None and 0 < f.frames < UNKNOWN_FRAMES and f.frames / rate > max_seconds:
+                raise InputError(_too_long(f.frames / rate))
+            # One frame past the limit tells "too long"; -1 reads to the end.
+            budget = -1 if max_seconds is None else int(max_seconds * rate) + 1
+            blocks = [block.mean(axis=-1) if channels > 1 else block[:, 0]
+                      for block in f.blocks(blocksize=rate, frames=budget, dtype="float32", always_2d=True)]
     except RuntimeError as exc:  # soundfile's LibsndfileError: unknown container, codec or truncated data
         raise InputError(
             f"cannot read {name} as audio ({exc}); use a wav, flac, ogg or mp3 file"
         ) from None
-    return samples, int(sample_rate)
+    samples = np.concatenate(blocks) if blocks else np.zeros(0, dtype=np.float32)
+    if budget != -1 and len(samples) >= budget:
+        raise InputError(_too_long(None))
+    return samples, int(rate)
 
 
 def _from_array(source: tuple) -> tuple[np.ndarray, int]:
@@ -195,12 +218,15 @@ def _check_reference(samples: np.ndarray, sample_rate: int) -> None:
             "(3-10 s of clear speech works best)"
         )
     if duration > REFERENCE_MAX_SECONDS:
-        raise InputError(
-            f"reference audio is too long: {duration:.1f} s exceeds the {REFERENCE_MAX_SECONDS:g} s limit; "
-            "trim it (3-10 s of clear speech works best)"
-        )
+        raise InputError(_too_long(duration))
     if np.abs(samples).max() < SILENCE_PEAK:
         raise InputError("reference audio is silent: its peak is below -80 dBFS")
+
+
+def _too_long(duration: float | None) -> str:
+    length = f"{duration:.1f} s exceeds" if duration is not None else "it is longer than"
+    return (f"reference audio is too long: {length} the {REFERENCE_MAX_SECONDS:g} s limit; "
+            "trim it (3-10 s of clear speech works best)")
 
 
 # ---- mel front end of the speaker encoder ---------------------------------------------------------------

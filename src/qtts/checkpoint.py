@@ -7,6 +7,7 @@ headers, so a wrong or truncated file is reported by tensor name before any weig
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import re
 from dataclasses import dataclass
@@ -17,7 +18,8 @@ from safetensors import safe_open
 from torch import nn
 
 from .config import GenerationConfig, SpeechTokenizerConfig, TTSConfig, read_json
-from .errors import CheckpointError
+from .errors import CheckpointError, InputError
+from .sampling import SamplingParams
 
 MODEL_FILE = "model.safetensors"
 SPEECH_TOKENIZER_DIR = "speech_tokenizer"
@@ -97,11 +99,41 @@ def open_checkpoint(model: str | os.PathLike) -> Checkpoint:
     config = TTSConfig.from_dict(read_json(path / "config.json"))
     gen_path = path / "generation_config.json"
     generation = GenerationConfig.from_dict(read_json(gen_path)) if gen_path.exists() else GenerationConfig()
+    _check_generation(generation, config, gen_path)
     speech = SpeechTokenizerConfig.from_dict(read_json(path / SPEECH_TOKENIZER_DIR / "config.json"))
     for required in (MODEL_FILE, *TOKENIZER_FILES, f"{SPEECH_TOKENIZER_DIR}/{MODEL_FILE}"):
         if not (path / required).is_file():
             raise CheckpointError(f"{path} has no {required}; is the download complete?")
     return Checkpoint(path=path, name=name, config=config, generation=generation, speech_tokenizer=speech)
+
+
+def _check_generation(generation: GenerationConfig, config: TTSConfig, path: Path) -> None:
+    """The sampling defaults are every request's defaults: a bad one is the checkpoint's fault, said now,
+    not a 400 blaming each client later."""
+    try:
+        SamplingParams.from_generation_config(generation)
+    except InputError as exc:
+        raise CheckpointError(f"{path}: {exc}") from None
+    positions = config.talker_config.max_position_embeddings
+    if generation.max_new_tokens >= positions:
+        raise CheckpointError(f"{path}: max_new_tokens {generation.max_new_tokens} leaves no room for the prompt "
+                              f"in the talker's {positions} positions (config.json max_position_embeddings)")
+
+
+# The parts of a checkpoint by tensor-name prefix: model.safetensors, then speech_tokenizer/model.safetensors.
+PARTS = (("talker", "model", "talker."), ("speaker encoder", "model", "speaker_encoder."),
+         ("codec encoder", "speech", "encoder."), ("codec decoder", "speech", "decoder."))
+
+
+def parameter_counts(ckpt: Checkpoint) -> dict[str, int]:
+    """Parameters of each part the checkpoint holds, counted from the safetensors headers alone."""
+    shapes = {"model": tensor_shapes(ckpt.model_file), "speech": tensor_shapes(ckpt.speech_tokenizer_file)}
+    counts = {}
+    for part, file, prefix in PARTS:
+        total = sum(math.prod(shape) for name, shape in shapes[file].items() if name.startswith(prefix))
+        if total:
+            counts[part] = total
+    return counts
 
 
 def tensor_shapes(file: Path) -> dict[str, tuple[int, ...]]:

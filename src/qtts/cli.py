@@ -6,9 +6,12 @@ A thin shell over the Python API; every user mistake surfaces as one line naming
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import time
 from pathlib import Path
 
+from . import __version__
 from .errors import QttsError
 
 DEMO_DIR = Path.home() / ".cache" / "qtts" / "tiny-demo"
@@ -59,11 +62,36 @@ def _sampling(args) -> dict:
     return out
 
 
+def _check_output(path: str, suffixes: tuple[str, ...] | None = None) -> None:
+    """Refuse an output the command could not write, before any model work: a missing folder, a folder
+    in the file's place, or (with `suffixes`) another extension."""
+    target = Path(path)
+    if suffixes is not None and target.suffix.lower() not in suffixes:
+        raise QttsError(f"cannot write {str(target)!r}: the file must end in {' or '.join(suffixes)}")
+    if target.is_dir():
+        raise QttsError(f"cannot write {str(target)!r}: it is a folder; give a file name")
+    if not target.parent.is_dir():
+        raise QttsError(f"cannot write {str(target)!r}: the folder {str(target.parent)!r} does not exist")
+
+
+def _check_device(device: str | None) -> None:
+    if device is not None:
+        from .api import resolve_device
+
+        resolve_device(device)
+
+
 def cmd_speak(args) -> None:
     import qtts
 
+    from .audio_formats import format_for_path
+
     if args.voice and (args.speaker or args.instruct):
         raise QttsError("--voice cannot be combined with --speaker or --instruct")
+    format_for_path(args.output)  # an extension qtts cannot write fails now, not after the synthesis
+    _check_output(args.output)
+    _check_device(args.device)
+    text = _read_text(args.text)
     variant = "base" if args.voice else "voice_design" if (args.instruct and not args.speaker) else "custom_voice"
     model = _model_or_demo(args.model, variant)
     if not args.model and args.max_new_tokens is None:
@@ -73,23 +101,44 @@ def cmd_speak(args) -> None:
     speaker = args.speaker
     if tts.model_type == "custom_voice" and speaker is None:
         speaker = tts.speakers[0]
-    audio = tts.synthesize(
-        _read_text(args.text),
-        language=args.language,
-        voice=voice,
-        speaker=speaker,
-        instruct=args.instruct,
-        **_sampling(args),
-    )
+    chunks = tts.synthesize(text, language=args.language, voice=voice, speaker=speaker, instruct=args.instruct,
+                            stream=True, **_sampling(args))
+    audio = _with_progress(chunks, show=args.progress)
     audio.save(args.output)
     print(f"wrote {args.output}: {audio.duration:.2f} s of {audio.sample_rate} Hz audio")
+
+
+def _with_progress(chunks, *, show: bool | None):
+    """The streamed chunks joined into one `Audio` (joined, they equal the non-streamed audio), with a
+    progress bar of audio seconds made and the speed against real time. `show` None: when stderr is a
+    terminal."""
+    import numpy as np
+    from tqdm import tqdm
+
+    from .audio import SAMPLE_RATE, Audio
+
+    parts = []
+    started = time.perf_counter()
+    with tqdm(desc="speaking", unit="s", disable=None if show is None else not show, file=sys.stderr,
+              bar_format="{desc}: {n:.2f} s of audio [{elapsed}{postfix}]") as bar:
+        for chunk in chunks:
+            parts.append(chunk.samples)
+            bar.update(chunk.duration)
+            bar.set_postfix_str(f"{bar.n / max(time.perf_counter() - started, 1e-9):.2f}x real time",
+                                refresh=False)
+    samples = np.concatenate(parts) if parts else np.zeros(0, dtype=np.float32)
+    return Audio(samples, SAMPLE_RATE)
 
 
 def cmd_clone(args) -> None:
     import qtts
 
-    tts = qtts.load(_model_or_demo(args.model, "base"), device=args.device)
+    _check_output(args.output, (".safetensors",))
+    _check_device(args.device)
+    if not Path(args.ref_audio).is_file():
+        raise QttsError(f"reference audio file not found: {args.ref_audio!r}")
     ref_text = _read_text(args.ref_text) if args.ref_text is not None else None
+    tts = qtts.load(_model_or_demo(args.model, "base"), device=args.device)
     voice = tts.create_voice(args.ref_audio, ref_text)
     voice.save(args.output)
     kind = "reference audio + transcript (ICL)" if voice.ref_text else "speaker embedding only (x-vector)"
@@ -122,15 +171,33 @@ def cmd_make_checkpoint(args) -> None:
 
 
 def cmd_info(args) -> None:
-    import qtts
+    from dataclasses import asdict
 
-    tts = qtts.load(args.model, device=args.device)
-    print(f"model:      {args.model}")
-    print(f"type:       {tts.model_type} ({tts.config.tts_model_size})")
-    print(f"languages:  {', '.join(tts.languages)}")
-    if tts.speakers:
-        print(f"speakers:   {', '.join(tts.speakers)}")
-    print(f"device:     {tts.device} ({tts.dtype})")
+    import torch
+
+    from .checkpoint import open_checkpoint, parameter_counts
+    from .config import read_json
+    from .prompt import supported_languages, supported_speakers
+
+    ckpt = open_checkpoint(args.model)  # config files and safetensors headers only: no weight is read
+    config = ckpt.config
+    counts = parameter_counts(ckpt)
+    made_with = read_json(ckpt.path / "config.json").get("transformers_version")
+    rows = [("model", ckpt.name), ("folder", ckpt.path), ("type", f"{config.tts_model_type} ({config.tts_model_size})"),
+            ("languages", ", ".join(supported_languages(config)))]
+    if supported_speakers(config):
+        rows.append(("speakers", ", ".join(supported_speakers(config))))
+    rows.append(("generation defaults", " ".join(f"{k}={v}" for k, v in asdict(ckpt.generation).items())))
+    rows.append(("parameters", ", ".join(f"{part} {_millions(n)}" for part, n in counts.items())
+                 + f" ({_millions(sum(counts.values()))} in all)"))
+    rows.append(("versions", f"qtts {__version__}, torch {torch.__version__}"
+                 + (f"; checkpoint written by transformers {made_with}" if made_with else "")))
+    for label, value in rows:
+        print(f"{label + ':':<21}{value}")
+
+
+def _millions(count: int) -> str:
+    return f"{count / 1e6:.1f} M" if count >= 1e5 else f"{count:,}"
 
 
 def cmd_serve(args) -> None:
@@ -139,13 +206,27 @@ def cmd_serve(args) -> None:
     except ImportError as e:
         raise QttsError(f"qtts serve needs the server extra ({e.name} is not installed): "
                         "pip install 'qtts[server]'") from None
-    options = {"max_queue": args.max_queue, "voices_dir": args.voices_dir, "model_name": args.served_model_name}
+    options = {"max_queue": args.max_queue, "voices_dir": args.voices_dir, "model_name": args.served_model_name,
+               "max_voices": args.max_voices, "client_timeout": args.client_timeout,
+               "api_key": args.api_key or os.environ.get(API_KEY_VARIABLE) or None,
+               "cors_origins": [origin.strip() for origin in args.cors_origins.split(",") if origin.strip()]
+               if args.cors_origins else None}
+    if args.client_timeout is not None and not args.client_timeout > 0:
+        raise QttsError(f"--client-timeout must be a positive number of seconds, got {args.client_timeout:g}")
+    for name in ("max_queue", "max_voices"):
+        if getattr(args, name) is not None and getattr(args, name) < 0:
+            raise QttsError(f"--{name.replace('_', '-')} must be 0 or more, got {getattr(args, name)}")
+    _check_device(args.device)
     serve(_model_or_demo(args.model, "custom_voice"), host=args.host, port=args.port, device=args.device,
           **{key: value for key, value in options.items() if value is not None})
 
 
+API_KEY_VARIABLE = "QTTS_API_KEY"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="qtts", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"qtts {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     def common(p, model_help="checkpoint folder or Hugging Face repo id (default: the tiny demo checkpoint)"):
@@ -154,7 +235,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("speak", help="synthesize TEXT to an audio file")
     p.add_argument("text", metavar="TEXT", help="the text, @FILE to read it from a file, or - for stdin")
-    p.add_argument("-o", "--output", default="out.wav", help="output file, .wav or .flac (default out.wav)")
+    p.add_argument("-o", "--output", default="out.wav",
+                   help="output file; its extension picks the format: .wav .flac .mp3 .opus/.ogg .pcm "
+                   "(default out.wav)")
     common(p)
     p.add_argument("--speaker", "-s", help="preset speaker (CustomVoice models)")
     p.add_argument("--voice", "-v", help="voice file made by `qtts clone` (Base models)")
@@ -163,6 +246,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, help="random seed for reproducible sampling")
     p.add_argument("--max-new-tokens", type=int, help="upper bound on generated frames")
     p.add_argument("--greedy", action="store_true", help="greedy decoding instead of sampling")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="show a progress bar (default: when standard error is a terminal)")
     p.set_defaults(func=cmd_speak)
 
     p = sub.add_parser("clone", help="make a reusable voice file from reference audio")
@@ -187,9 +272,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", help="where to draw the random numbers (default: cuda when available)")
     p.set_defaults(func=cmd_make_checkpoint)
 
-    p = sub.add_parser("info", help="describe a checkpoint")
+    p = sub.add_parser("info", help="describe a checkpoint from its config files (no weights are loaded)")
     p.add_argument("model")
-    p.add_argument("--device")
     p.set_defaults(func=cmd_info)
 
     p = sub.add_parser("serve", help="serve the model over HTTP with OpenAI's speech API")
@@ -199,6 +283,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--voices-dir", help="folder that keeps cloned voices across restarts (Base models)")
     p.add_argument("--max-queue", type=int, help="requests that may wait before new ones get 503 (default 64)")
     p.add_argument("--served-model-name", help="model id clients send and /v1/models lists (default: --model)")
+    p.add_argument("--api-key",
+                   help=f"require 'Authorization: Bearer KEY' on /v1/ routes (default: ${API_KEY_VARIABLE})")
+    p.add_argument("--cors-origins", help="comma-separated origins browsers may call from (e.g. https://app.example)")
+    p.add_argument("--max-voices", type=int, help="cloned voices the server keeps at most (default 1000)")
+    p.add_argument("--client-timeout", type=float,
+                   help="seconds a client may take to send its headers, or between pieces of its body (default 10)")
     p.set_defaults(func=cmd_serve)
 
     # Listed for --help only: main() hands `qtts bench ...` to qtts.bench, which parses its own options.

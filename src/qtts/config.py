@@ -9,15 +9,19 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Union
 
 from .errors import CheckpointError
 
 
 def _from_dict(cls, data: dict[str, Any], where: str):
-    """Build dataclass `cls` from the keys it knows; unknown keys are ignored (HF adds many)."""
+    """Build dataclass `cls` from the keys it knows, each checked against its field's type; unknown keys are
+    ignored (HF adds many)."""
     if not isinstance(data, dict):
         raise CheckpointError(f"{where}: expected a JSON object, got {type(data).__name__}")
     names = {f.name for f in dataclasses.fields(cls)}
@@ -30,7 +34,56 @@ def _from_dict(cls, data: dict[str, Any], where: str):
     ]
     if missing:
         raise CheckpointError(f"{where}: missing required key(s) {', '.join(missing)}")
+    hints = typing.get_type_hints(cls)
+    for key in names & set(data):
+        _check_value(where, key, data[key], hints[key])
     return cls(**{k: v for k, v in data.items() if k in names})
+
+
+# Integer keys that are sizes or counts: zero or a negative value would fail deep inside a layer.
+_DIMENSION = re.compile(r"^num_|_(size|dim|layers|heads|quantizers|embeddings|channels)$")
+
+
+def _check_value(where: str, key: str, value, hint) -> None:
+    if not _matches(value, hint):
+        shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
+        raise CheckpointError(f"{where}: {key} must be {_describe(hint)}, got {shown}")
+    if _matches(value, int) and _DIMENSION.search(key) and value < 1:
+        raise CheckpointError(f"{where}: {key} must be a positive integer, got {value}")
+
+
+def _matches(value, hint) -> bool:
+    origin = typing.get_origin(hint)
+    if hint is Any:
+        return True
+    if origin in (Union, types.UnionType):
+        return any(_matches(value, arg) for arg in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if origin is tuple:
+        return isinstance(value, tuple) and all(_matches(item, typing.get_args(hint)[0]) for item in value)
+    # dict contents vary between released files (ids as ints or one-element lists): only the shape is checked.
+    return isinstance(value, origin or hint)
+
+
+_PLURALS = {int: "integers", float: "numbers", str: "strings"}
+
+
+def _describe(hint) -> str:
+    if typing.get_origin(hint) in (Union, types.UnionType):
+        return " or ".join(_describe(arg) for arg in typing.get_args(hint))
+    if typing.get_origin(hint) is tuple:
+        item = typing.get_args(hint)[0]
+        return f"a list of {_PLURALS.get(item, _describe(item))}"
+    names = {int: "an integer", float: "a number", bool: "true or false", str: "a string", type(None): "null",
+             dict: "a JSON object"}
+    return names.get(typing.get_origin(hint) or hint, f"a {getattr(hint, '__name__', hint)} object")
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,10 @@ from .config import GenerationConfig
 from .errors import InputError
 
 
+# Seeds are non-negative int64: what a generator and a per-row seed tensor hold without wrapping around.
+MAX_SEED = 2**63
+
+
 @dataclass(frozen=True)
 class SamplingParams(GenerationConfig):
     """Per-request sampling: the `generation_config.json` settings (same names and defaults), validated,
@@ -48,8 +52,8 @@ class SamplingParams(GenerationConfig):
             raise InputError(f"max_new_tokens must be a positive integer, got {self.max_new_tokens!r}")
         if not _is_int(self.min_new_tokens) or self.min_new_tokens < 0:
             raise InputError(f"min_new_tokens must be an integer >= 0, got {self.min_new_tokens!r}")
-        if self.seed is not None and not _is_int(self.seed):
-            raise InputError(f"seed must be an integer or None, got {self.seed!r}")
+        if self.seed is not None and (not _is_int(self.seed) or not 0 <= self.seed < MAX_SEED):
+            raise InputError(f"seed must be an integer in [0, 2**63) or None, got {self.seed!r}")
 
     @classmethod
     def from_generation_config(cls, config: GenerationConfig, **overrides) -> "SamplingParams":

@@ -1,10 +1,12 @@
 """Text side of Qwen3-TTS: the Qwen2 byte-level BPE tokenizer and the official prompt templates (spec 5.1).
 
-The tokenizer is built with the `tokenizers` library straight from a checkpoint's `vocab.json`,
-`merges.txt` and `tokenizer_config.json`, exactly as transformers' Qwen2 converter sets it up: NFC,
-the Qwen split regex, byte-level mapping, and added tokens at the ids the config gives them.
-We use the Qwen regex, as the official model loaded by hub id does; transformers would swap in a
-Mistral regex for some local folders (spec pitfall 12), which is a loader accident, not the model.
+A checkpoint that ships `tokenizer.json` is tokenized as that file says, as the official processor does.
+Otherwise the tokenizer is built with the `tokenizers` library straight from `vocab.json`, `merges.txt`
+and `tokenizer_config.json`, exactly as transformers' Qwen2 converter sets it up: NFC, the Qwen split
+regex, byte-level mapping, and added tokens at the ids the config gives them (the published
+`tokenizer.json` says the same, which tests pin). Either way the pre-tokenizer is the one the files give:
+transformers would swap in a Mistral regex for some local folders (spec pitfall 12), which is a loader
+accident, not the model.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ QWEN_SPLIT_REGEX = (
 )
 
 TOKENIZER_FILES = ("vocab.json", "merges.txt", "tokenizer_config.json")
+TOKENIZER_JSON = "tokenizer.json"
 
 
 def qwen_pre_tokenizer() -> pre_tokenizers.PreTokenizer:
@@ -49,7 +52,14 @@ def read_merges(path: Path) -> list[tuple[str, str]]:
 class TextTokenizer:
     """Qwen2 BPE tokenizer: `encode(text) -> list[int]`, `decode(ids) -> str`."""
 
-    def __init__(self, vocab: dict[str, int], merges: list[tuple[str, str]], added_tokens: dict[int, dict]):
+    def __init__(self, backend: Tokenizer):
+        self._backend = backend
+        self._token_ids = {token.content: index for index, token in backend.get_added_tokens_decoder().items()}
+
+    @classmethod
+    def from_vocab(cls, vocab: dict[str, int], merges: list[tuple[str, str]],
+                   added_tokens: dict[int, dict]) -> "TextTokenizer":
+        """The tokenizer transformers' Qwen2 converter builds from these files' contents."""
         vocab = dict(vocab)
         by_id = {index: token for token, index in vocab.items()}
         for index, token in added_tokens.items():
@@ -73,25 +83,47 @@ class TextTokenizer:
                        normalized=token.get("normalized", False), special=token.get("special", True))
             for _, token in sorted(added_tokens.items(), key=lambda item: int(item[0]))
         ])
-        self._backend = backend
-        self._token_ids = {token["content"]: int(index) for index, token in added_tokens.items()}
+        return cls(backend)
 
     @classmethod
     def from_folder(cls, folder: str | Path) -> "TextTokenizer":
-        """Load `vocab.json`, `merges.txt` and `tokenizer_config.json` from a checkpoint folder."""
+        """Load a checkpoint folder's `tokenizer.json` if it ships one, else its `vocab.json`, `merges.txt`
+        and `tokenizer_config.json`."""
         folder = Path(folder)
+        if (folder / TOKENIZER_JSON).is_file():
+            return cls._from_tokenizer_json(folder)
         missing = [name for name in TOKENIZER_FILES if not (folder / name).is_file()]
         if missing:
             raise CheckpointError(f"{folder}: missing tokenizer file(s) {', '.join(missing)}")
         vocab = read_json(folder / "vocab.json")
         added = read_json(folder / "tokenizer_config.json").get("added_tokens_decoder", {})
-        return cls(vocab, read_merges(folder / "merges.txt"), added)
+        return cls.from_vocab(vocab, read_merges(folder / "merges.txt"), added)
+
+    @classmethod
+    def _from_tokenizer_json(cls, folder: Path) -> "TextTokenizer":
+        path = folder / TOKENIZER_JSON
+        try:
+            tokenizer = cls(Tokenizer.from_file(str(path)))
+        except Exception as exc:  # tokenizers raises a bare Exception for a malformed file
+            raise CheckpointError(f"{path} is not a readable tokenizer file ({exc}); re-download it") from None
+        config = folder / "tokenizer_config.json"
+        added = read_json(config).get("added_tokens_decoder", {}) if config.is_file() else {}
+        for index, token in added.items():
+            # The prompt template is built from these ids: both files must agree on every one of them.
+            if tokenizer._token_ids.get(token["content"]) != int(index):
+                raise CheckpointError(f"{config} puts {token['content']!r} at id {index}, which {path} does not")
+        return tokenizer
 
     def encode(self, text: str) -> list[int]:
         return self._backend.encode(text, add_special_tokens=False).ids
 
     def decode(self, ids: list[int]) -> str:
         return self._backend.decode(ids, skip_special_tokens=False)
+
+    @property
+    def added_tokens(self) -> tuple[str, ...]:
+        """The text of every added token (`<|im_start|>`, `<tts_pad>`, ...): text holding one gets its id."""
+        return tuple(self._token_ids)
 
     def token_id(self, content: str) -> int:
         """Id of an added token such as `<|im_start|>`."""

@@ -8,6 +8,7 @@ the width its x-vector was made for, so it records the model it came from.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,12 +16,16 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from .audio import REFERENCE_MAX_SECONDS, SAMPLE_RATE, SAMPLES_PER_FRAME
 from .errors import VoiceError
 
 FORMAT = "qtts.voice"
 FORMAT_VERSION = 1
 NUM_CODEBOOKS = 16  # codes per 12 Hz codec frame
 CODEBOOK_SIZE = 2048
+# A reference clip is at most 60 s: a voice holding more frames was not made from one, and every request
+# with it would carry them in its prompt.
+MAX_REF_FRAMES = math.ceil(REFERENCE_MAX_SECONDS * SAMPLE_RATE / SAMPLES_PER_FRAME)
 
 
 @dataclass(frozen=True, eq=False)
@@ -48,6 +53,9 @@ class Voice:
             if (not isinstance(codes, torch.Tensor) or codes.ndim != 2 or codes.shape[1] != NUM_CODEBOOKS
                     or codes.shape[0] == 0 or codes.dtype != torch.int64):
                 raise VoiceError(f"ref_codes must be an int64 tensor [frames, {NUM_CODEBOOKS}], got {_describe(codes)}")
+            if codes.shape[0] > MAX_REF_FRAMES:
+                raise VoiceError(f"ref_codes hold {codes.shape[0]} frames; a voice holds at most {MAX_REF_FRAMES} "
+                                 f"({REFERENCE_MAX_SECONDS:g} s of reference audio)")
             if codes.min() < 0 or codes.max() >= CODEBOOK_SIZE:
                 raise VoiceError(f"ref_codes must lie in [0, {CODEBOOK_SIZE}); these span "
                                  f"[{codes.min().item()}, {codes.max().item()}]")

@@ -5,22 +5,29 @@ Needs the `server` extra (FastAPI, uvicorn, python-multipart).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 from .app import DEFAULT_MAX_QUEUE, create_app
+from .guards import CLIENT_TIMEOUT
+from .voice_store import MAX_VOICES
 
 __all__ = ["create_app", "serve"]
 
 
 def serve(model: str, *, host: str = "127.0.0.1", port: int = 8000, device: str | None = None,
           voices_dir: str | Path | None = None, max_queue: int = DEFAULT_MAX_QUEUE,
-          model_name: str | None = None) -> None:
-    """Load `model` and serve it over HTTP until interrupted."""
+          model_name: str | None = None, max_voices: int = MAX_VOICES, api_key: str | None = None,
+          cors_origins: Sequence[str] = (), client_timeout: float = CLIENT_TIMEOUT) -> None:
+    """Load `model` and serve it over HTTP until interrupted (options as in `create_app`)."""
     import uvicorn
 
     import qtts
 
+    from .connections import header_timeout_protocol
+
     tts = qtts.load(model, device=device)
-    app = create_app(tts, model_name=model_name or model, voices_dir=voices_dir,
-                     max_queue=max_queue)
-    uvicorn.run(app, host=host, port=port)
+    app = create_app(tts, model_name=model_name or model, voices_dir=voices_dir, max_queue=max_queue,
+                     max_voices=max_voices, api_key=api_key, cors_origins=cors_origins,
+                     client_timeout=client_timeout)
+    uvicorn.run(app, host=host, port=port, http=header_timeout_protocol(client_timeout))

@@ -12,7 +12,7 @@ import base64
 import logging
 import math
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -25,25 +25,28 @@ from starlette.exceptions import HTTPException
 
 from .. import __version__
 from ..audio import SAMPLE_RATE, SAMPLES_PER_FRAME, Audio
+from ..audio_formats import DEFAULT_FORMAT, FORMATS, AudioFormat, StreamEncoder, encode
 from ..engine.requests import EngineStopped, Generation
 from ..errors import InputError, VoiceError
-from .formats import DEFAULT_FORMAT, FORMATS, AudioFormat, StreamEncoder, encode
+from ..limits import check_text
+from .guards import CLIENT_TIMEOUT, add_guards
 from .metrics import Metrics, RequestCounter
+from .request_body import MAX_UPLOAD_BYTES
 from .schemas import (
     ApiError,
     SpeechRequest,
     audio_delta_event,
     audio_done_event,
     error_event,
+    preset_voice_object,
     voice_deleted,
     voice_object,
 )
-from .voice_store import StoredVoice, VoiceStore
+from .voice_store import MAX_VOICES, StoredVoice, VoiceStore
 
 logger = logging.getLogger(__name__)
 
 MAX_INPUT_CHARS = 4096  # OpenAI's limit for one speech request
-MAX_UPLOAD_BYTES = 10 * 2**20  # OpenAI's limit for a voice sample
 DEFAULT_MAX_QUEUE = 64  # requests waiting for a free engine row before new ones get 503
 RETRY_AFTER_SECONDS = 1
 # Model names OpenAI clients are configured with; they all mean "the model this server runs".
@@ -52,12 +55,17 @@ CLIENT_CLOSED = 499  # nginx's status for a client that left before the answer; 
 
 
 def create_app(tts, *, model_name: str | None = None, voices_dir: str | Path | None = None,
-               max_queue: int = DEFAULT_MAX_QUEUE, max_input_chars: int = MAX_INPUT_CHARS) -> FastAPI:
+               max_queue: int = DEFAULT_MAX_QUEUE, max_input_chars: int = MAX_INPUT_CHARS,
+               max_voices: int = MAX_VOICES, api_key: str | None = None, cors_origins: Sequence[str] = (),
+               client_timeout: float = CLIENT_TIMEOUT) -> FastAPI:
     """A FastAPI app serving `tts` (a `qtts.TTS`): every request runs in its engine, many at once.
 
     `model_name` is the id clients send and `/v1/models` lists (default: the checkpoint's name);
-    `voices_dir` keeps cloned voices across restarts (Base models); `max_queue` requests may wait for a
-    free engine row (the engine runs `max_batch` at once) before new ones get 503.
+    `voices_dir` keeps cloned voices across restarts (Base models), at most `max_voices` of them;
+    `max_queue` requests may wait for a free engine row (the engine runs `max_batch` at once) before new
+    ones get 503. With `api_key`, every `/v1/` request must carry it as a Bearer token; `cors_origins` may
+    call from browsers; a client gets `client_timeout` seconds for its headers and for each piece of its
+    body.
     """
     served_name = model_name or tts.checkpoint.name
     engine = tts.engine
@@ -66,7 +74,7 @@ def create_app(tts, *, model_name: str | None = None, voices_dir: str | Path | N
     is_base = tts.model_type == "base"
     if voices_dir is not None and not is_base:
         logger.warning("ignoring voices_dir: voices are for Base models and this is a %s model", tts.model_type)
-    voices = VoiceStore(voices_dir if is_base else None, hidden_size=tts.hidden_size)
+    voices = VoiceStore(voices_dir if is_base else None, hidden_size=tts.hidden_size, max_voices=max_voices)
     started = int(time.time())
     max_new_tokens = tts.checkpoint.generation.max_new_tokens
 
@@ -80,7 +88,8 @@ def create_app(tts, *, model_name: str | None = None, voices_dir: str | Path | N
 
     app = FastAPI(title="qtts", version=__version__, lifespan=lifespan,
                   description="OpenAI-compatible speech synthesis with Qwen3-TTS")
-    app.add_middleware(RequestCounter, metrics=metrics)
+    add_guards(app, api_key=api_key, cors_origins=cors_origins, client_timeout=client_timeout)
+    app.add_middleware(RequestCounter, metrics=metrics)  # outermost: it counts what the guards refuse too
     _add_error_handlers(app)
 
     def submit(arguments: dict) -> Generation:
@@ -96,6 +105,12 @@ def create_app(tts, *, model_name: str | None = None, voices_dir: str | Path | N
             raise _api_error(exc) from None
         open_generations.add(generation)
         return generation
+
+    def done(generation: Generation) -> None:
+        """The request's handler is finished with it: forget it, and count how long it waited for a row."""
+        open_generations.discard(generation)
+        if generation.finished is not None and generation.finished.reason != "error":
+            metrics.queue_wait.observe(generation.finished.queued_s)
 
     # -- speech -------------------------------------------------------------------------------------------
     def check_model(name: str | None) -> None:
@@ -133,11 +148,18 @@ def create_app(tts, *, model_name: str | None = None, voices_dir: str | Path | N
         if name not in FORMATS:
             raise ApiError(400, f"response_format {name!r} is not supported here; choose one of: "
                            f"{', '.join(FORMATS)}", code="unsupported_format", param="response_format")
-        if not body.input.strip():
-            raise ApiError(400, "input is empty; send the text to speak", code="invalid_input", param="input")
         if len(body.input) > max_input_chars:
             raise ApiError(400, f"input is {len(body.input)} characters; the limit is {max_input_chars}. "
                            "Split the text and send the parts one by one.", code="input_too_long", param="input")
+        # TTS.plan checks these too; checked here they are named as the request names them.
+        parts = [("input", body.input, tts.limits.input_tokens)]
+        if body.instructions:  # OpenAI clients send "" for none
+            parts.append(("instructions", body.instructions, tts.limits.instructions_tokens))
+        for field, text, max_tokens in parts:
+            try:
+                check_text(tts.tokenizer, field, text, max_tokens)
+            except InputError as exc:
+                raise ApiError(400, str(exc), code="invalid_input", param=field) from None
         if body.speed != 1.0:
             raise ApiError(400, f"speed {body.speed:g} is not supported: qtts speaks at the model's own pace "
                            "(speed 1.0)", code="unsupported_value", param="speed")
@@ -155,13 +177,13 @@ def create_app(tts, *, model_name: str | None = None, voices_dir: str | Path | N
     async def speech(body: SpeechRequest, request: Request):
         fmt = check_speech(body)
         arguments = {"text": body.input, "language": body.language, **voice_arguments(body), **body.sampling()}
-        # pcm has no container, so it always leaves as it is made; wav streams when asked (its header then
-        # cannot know the length); flac, mp3 and opus need the whole signal.
-        incremental = fmt.incremental and (body.stream_format is not None or fmt.name == "pcm")
+        # pcm, mp3 and opus leave as they are made, as OpenAI's do; wav streams when asked (its header then
+        # cannot know the length); flac needs the whole signal.
+        incremental = fmt.incremental and (body.stream_format is not None or fmt.name != "wav")
         job = submit(arguments)
         first = await first_result(job, request) if incremental else await whole_audio(job, request)
         if first is CLIENT_GONE or not incremental:
-            open_generations.discard(job)
+            done(job)
         if first is CLIENT_GONE:
             return Response(status_code=CLIENT_CLOSED)
         if body.stream_format == "sse":
@@ -172,12 +194,13 @@ def create_app(tts, *, model_name: str | None = None, voices_dir: str | Path | N
             return StreamingResponse(audio_stream(job, first, fmt), media_type=fmt.media_type)
         metrics.audio_seconds += first.duration
         # Compressing minutes of audio takes a while: off the event loop, while the engine goes on.
-        return Response(await asyncio.to_thread(encode, first.samples, fmt), media_type=fmt.media_type)
+        return Response(await asyncio.to_thread(encode, first.samples, fmt, first.sample_rate),
+                        media_type=fmt.media_type)
 
     async def audio_stream(job: Generation, first, fmt: AudioFormat) -> AsyncIterator[bytes]:
         """Bytes as chunks are made. A failure after the first chunk propagates: the status line has left,
         so an aborted connection is how the client learns that the audio is cut."""
-        encoder = StreamEncoder(fmt)
+        encoder = StreamEncoder(fmt, tts.sample_rate)
         try:
             async for audio in _chain(first, job):
                 metrics.audio_seconds += audio.duration
@@ -185,18 +208,20 @@ def create_app(tts, *, model_name: str | None = None, voices_dir: str | Path | N
             yield encoder.finish()
         finally:
             job.cancel()  # a no-op when the request finished; frees its row when the client left mid-stream
-            open_generations.discard(job)
+            done(job)
 
     async def sse_stream(job: Generation, first, fmt: AudioFormat, incremental: bool,
                          input_tokens: int) -> AsyncIterator[bytes]:
-        encoder = StreamEncoder(fmt) if incremental else None
+        encoder = StreamEncoder(fmt, tts.sample_rate) if incremental else None
         samples = 0
         try:
             async for audio in _chain(first, job):
                 metrics.audio_seconds += audio.duration
                 samples += len(audio.samples)
-                data = encoder.encode(audio.samples) if encoder else await asyncio.to_thread(encode, audio.samples, fmt)
-                yield audio_delta_event(base64.b64encode(data).decode("ascii"))
+                data = (encoder.encode(audio.samples) if encoder
+                        else await asyncio.to_thread(encode, audio.samples, fmt, audio.sample_rate))
+                if data:  # an Opus encoder hands out whole pages, about a second of audio each
+                    yield audio_delta_event(base64.b64encode(data).decode("ascii"))
             tail = encoder.finish() if encoder else b""
             if tail:
                 yield audio_delta_event(base64.b64encode(tail).decode("ascii"))
@@ -205,7 +230,7 @@ def create_app(tts, *, model_name: str | None = None, voices_dir: str | Path | N
             yield error_event(_api_error(exc))
         finally:
             job.cancel()
-            open_generations.discard(job)
+            done(job)
 
     # -- voices -------------------------------------------------------------------------------------------
     def voice_json(stored: StoredVoice) -> dict:
@@ -221,6 +246,7 @@ def create_app(tts, *, model_name: str | None = None, voices_dir: str | Path | N
         if not is_base:
             raise ApiError(400, f"voices are made with Base models; this server runs a {tts.model_type} model",
                            code="unsupported_model")
+        check_room()
         upload = audio_sample or file
         if upload is None:
             raise ApiError(400, "no reference audio: send the recording as the multipart file field "
@@ -236,10 +262,18 @@ def create_app(tts, *, model_name: str | None = None, voices_dir: str | Path | N
             voice = await asyncio.to_thread(tts.create_voice, data, ref_text)
         except Exception as exc:
             raise _api_error(exc) from None
+        check_room()  # again: other uploads may have filled the store while this one was encoded
         return voice_json(voices.add(voice, (name or "").strip() or None))
 
+    def check_room() -> None:
+        if voices.full:
+            raise ApiError(409, f"this server holds its limit of {voices.max_voices} voices; delete one "
+                           "(DELETE /v1/voices/ID) before making another", code="voice_limit_reached")
+
     async def list_voices():
-        return {"object": "list", "data": [voice_json(stored) for stored in voices.list()]}
+        # A CustomVoice model's speakers are voices too: clients list them to fill a picker.
+        presets = [preset_voice_object(speaker, started) for speaker in tts.speakers]
+        return {"object": "list", "data": presets + [voice_json(stored) for stored in voices.list()]}
 
     async def delete_voice(voice_id: str):
         if not voices.delete(voice_id):

@@ -1,9 +1,52 @@
-"""Server counters in the Prometheus text exposition format (no client library: a handful of numbers)."""
+"""Server counters and latency histograms in the Prometheus text exposition format (no client library:
+a handful of numbers)."""
 
 from __future__ import annotations
 
+import bisect
+import threading
+import time
 from collections import Counter
 
+
+SPEECH_ROUTE = "/v1/audio/speech"
+# Seconds. First audio: from one frame on a GPU (~10 ms) to a request that waited behind others.
+FIRST_AUDIO_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+# Whole requests: a short sentence to minutes of audio made slower than real time.
+END_TO_END_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
+QUEUE_WAIT_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+class Histogram:
+    """Counts of observations at or below each bucket's upper bound, as Prometheus keeps them.
+
+    Observed from the event loop and from the engine's thread, so each observation takes a lock."""
+
+    def __init__(self, name: str, help_text: str, buckets: tuple[float, ...]):
+        self.name, self.help_text, self.buckets = name, help_text, buckets
+        self._counts = [0] * (len(buckets) + 1)  # per bucket, not cumulative; the last is above every bound
+        self._sum = 0.0
+        self._lock = threading.Lock()
+
+    def observe(self, seconds: float) -> None:
+        with self._lock:
+            self._counts[bisect.bisect_left(self.buckets, seconds)] += 1
+            self._sum += seconds
+
+    def render(self) -> list[str]:
+        with self._lock:
+            counts, total = list(self._counts), self._sum
+        lines = [f"# HELP {self.name} {self.help_text}", f"# TYPE {self.name} histogram"]
+        cumulative = 0
+        for bound, count in zip((*map(_number, self.buckets), "+Inf"), counts):
+            cumulative += count
+            lines.append(f'{self.name}_bucket{{le="{bound}"}} {cumulative}')
+        lines += [f"{self.name}_sum {total:g}", f"{self.name}_count {cumulative}"]
+        return lines
+
+
+def _number(bound: float) -> str:
+    return f"{bound:g}"
 
 
 class Metrics:
@@ -14,6 +57,14 @@ class Metrics:
         self.requests: Counter[str] = Counter()  # by route path template
         self.errors: Counter[int] = Counter()  # by HTTP status
         self.audio_seconds = 0.0
+        self.time_to_first_audio = Histogram(
+            "qtts_time_to_first_audio_seconds", "Seconds from a speech request's arrival to its first audio bytes.",
+            FIRST_AUDIO_BUCKETS)
+        self.end_to_end = Histogram(
+            "qtts_request_duration_seconds", "Seconds from a speech request's arrival to its last audio bytes.",
+            END_TO_END_BUCKETS)
+        self.queue_wait = Histogram(
+            "qtts_queue_wait_seconds", "Seconds a speech request waited for a free engine row.", QUEUE_WAIT_BUCKETS)
 
     def render(self) -> str:
         lines: list[str] = []
@@ -41,11 +92,14 @@ class Metrics:
                {"": stats["prefill_s"]})
         metric("qtts_finished_requests_total", "counter", "Requests ended, by reason.",
                {f'{{reason="{reason}"}}': n for reason, n in sorted(stats["reasons"].items())})
+        for histogram in (self.time_to_first_audio, self.end_to_end, self.queue_wait):
+            lines.extend(histogram.render())
         return "\n".join(lines) + "\n"
 
 
 class RequestCounter:
-    """ASGI middleware counting requests by route and errors by status.
+    """ASGI middleware counting requests by route and errors by status, and timing successful speech
+    responses from arrival to their first and last audio bytes.
 
     A plain ASGI wrapper rather than an `@app.middleware` function: those re-wrap streamed bodies and the
     receive channel, which would hide a client's disconnect from the handlers.
@@ -59,18 +113,30 @@ class RequestCounter:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        arrived = time.monotonic()
         status = 500  # what the client sees when the app fails before starting a response
+        first_audio_seen = False
 
-        async def send_and_note_status(message):
-            nonlocal status
+        async def send_and_observe(message):
+            nonlocal status, first_audio_seen
             if message["type"] == "http.response.start":
                 status = message["status"]
+            elif message["type"] == "http.response.body" and status == 200 and _route(scope) == SPEECH_ROUTE:
+                if message.get("body") and not first_audio_seen:
+                    first_audio_seen = True
+                    self.metrics.time_to_first_audio.observe(time.monotonic() - arrived)
+                if not message.get("more_body", False):
+                    self.metrics.end_to_end.observe(time.monotonic() - arrived)
             await send(message)
 
         try:
-            await self.app(scope, receive, send_and_note_status)
+            await self.app(scope, receive, send_and_observe)
         finally:
-            route = scope.get("route")  # set by the router on this same scope when a route matched
-            self.metrics.requests[getattr(route, "path", "unmatched")] += 1
+            self.metrics.requests[_route(scope)] += 1
             if status >= 400:
                 self.metrics.errors[status] += 1
+
+
+def _route(scope) -> str:
+    route = scope.get("route")  # set by the router on this same scope when a route matched
+    return getattr(route, "path", "unmatched")

@@ -95,6 +95,11 @@ def voice_object(voice_id: str, name: str, created_at: int, *, icl: bool) -> dic
             "type": "audio_sample", "icl": icl}
 
 
+def preset_voice_object(speaker: str, created_at: int) -> dict:
+    """A CustomVoice model's preset speaker as a voice object: its id is what `voice` takes."""
+    return {"id": speaker, "object": "audio.voice", "name": speaker, "created_at": created_at, "type": "preset"}
+
+
 def voice_deleted(voice_id: str) -> dict:
     return {"id": voice_id, "object": "audio.voice.deleted", "deleted": True}
 

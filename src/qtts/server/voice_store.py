@@ -20,6 +20,8 @@ from ..voices import Voice
 logger = logging.getLogger(__name__)
 
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")  # ids are file names: no separators, no leading dot
+# An in-context voice holds up to 60 s of reference codes (about 100 KB), so a thousand fit in ~100 MB.
+MAX_VOICES = 1000
 
 
 @dataclass(frozen=True)
@@ -33,17 +35,25 @@ class StoredVoice:
 class VoiceStore:
     """Voices by id. Used from the event loop only, so it needs no lock."""
 
-    def __init__(self, folder: str | Path | None = None, *, hidden_size: int | None = None):
-        """Load every voice file in `folder` (created if missing) that fits a talker of `hidden_size`."""
+    def __init__(self, folder: str | Path | None = None, *, hidden_size: int | None = None,
+                 max_voices: int = MAX_VOICES):
+        """Load every voice file in `folder` (created if missing) that fits a talker of `hidden_size`;
+        `add` refuses voices beyond `max_voices` (files already in the folder are all loaded)."""
         self.folder = Path(folder) if folder is not None else None
+        self.max_voices = max_voices
         self._voices: dict[str, StoredVoice] = {}
         if self.folder is not None:
             self.folder.mkdir(parents=True, exist_ok=True)
             for path in sorted(self.folder.glob("*.safetensors")):
                 self._load(path, hidden_size)
 
+    @property
+    def full(self) -> bool:
+        return len(self._voices) >= self.max_voices
+
     def add(self, voice: Voice, name: str | None = None) -> StoredVoice:
-        """Store `voice` under a new id (and write it to the folder, if there is one)."""
+        """Store `voice` under a new id (and write it to the folder, if there is one); the caller checks
+        `full` first."""
         voice_id = f"voice_{secrets.token_hex(8)}"
         stored = StoredVoice(voice_id, name or voice_id, int(time.time()), voice)
         if self.folder is not None:
