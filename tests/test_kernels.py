@@ -164,7 +164,10 @@ def test_a_query_that_sees_no_row_attends_to_zeros(device, splits):
 def test_sample_codes_matches_reference(device, talker, ties):
     """Same ids as the PyTorch processors + exponential-trick draw with the same counter-based noise, every
     row with its own settings (greedy, top-k, top-p, both, temperature, penalty, min_new_tokens), with many
-    logits tied at the top-k threshold (`ties`: rounded logits), which top-k keeps, as torch does."""
+    logits tied at the top-k threshold (`ties`: rounded logits), which top-k keeps, as torch does. Seeded:
+    top-p sums the kept mass in another order than torch's cumsum, so a token whose cumulative mass lies
+    within float rounding of the threshold may be kept by one and dropped by the other."""
+    torch.manual_seed(0)
     vocab = 3072 if talker else 2048
     batch = 6
     logits = 3 * torch.randn(batch, vocab, device=device)

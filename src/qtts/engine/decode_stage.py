@@ -11,6 +11,7 @@ non-streamed decode of the same codes.
 
 from __future__ import annotations
 
+import contextlib
 from collections import deque
 from dataclasses import dataclass
 
@@ -59,6 +60,9 @@ class DecodeStage:
     """Decoder slots for up to `slots` requests, decoded together per chunk size."""
 
     def __init__(self, decoder: CodecDecoder, slots: int, buckets: tuple[int, ...], graphs: bool):
+        device = next(decoder.parameters()).device
+        # Its own CUDA stream: a chunk decodes while the next frames run, instead of queueing behind them.
+        self.stream = torch.cuda.Stream(device) if device.type == "cuda" else None
         self.decoder = decoder
         self.samples_per_frame = decoder.samples_per_frame
         self.buckets = tuple(b for b in buckets if b < slots) + (max(slots, buckets[0]),)
@@ -74,6 +78,10 @@ class DecodeStage:
             pool = torch.cuda.graph_pool_handle()
             for run in self.runs.values():
                 run.graph, run.audio = capture(run.run, warmup=1, pool=pool)
+
+    def on_stream(self):
+        """Run every use of the stage (resets, decodes, reading their audio) inside this: on CUDA its stream."""
+        return torch.cuda.stream(self.stream) if self.stream is not None else contextlib.nullcontext()
 
     def acquire(self) -> int:
         """A free decoder slot, its state zeroed: a new utterance."""

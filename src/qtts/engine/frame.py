@@ -165,20 +165,22 @@ class Frame:
     def sample_code0(self) -> torch.Tensor:
         s = self.sampling
         return self.ops.sample(
-            self.logits, self.seeds, self.step_count * self.groups, s.talker, seen=self.seen,
-            generated=self.step_count, penalty=s.repetition_penalty, min_new_tokens=s.min_new_tokens,
-            eos_id=self.eos, suppress_from=self.suppress_from)
+            self.logits, self.seeds, self.step_count, s.talker, seen=self.seen, generated=self.step_count,
+            penalty=s.repetition_penalty, min_new_tokens=s.min_new_tokens, eos_id=self.eos,
+            suppress_from=self.suppress_from, counter_scale=self.groups)
 
     def sample_code(self, group: int, logits: torch.Tensor):
         """Code `group` [B], with its embedding [B, H] where the predictor takes it next (the fused sampler
         writes it as it draws the code)."""
         predictor = self.talker.code_predictor
         feeds_back = group + 1 < self.groups
-        counter = self.step_count * self.groups + group
+        # the draw counter is step * 16 + group, formed in the sampler: no extra launches per draw
+        counter = dict(counter_scale=self.groups, counter_offset=group)
         if self.ops.fused:
             table = predictor.model.codec_embedding[group - 1].weight if feeds_back else None
-            return self.ops.sample(logits, self.seeds, counter, self.sampling.predictor, embedding=table)
-        code = self.ops.sample(logits, self.seeds, counter, self.sampling.predictor)
+            return self.ops.sample(logits, self.seeds, self.step_count, self.sampling.predictor, embedding=table,
+                                   **counter)
+        code = self.ops.sample(logits, self.seeds, self.step_count, self.sampling.predictor, **counter)
         return (code, predictor.embed_code(group, code)) if feeds_back else code
 
     def _predict(self, x: torch.Tensor, index: int) -> torch.Tensor:

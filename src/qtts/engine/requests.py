@@ -70,6 +70,7 @@ class Request:
     sink: Sink
     submitted: float = field(default_factory=time.perf_counter)
     cancelled: threading.Event = field(default_factory=threading.Event)
+    ready: torch.cuda.Event | None = None  # recorded on the caller's stream once the prompt is made
     # engine bookkeeping, touched by the engine thread only
     row: int | None = None
     prompt_len: int = 0  # cache rows its prompt takes (left padding included)

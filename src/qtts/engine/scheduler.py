@@ -14,6 +14,7 @@ chunks that are due, deliver landed audio. On CPU the same loop runs eagerly (no
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections import Counter, deque
@@ -40,11 +41,14 @@ CPU_BATCH_BUCKETS = (4, 8, 16, 32, 48, 64)
 ARRIVAL_BUCKETS = (1, 2, 4, 8)  # requests prefilled together
 PREFILL_BUCKET = 64  # prompts are left-padded to a multiple of this (one captured prefill per length)
 PREFILL_GRAPH_MAX = 256  # longer prompts are prefilled eagerly
-PREFILL_TOKENS = 2048  # at most this many prompt tokens (padding included) per prefill between frames
+# At most this many prompt positions (padding included) per prefill between frames, so that arrivals stall
+# the running streams for a bounded time; a longer prompt is prefilled alone.
+PREFILL_TOKENS = 2048
 # How many frames the host may enqueue beyond the last one whose codes it has read: enough to keep the GPU
 # busy, few enough that a request hears of EOS (and leaves) within a couple of frames.
 RUN_AHEAD = 2
-DECODE_ROUNDS = 4  # decode calls per request per iteration at most (context replays need several)
+DECODE_ROUNDS = 4
+AUDIO_POLL_S = 0.0002  # while waiting for a frame with audio in flight: how often to look for landed audio  # decode calls per request per iteration at most (context replays need several)
 
 
 def frame_budget(text_tokens: int) -> int | None:
@@ -91,6 +95,9 @@ class Scheduler:
                 for tensor in self.store.per_row():
                     tensor.zero_()
         self.startup_s = time.perf_counter() - began
+        # The engine's own stream: work that callers put on the default stream (building a prompt, a
+        # synchronous copy) neither waits behind the engine's frames nor makes them wait.
+        self.stream = torch.cuda.Stream(device) if device.type == "cuda" else None
         ring = torch.zeros(RUN_AHEAD + 2, self.buckets[-1], talker.config.num_code_groups, dtype=torch.int64)
         self._ring = ring.pin_memory() if device.type == "cuda" else ring
         self._ring_next = 0
@@ -125,11 +132,11 @@ class Scheduler:
         if plan.trailing.shape[0] > self.max_text:
             raise InputError(f"the text track has {plan.trailing.shape[0]} positions; the engine holds "
                              f"{self.max_text}: shorten the text")
-        if prompt_len > PREFILL_TOKENS:
-            raise InputError(f"the prompt has {plan.prefill.shape[0]} positions; at most {PREFILL_TOKENS} fit "
-                             "one prefill: shorten the instructions or the reference")
         request = Request(plan, params, request_seeds(params, 1)[0] if seed is None else seed, max(limit, 0),
                           reason, audio, Sink(loop))
+        if plan.prefill.is_cuda:  # the prompt was made on the caller's stream: the engine waits for it
+            request.ready = torch.cuda.Event()
+            request.ready.record()
         with self._lock:
             if self._stopping:
                 raise EngineStopped("the engine is shut down")
@@ -164,8 +171,9 @@ class Scheduler:
 
     # -- the engine thread ---------------------------------------------------------------------------------
     def _loop(self) -> None:
-        with torch.inference_mode(), (torch.cuda.device(self.device) if self.device.type == "cuda"
-                                      else _nothing()):
+        cuda = self.device.type == "cuda"
+        with torch.inference_mode(), (torch.cuda.device(self.device) if cuda else contextlib.nullcontext()), \
+                (torch.cuda.stream(self.stream) if cuda else contextlib.nullcontext()):
             while True:
                 with self._lock:
                     while not (self._stopping or self._inbox or self._busy()):
@@ -186,6 +194,10 @@ class Scheduler:
         if self._running:
             self._enqueue_frame()
         self._read_frames(wait=len(self._in_flight) > RUN_AHEAD or not self._running)
+        # Time to first audio first: a request whose first frame is enqueued gets it read and decoded
+        # before more frames are enqueued, rather than behind RUN_AHEAD of them.
+        while self._in_flight and any(r.enqueued and not r.frames and r.generating for r in self._running):
+            self._read_frames(wait=True)
         self._retire()
         self._decode()
         self._deliver(wait=not self._running and not self._in_flight)
@@ -218,6 +230,12 @@ class Scheduler:
         count = len(requests)
         k = _bucket(count, self.arrival_buckets)
         plans = [r.plan for r in requests]
+        for request in requests:
+            if request.ready is not None:
+                stream = torch.cuda.current_stream()
+                stream.wait_event(request.ready)
+                for tensor in (request.plan.prefill, request.plan.trailing, request.plan.tts_pad):
+                    tensor.record_stream(stream)  # used here beyond the caller's stream
         embeds, valid, trailing = pad_batch(plans, PREFILL_BUCKET)
         if k > count:  # padding rows: no valid position, their attention gives zeros
             embeds = torch.cat([embeds, embeds.new_zeros(k - count, *embeds.shape[1:])])
@@ -237,7 +255,8 @@ class Scheduler:
         for offset, request in enumerate(requests):
             request.row, request.prompt_len, request.started = first + offset, length, now
             if request.audio:
-                request.decode_slot = self.decode_stage.acquire()
+                with self.decode_stage.on_stream():
+                    request.decode_slot = self.decode_stage.acquire()
                 request.cursor = DecodeCursor(request.plan.context)
             self._running.append(request)
         self.stats["prefills"] += 1
@@ -267,7 +286,7 @@ class Scheduler:
             if event is not None and not event.query():
                 if not wait:
                     return
-                event.synchronize()
+                self._wait_for(event)
             wait = False
             self._in_flight.popleft()
             codes = self._ring[index][: len(rows)].clone()
@@ -289,6 +308,14 @@ class Scheduler:
         for request in self._running:
             if request.generating and (request.cancelled.is_set() or request.limit == 0):
                 self._end(request, CANCELLED if request.cancelled.is_set() else request.limit_reason)
+
+    def _wait_for(self, event: torch.cuda.Event) -> None:
+        """Wait for a frame; audio that lands meanwhile goes out at once rather than after the frame (a
+        chunk decodes on its own stream while frames run)."""
+        while self._audio_in_flight and not event.query():
+            self._deliver(wait=False)
+            time.sleep(AUDIO_POLL_S)
+        event.synchronize()
 
     def _end(self, request: Request, reason: str) -> None:
         request.reason = reason
@@ -320,6 +347,15 @@ class Scheduler:
             if request.cancelled.is_set():
                 request.cursor.pieces.clear()
         active = [r for r in self._running + self._decoding if r.cursor is not None and r.cursor.pieces]
+        if active:
+            with self.decode_stage.on_stream():
+                self._decode_rounds(active)
+        for request in list(self._decoding):
+            if not request.cursor.pieces and not request.audio_in_flight:
+                self._decoding.remove(request)
+                self._complete(request)
+
+    def _decode_rounds(self, active: list[Request]) -> None:
         for _ in range(DECODE_ROUNDS):
             by_size: dict[int, list] = {}
             for request in active:
@@ -333,24 +369,23 @@ class Scheduler:
             for size, items in by_size.items():
                 audio = self.decode_stage.decode([r.decode_slot for r, _ in items],
                                                  torch.stack([p.codes for _, p in items]))
-                for (request, piece), wav in zip(items, audio):
-                    if piece.keep:
-                        self._send_audio(request, wav)
-        for request in list(self._decoding):
-            if not request.cursor.pieces and not request.audio_in_flight:
-                self._decoding.remove(request)
-                self._complete(request)
+                self._send_audio([(r, row) for row, (r, piece) in enumerate(items) if piece.keep], audio)
 
-    def _send_audio(self, request: Request, wav: torch.Tensor) -> None:
+    def _send_audio(self, rows: list[tuple[Request, int]], audio: torch.Tensor) -> None:
+        """Copy decoded audio [m, samples] to the host (one copy, one event); rows (request, index) get theirs
+        when it lands."""
+        if not rows:
+            return
         cuda = self.device.type == "cuda"
-        host = torch.empty(wav.shape, dtype=wav.dtype, pin_memory=cuda)
-        host.copy_(wav, non_blocking=cuda)
+        host = torch.empty(audio.shape, dtype=audio.dtype, pin_memory=cuda)
+        host.copy_(audio, non_blocking=cuda)
         event = None
         if cuda:
             event = torch.cuda.Event()
             event.record()
-        request.audio_in_flight += 1
-        self._audio_in_flight.append((event, request, host))
+        for request, row in rows:
+            request.audio_in_flight += 1
+            self._audio_in_flight.append((event, request, host[row]))
 
     def _deliver(self, wait: bool) -> None:
         while self._audio_in_flight:
@@ -401,11 +436,3 @@ class Scheduler:
 
 def _bucket(count: int, buckets: tuple[int, ...]) -> int:
     return next(b for b in buckets if b >= count)
-
-
-class _nothing:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False

@@ -122,8 +122,9 @@ DECODE_CONFIGS = {
 # Up to this many rows, each row gets its own programs; their programs run together, so the weights come
 # from L2 after the first row (the predictor's first step has 2 rows). More rows (batches, prefill) go to
 # cuBLAS: on the H100 its tensor-core products beat Triton tiles with the norm and gate fused in
-# (batch 16 frame 6.18 ms against 6.89 ms, bench/frame_probe.py).
-ROWS_PER_PROGRAM_MAX = 4
+# (batch 16 frame 6.18 ms against 6.89 ms). On the H200 the 1.7B frame of 4 rows cost 7.47 ms this way
+# against 5.49 ms for 8 rows through cuBLAS (bench/engine_probe.py), so from 3 rows on cuBLAS takes them.
+ROWS_PER_PROGRAM_MAX = 2
 
 
 def linear_config(rows: int, n: int, k: int, gated: bool) -> tuple[int, int, int]:

@@ -50,11 +50,12 @@ def sample_codes_reference(
     logits: torch.Tensor, seeds: torch.Tensor, counter: torch.Tensor, settings: DrawSettings, *,
     seen: torch.Tensor | None = None, generated: torch.Tensor | None = None,
     penalty: torch.Tensor | None = None, min_new_tokens: torch.Tensor | None = None,
-    eos_id: int = -1, suppress_from: int | None = None,
+    eos_id: int = -1, suppress_from: int | None = None, counter_scale: int = 1, counter_offset: int = 0,
 ) -> torch.Tensor:
     """Ids [B] from logits [B, V] with each row's `settings`. `seen` (bool [B, V]) turns on the talker's
-    processing with `generated`, `penalty` and `min_new_tokens` [B]; `counter` [B] (frame * 16 + codebook)
-    keys the noise with each row's seed."""
+    processing with `generated`, `penalty` and `min_new_tokens` [B]; the draw counter
+    `counter * counter_scale + counter_offset` ([B]: frame * 16 + codebook) keys the noise with each row's
+    seed."""
     scores = logits.float()
     if seen is not None:
         scores = repetition_penalty(scores, seen, penalty[:, None])
@@ -63,7 +64,8 @@ def sample_codes_reference(
             ids = torch.arange(scores.shape[-1], device=scores.device)
             scores = suppress(scores, (ids >= suppress_from) & (ids != eos_id))
     scores = warp(scores, settings)
-    return draw_rows(scores, settings.do_sample, exponential_noise(seeds, counter, scores.shape[-1]))
+    noise = exponential_noise(seeds, counter * counter_scale + counter_offset, scores.shape[-1])
+    return draw_rows(scores, settings.do_sample, noise)
 
 
 @jit
