@@ -2,17 +2,17 @@
 gains over cuBLAS plus the separate norm / gate / residual kernels, with and without programmatic dependent
 launch (PDL).
 
-1. `profile`: the current fast frame (0.6B, batch 1, context 300, one CUDA graph) under torch.profiler:
-   kernels per frame by name, their summed GPU time, and the frame's wall time (the difference is gaps).
-2. `sweep`: for every decode product of both sizes, the fused kernel's block configurations (launched with
+(The frame as a whole, per batch bucket, is timed by bench/engine_probe.py.)
+
+1. `sweep`: for every decode product of both sizes, the fused kernel's block configurations (launched with
    PDL, as the frame launches them) against F.linear, each timed as one CUDA graph of 40 calls over
    distinct weights (more bytes than L2 holds, as in a frame).
-3. `layers`: 75 predictor-sized layers' products in a row (qkv, o, gate/up, down, distinct weights): eager
+2. `layers`: 75 predictor-sized layers' products in a row (qkv, o, gate/up, down, distinct weights): eager
    kernels (norm, F.linear, gate, add) vs fused vs fused with PDL.
-4. `launch`: 1000 empty dependent kernels in one graph, with and without PDL: the cost of one launch.
-5. `sample`: the fused sampler per top-k digit width.
+3. `launch`: 1000 empty dependent kernels in one graph, with and without PDL: the cost of one launch.
+4. `sample`: the fused sampler per top-k digit width.
 
-    python bench/kernel_probe.py --parts profile sweep layers launch sample
+    python bench/kernel_probe.py --parts sweep layers launch sample
 Writes kernel_probe.jsonl and prints a summary; results go to $OUT (or ./kernel_probe_out).
 """
 
@@ -203,66 +203,31 @@ def sample(emit):
     vocabularies."""
     from qtts.kernels.sample import sample_codes_triton
 
+    from qtts.sampling import RowSampling, SamplingParams
+
     seeds = torch.zeros(1, device="cuda", dtype=torch.int64)
-    counter = torch.zeros((), device="cuda", dtype=torch.int64)
+    counter = torch.zeros(1, device="cuda", dtype=torch.int64)
+    rows = RowSampling.of(SamplingParams(), 1, "cuda")
     for vocab, talker in ((2048, False), (3072, True)):
         logits = torch.randn(1, vocab, device="cuda")
         extra = {}
         if talker:
             extra = {"seen": torch.zeros(1, vocab, device="cuda", dtype=torch.bool), "generated": counter,
-                     "penalty": 1.05, "eos_id": 2150, "min_new_tokens": 2, "suppress_from": 2048}
+                     "penalty": rows.repetition_penalty, "eos_id": 2150, "min_new_tokens": rows.min_new_tokens,
+                     "suppress_from": 2048}
         for bits in (1, 2, 4):
             for warps in (1, 2, 4, 8):
                 def call(bits=bits, warps=warps):
-                    return sample_codes_triton(logits, seeds, counter, do_sample=True, temp=0.9, k=50, pdl=False,
-                                               radix_bits=bits, num_warps=warps, **extra)
+                    return sample_codes_triton(logits, seeds, counter, rows.talker, pdl=False, radix_bits=bits,
+                                               num_warps=warps, **extra)
                 ms = graph_ms(lambda: [call() for _ in range(50)]) / 50
                 emit({"part": "sample", "vocab": vocab, "radix_bits": bits, "warps": warps,
                       "us": round(ms * 1e3, 2)})
 
 
-def profile(emit):
-    """Kernels of one frame by name. Without PDL the durations are the kernels' own; with PDL a kernel's
-    span also covers its wait for the one before (it starts early), so only the frame time compares."""
-    from frame_probe import SAMPLING, random_talker, ready_frame
-    from torch.profiler import ProfilerActivity
-    from torch.profiler import profile as torch_profile
-
-    talker = random_talker("0.6b", torch.bfloat16)
-    for pdl in (False, True):
-        frame, graph, _ = ready_frame(talker, 1, 300, 40, SAMPLING, fused=True, compile=False, fuse_weights=True,
-                                      pdl=pdl)
-        for _ in range(5):
-            graph()
-        torch.cuda.synchronize()
-        frames = 5
-        with torch_profile(activities=[ProfilerActivity.CUDA]) as prof:
-            for _ in range(frames):
-                graph()
-            torch.cuda.synchronize()
-        kernels = {}
-        for avg in prof.key_averages():
-            if avg.device_type.name == "CUDA" or (avg.self_device_time_total > 0 and avg.self_cpu_time_total == 0):
-                kernels[avg.key] = [avg.count, avg.self_device_time_total]
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        for _ in range(20):
-            graph()
-        end.record()
-        torch.cuda.synchronize()
-        rows = sorted(kernels.items(), key=lambda kv: -kv[1][1])
-        emit({"part": "profile", "pdl": pdl, "frame_ms": round(start.elapsed_time(end) / 20, 3),
-              "kernel_us_per_frame": round(sum(v[1] for v in kernels.values()) / frames, 1),
-              "kernels_per_frame": sum(v[0] for v in kernels.values()) / frames,
-              "top": [(name[:60], count / frames, round(us / frames, 1), round(us / count, 2))
-                      for name, (count, us) in rows[:16]]})
-        del frame, graph
-        torch.cuda.empty_cache()
-
-
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("--parts", nargs="+", default=["launch", "sweep", "layers", "profile"])
+    parser.add_argument("--parts", nargs="+", default=["launch", "sweep", "layers"])
     args = parser.parse_args()
     out = Path(os.environ.get("OUT", "kernel_probe_out"))
     out.mkdir(parents=True, exist_ok=True)
@@ -281,7 +246,7 @@ def main():
     print(f"torch {torch.__version__}, {torch.cuda.get_device_name()}", flush=True)
     for part in args.parts:
         try:
-            {"profile": profile, "sweep": sweep, "launch": launch, "sample": sample,
+            {"sweep": sweep, "launch": launch, "sample": sample,
              "layers": lambda e: layers(e, best)}[part](emit)
         except Exception as error:
             emit({"part": part, "error": repr(error)[:500]})

@@ -1,0 +1,208 @@
+"""Engine probe: what the continuous-batching engine costs on a GPU, part by part, on random real-size
+weights (a CustomVoice checkpoint written with `qtts make-checkpoint`, never downloaded).
+
+Parts (each timed with CUDA events, median of `--reps`, after warm-up):
+  - `frames`: ms per frame of the captured frame of every batch bucket (the whole step: 16 draws, 15
+    predictor steps, one talker step), rows at a context of `--context` positions;
+  - `decode`: ms per decode call of the batched codec stage per (bucket, chunk size);
+  - `prefill`: ms per captured prefill per (arrivals, prompt length);
+  - `invariance`: greedy codes of one request alone and joining a running batch at several frames (must be
+    identical), and seeded sampling likewise;
+  - `load`: closed-loop, in process: N requests of `--frames` frames at once, N in `--concurrency`;
+    aggregate audio seconds per wall second, time to first audio (median, p95) and how far each stream's
+    audio stays ahead of real-time playback (min over requests of the worst lead, negative = underrun).
+    The same measurement at N=1 is the single-stream figure (x real time, first audio).
+
+    python bench/engine_probe.py --size 1.7b --parts frames decode prefill invariance load
+Prints one JSON line per measurement; writes engine_probe_<size>.jsonl to $OUT (or ./engine_probe_out).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+import qtts  # noqa: E402
+from qtts.engine.decode_stage import CHUNK_SIZES  # noqa: E402
+from qtts.testing import real_speech_tokenizer_config, real_tts_config, write_checkpoint  # noqa: E402
+
+FRAME_S = 0.08
+TEXT = ("The morning train to the coast was late again, so Maria bought a coffee, found a quiet bench near "
+        "the platform, and read the first chapter of her new book.")
+
+
+def cuda_ms(fn, reps: int) -> float:
+    times = []
+    for _ in range(reps):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    return statistics.median(times)
+
+
+@torch.inference_mode()
+def frames(tts, emit, reps, context):
+    engine = tts.engine
+    store = engine.store
+    store.slot.fill_(context)
+    store.position.fill_(context)
+    store.first_row.zero_()
+    for bucket, run in engine._run_frame.items():
+        for _ in range(3):
+            run()
+        emit({"part": "frames", "batch": bucket, "context": context, "ms": round(cuda_ms(run, reps), 3)})
+    for tensor in store.per_row():
+        tensor.zero_()
+
+
+@torch.inference_mode()
+def decode(tts, emit, reps):
+    stage = tts.engine.decode_stage
+    for bucket in stage.buckets:
+        slots = list(range(bucket))
+        for chunk in CHUNK_SIZES:
+            codes = torch.randint(0, 2048, (bucket, chunk, 16))
+            ms = cuda_ms(lambda: stage.decode(slots, codes), reps)
+            emit({"part": "decode", "batch": bucket, "chunk": chunk, "ms": round(ms, 3),
+                  "audio_s_per_s": round(bucket * chunk * FRAME_S / (ms / 1e3), 1)})
+    for slot in range(stage.dummy):
+        stage.reset(slot)
+
+
+@torch.inference_mode()
+def prefill(tts, emit, reps):
+    engine = tts.engine
+    hidden = tts.hidden_size
+    for (count, length), graph in sorted(engine._prefills.items()):
+        embeds = torch.randn(count, length, hidden, device="cuda", dtype=tts.dtype)
+        valid = torch.ones(count, length, device="cuda", dtype=torch.bool)
+        emit({"part": "prefill", "arrivals": count, "length": length,
+              "ms": round(cuda_ms(lambda: graph(embeds, valid), reps), 3)})
+
+
+def invariance(tts, emit, speaker):
+    for name, sampling in (("greedy", dict(do_sample=False, subtalker_dosample=False)), ("seeded", dict(seed=9))):
+        kwargs = dict(speaker=speaker, max_new_tokens=41, min_new_tokens=40, **sampling)
+        alone = tts.generate_codes(TEXT, **kwargs)
+        same = []
+        for join_at in (0, 5, 17):
+            before = tts.engine.stats["frames"]
+            others = [tts.submit(f"Another sentence, number {i}.", speaker=speaker, max_new_tokens=80,
+                                 min_new_tokens=79, seed=i) for i in range(7)]
+            deadline = time.monotonic() + 30
+            while tts.engine.stats["frames"] < before + join_at and time.monotonic() < deadline:
+                time.sleep(0.001)
+            same.append(bool(torch.equal(tts.generate_codes(TEXT, **kwargs), alone)))
+            for other in others:
+                other.result()
+        emit({"part": "invariance", "sampling": name, "frames": alone.shape[0], "joined_at": [0, 5, 17],
+              "identical": same})
+
+
+def load(tts, emit, speaker, frames_per_request, concurrency, rounds):
+    for count in concurrency:
+        results = []
+        lock = threading.Lock()
+
+        def one_stream(index):
+            began = time.perf_counter()
+            generation = tts.submit(TEXT, speaker=speaker, max_new_tokens=frames_per_request + 1,
+                                    min_new_tokens=frames_per_request, seed=index)
+            received = 0.0
+            worst_lead = None
+            first = None
+            for chunk in generation:
+                now = time.perf_counter()
+                if first is None:
+                    first = now
+                # playback starts at the first chunk: audio received so far minus audio played by now
+                lead = received - (now - first)
+                worst_lead = lead if worst_lead is None else min(worst_lead, lead)
+                received += len(chunk) / 24000
+            with lock:
+                results.append((first - began, received, worst_lead, time.perf_counter() - began))
+
+        for _ in range(rounds):  # warm-up round first, then measured
+            results.clear()
+            threads = [threading.Thread(target=one_stream, args=(i,)) for i in range(count)]
+            began = time.perf_counter()
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            wall = time.perf_counter() - began
+        firsts = sorted(r[0] * 1e3 for r in results)
+        audio = sum(r[1] for r in results)
+        emit({"part": "load", "concurrent": count, "frames": frames_per_request,
+              "audio_s_per_s": round(audio / wall, 1), "x_real_time_per_stream": round(
+                  statistics.median(r[1] / r[3] for r in results), 2),
+              "first_audio_ms_median": round(statistics.median(firsts), 2),
+              "first_audio_ms_p95": round(firsts[min(len(firsts) - 1, int(0.95 * len(firsts)))], 2),
+              "worst_lead_s": round(min(r[2] for r in results), 3), "wall_s": round(wall, 2)})
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", default="1.7b", choices=["0.6b", "1.7b"])
+    parser.add_argument("--checkpoint", help="a CustomVoice checkpoint folder (default: write a random one)")
+    parser.add_argument("--parts", nargs="+", default=["frames", "decode", "prefill", "invariance", "load"])
+    parser.add_argument("--reps", type=int, default=30)
+    parser.add_argument("--context", type=int, default=300)
+    parser.add_argument("--frames", type=int, default=80)
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 16, 32, 64])
+    parser.add_argument("--max-batch", type=int, default=64)
+    args = parser.parse_args()
+    out = Path(os.environ.get("OUT", "engine_probe_out"))
+    out.mkdir(parents=True, exist_ok=True)
+    log = open(out / f"engine_probe_{args.size}.jsonl", "a")
+
+    def emit(record):
+        record = {"size": args.size, **record}
+        print(json.dumps(record), flush=True)
+        log.write(json.dumps(record) + "\n")
+        log.flush()
+
+    folder = args.checkpoint
+    if folder is None:
+        folder = tempfile.mkdtemp(prefix=f"qtts-{args.size}-")
+        write_checkpoint(folder, real_tts_config("custom_voice", args.size), real_speech_tokenizer_config(),
+                         seed=0, dtype=torch.bfloat16, device="cuda")
+    began = time.perf_counter()
+    tts = qtts.load(folder, max_batch=args.max_batch)
+    emit({"part": "startup", "load_s": round(time.perf_counter() - began, 1),
+          "engine_startup_s": round(tts.engine.startup_s, 1),
+          "gpu_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 1)})
+    speaker = tts.speakers[0]
+    for part in args.parts:
+        try:
+            if part == "frames":
+                frames(tts, emit, args.reps, args.context)
+            elif part == "decode":
+                decode(tts, emit, args.reps)
+            elif part == "prefill":
+                prefill(tts, emit, args.reps)
+            elif part == "invariance":
+                invariance(tts, emit, speaker)
+            elif part == "load":
+                load(tts, emit, speaker, args.frames, args.concurrency, rounds=2)
+        except Exception as error:  # one failing part must not hide the others' numbers
+            emit({"part": part, "error": repr(error)[:500]})
+    tts.close()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,214 @@
+"""Serving benchmark: open-loop Poisson arrivals and a closed-loop concurrency sweep against a real
+`qtts serve`, over HTTP streaming (pcm), as serving engines are measured (reference/serving-anchors.md).
+
+Per request: time to first audio (first audio byte after the request was sent), a playback model that
+counts underruns (playback starts at the first byte at 24 kHz 16-bit; when the bytes received fall behind
+the bytes played, playback stalls: an underrun, and the stall time adds up), completion (all frames
+arrived), errors and 503s. Open loop: for each rate, arrivals for `--duration` seconds at exponential
+gaps; the rate holds when p95 first audio and underruns stay low. Closed loop: N clients each sending
+requests back to back for `--duration` seconds, for N in `--concurrency`: aggregate audio seconds per
+second.
+
+    python bench/serve_load.py --model CHECKPOINT --rates 10 20 30 40 --concurrency 1 16 64
+    python bench/serve_load.py --url http://127.0.0.1:8000 --rates 5      # a server already running
+Prints one JSON line per rate / concurrency and a markdown table; JSON lines also to $OUT/serve_load.jsonl.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+BYTES_PER_SECOND = 24000 * 2
+BYTES_PER_FRAME = 1920 * 2
+TEXT = ("The morning train to the coast was late again, so Maria bought a coffee, found a quiet bench near "
+        "the platform, and read the first chapter of her new book.")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_server(model: str, max_batch: int, extra: list[str]) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")])}
+    process = subprocess.Popen([sys.executable, "-m", "qtts.cli", "serve", "--model", model, "--host", "127.0.0.1",
+                                "--port", str(port), "--max-batch", str(max_batch), *extra], env=env)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"qtts serve exited with {process.returncode}")
+        try:
+            if httpx.get(url + "/health", timeout=2).status_code == 200:
+                return process, url
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    process.kill()
+    raise RuntimeError("qtts serve did not become healthy")
+
+
+async def one_request(client: httpx.AsyncClient, body: dict, frames: int) -> dict:
+    sent = time.perf_counter()
+    result = {"status": None, "first_audio_s": None, "underruns": 0, "stall_s": 0.0, "complete": False}
+    try:
+        async with client.stream("POST", "/v1/audio/speech", json=body) as response:
+            result["status"] = response.status_code
+            if response.status_code != 200:
+                await response.aread()
+                return result
+            received = 0
+            play_start = None
+            async for chunk in response.aiter_raw():
+                now = time.perf_counter()
+                if not chunk:
+                    continue
+                if play_start is None:
+                    play_start = now
+                    result["first_audio_s"] = now - sent
+                else:
+                    played = (now - play_start) * BYTES_PER_SECOND
+                    if played > received:  # the listener ran out of audio before this chunk came
+                        stall = (played - received) / BYTES_PER_SECOND
+                        result["underruns"] += 1
+                        result["stall_s"] += stall
+                        play_start += stall
+                received += len(chunk)
+            result["complete"] = received == frames * BYTES_PER_FRAME
+            result["audio_s"] = received / BYTES_PER_SECOND
+    except httpx.HTTPError as error:
+        result["error"] = repr(error)[:200]
+    result["wall_s"] = time.perf_counter() - sent
+    return result
+
+
+def body_for(speaker: str, frames: int, seed: int) -> dict:
+    return {"input": TEXT, "voice": speaker, "response_format": "pcm", "max_new_tokens": frames + 1,
+            "min_new_tokens": frames, "seed": seed}
+
+
+def summary(results: list[dict], wall: float) -> dict:
+    ok = [r for r in results if r["status"] == 200]
+    firsts = sorted(r["first_audio_s"] * 1e3 for r in ok if r["first_audio_s"] is not None)
+
+    def pct(q):
+        return round(firsts[min(len(firsts) - 1, int(q * len(firsts)))], 1) if firsts else None
+
+    return {"requests": len(results), "ok": len(ok), "busy_503": sum(r["status"] == 503 for r in results),
+            "errors": sum(r["status"] not in (200, 503) for r in results),
+            "complete": sum(r["complete"] for r in ok),
+            "first_audio_ms_p50": pct(0.5), "first_audio_ms_p95": pct(0.95), "first_audio_ms_p99": pct(0.99),
+            "underrun_requests": sum(r["underruns"] > 0 for r in ok),
+            "stall_s_total": round(sum(r["stall_s"] for r in ok), 3),
+            "audio_s_per_s": round(sum(r.get("audio_s", 0.0) for r in ok) / wall, 1)}
+
+
+async def open_loop(url: str, speaker: str, rate: float, duration: float, frames: int, seed: int) -> dict:
+    rng = random.Random(seed)
+    async with httpx.AsyncClient(base_url=url, timeout=300, limits=httpx.Limits(max_connections=None,
+                                                                                max_keepalive_connections=None)) as client:
+        tasks = []
+        began = time.perf_counter()
+        at = 0.0
+        index = 0
+        while True:
+            at += rng.expovariate(rate)
+            if at > duration:
+                break
+            await asyncio.sleep(max(0.0, began + at - time.perf_counter()))
+            tasks.append(asyncio.create_task(one_request(client, body_for(speaker, frames, index), frames)))
+            index += 1
+        results = await asyncio.gather(*tasks)
+        wall = time.perf_counter() - began
+    return {"mode": "open", "rate": rate, "duration_s": duration, **summary(results, wall)}
+
+
+async def closed_loop(url: str, speaker: str, count: int, duration: float, frames: int) -> dict:
+    async with httpx.AsyncClient(base_url=url, timeout=300, limits=httpx.Limits(max_connections=None,
+                                                                                max_keepalive_connections=None)) as client:
+        results = []
+        began = time.perf_counter()
+
+        async def client_loop(offset):
+            seed = offset
+            while time.perf_counter() - began < duration:
+                results.append(await one_request(client, body_for(speaker, frames, seed), frames))
+                seed += count
+
+        await asyncio.gather(*(client_loop(i) for i in range(count)))
+        wall = time.perf_counter() - began
+    return {"mode": "closed", "concurrent": count, "duration_s": duration, **summary(results, wall)}
+
+
+def table(rows: list[dict]) -> str:
+    lines = ["| load | requests | ok | 503 | complete | first audio p50 / p95 / p99 ms | underrun requests | "
+             "audio-s/s |", "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        load = f"{r['rate']:g} req/s open" if r["mode"] == "open" else f"{r['concurrent']} concurrent closed"
+        lines.append(f"| {load} | {r['requests']} | {r['ok']} | {r['busy_503']} | {r['complete']} | "
+                     f"{r['first_audio_ms_p50']} / {r['first_audio_ms_p95']} / {r['first_audio_ms_p99']} | "
+                     f"{r['underrun_requests']} | {r['audio_s_per_s']} |")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    where = parser.add_mutually_exclusive_group(required=True)
+    where.add_argument("--url", help="a running qtts serve")
+    where.add_argument("--model", help="a CustomVoice checkpoint: start `qtts serve` on it")
+    parser.add_argument("--max-batch", type=int, default=64)
+    parser.add_argument("--serve-arg", action="append", default=[], help="extra `qtts serve` argument")
+    parser.add_argument("--speaker", help="default: the model's first speaker")
+    parser.add_argument("--frames", type=int, default=80, help="frames per request (80 = 6.4 s)")
+    parser.add_argument("--rates", type=float, nargs="*", default=[10, 20, 30, 40, 50])
+    parser.add_argument("--concurrency", type=int, nargs="*", default=[1, 8, 16, 32, 64])
+    parser.add_argument("--duration", type=float, default=20.0)
+    parser.add_argument("--label", default="", help="a name for this server in the JSON lines")
+    args = parser.parse_args()
+    process = None
+    url = args.url
+    if args.model:
+        process, url = start_server(args.model, args.max_batch, args.serve_arg)
+    out = Path(os.environ.get("OUT", "serve_load_out"))
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    try:
+        models = httpx.get(url + "/v1/models", timeout=30).json()["data"][0]
+        speaker = args.speaker or models["speakers"][0]
+        asyncio.run(closed_loop(url, speaker, 4, 3.0, args.frames))  # warm-up
+        runs = [("open", rate) for rate in args.rates] + [("closed", n) for n in args.concurrency]
+        for mode, value in runs:
+            if mode == "open":
+                row = asyncio.run(open_loop(url, speaker, value, args.duration, args.frames, seed=int(value * 100)))
+            else:
+                row = asyncio.run(closed_loop(url, speaker, value, args.duration, args.frames))
+            row["label"] = args.label
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+            with open(out / "serve_load.jsonl", "a") as log:
+                log.write(json.dumps(row) + "\n")
+    finally:
+        if process is not None:
+            process.terminate()
+            process.wait(60)
+    print(table(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
