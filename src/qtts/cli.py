@@ -208,11 +208,14 @@ def cmd_serve(args) -> None:
                         "pip install 'qtts[server]'") from None
     options = {"max_queue": args.max_queue, "voices_dir": args.voices_dir, "model_name": args.served_model_name,
                "max_voices": args.max_voices, "client_timeout": args.client_timeout,
+               "max_batch": args.max_batch, "max_len": args.max_len, "shutdown_grace": args.shutdown_grace,
                "api_key": args.api_key or os.environ.get(API_KEY_VARIABLE) or None,
                "cors_origins": [origin.strip() for origin in args.cors_origins.split(",") if origin.strip()]
                if args.cors_origins else None}
     if args.client_timeout is not None and not args.client_timeout > 0:
         raise QttsError(f"--client-timeout must be a positive number of seconds, got {args.client_timeout:g}")
+    if args.shutdown_grace is not None and args.shutdown_grace < 0:
+        raise QttsError(f"--shutdown-grace must be 0 or more seconds, got {args.shutdown_grace:g}")
     for name in ("max_queue", "max_voices"):
         if getattr(args, name) is not None and getattr(args, name) < 0:
             raise QttsError(f"--{name.replace('_', '-')} must be 0 or more, got {getattr(args, name)}")
@@ -281,7 +284,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0: all)")
     p.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000)")
     p.add_argument("--voices-dir", help="folder that keeps cloned voices across restarts (Base models)")
-    p.add_argument("--max-queue", type=int, help="requests that may wait before new ones get 503 (default 64)")
+    p.add_argument("--max-batch", type=int, help="requests the engine runs at once (default 64)")
+    p.add_argument("--max-len", type=int, help="cache positions per request, prompt plus frames (default 4096)")
+    p.add_argument("--max-queue", type=int,
+                   help="requests that may wait for a free engine row before new ones get 503 (default 64)")
+    p.add_argument("--shutdown-grace", type=float,
+                   help="seconds open responses get to finish on SIGTERM/SIGINT before they are cancelled (default 10)")
     p.add_argument("--served-model-name", help="model id clients send and /v1/models lists (default: --model)")
     p.add_argument("--api-key",
                    help=f"require 'Authorization: Bearer KEY' on /v1/ routes (default: ${API_KEY_VARIABLE})")

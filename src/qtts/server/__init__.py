@@ -14,20 +14,29 @@ from .voice_store import MAX_VOICES
 
 __all__ = ["create_app", "serve"]
 
+SHUTDOWN_GRACE = 10.0  # seconds open responses get to finish once shutdown begins
+
 
 def serve(model: str, *, host: str = "127.0.0.1", port: int = 8000, device: str | None = None,
           voices_dir: str | Path | None = None, max_queue: int = DEFAULT_MAX_QUEUE,
           model_name: str | None = None, max_voices: int = MAX_VOICES, api_key: str | None = None,
-          cors_origins: Sequence[str] = (), client_timeout: float = CLIENT_TIMEOUT) -> None:
-    """Load `model` and serve it over HTTP until interrupted (options as in `create_app`)."""
+          cors_origins: Sequence[str] = (), client_timeout: float = CLIENT_TIMEOUT, max_batch: int = 64,
+          max_len: int = 4096, shutdown_grace: float = SHUTDOWN_GRACE) -> None:
+    """Load `model` and serve it over HTTP until interrupted (options as in `create_app`; `max_batch` and
+    `max_len` as in `qtts.load`). On SIGTERM or SIGINT the server stops accepting, gives open responses
+    `shutdown_grace` seconds to finish, cancels the rest, stops the engine and returns."""
     import uvicorn
 
     import qtts
 
     from .connections import header_timeout_protocol
 
-    tts = qtts.load(model, device=device)
+    tts = qtts.load(model, device=device, max_batch=max_batch, max_len=max_len)
     app = create_app(tts, model_name=model_name or model, voices_dir=voices_dir, max_queue=max_queue,
                      max_voices=max_voices, api_key=api_key, cors_origins=cors_origins,
                      client_timeout=client_timeout)
-    uvicorn.run(app, host=host, port=port, http=header_timeout_protocol(client_timeout))
+    try:
+        uvicorn.run(app, host=host, port=port, http=header_timeout_protocol(client_timeout),
+                    timeout_graceful_shutdown=shutdown_grace)
+    finally:
+        tts.close()

@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 # Keywords of `TTS.synthesize` that a request may set, named as in generation_config.json.
 SAMPLING_FIELDS = (
-    "seed", "max_new_tokens", "do_sample", "temperature", "top_k", "top_p", "repetition_penalty",
+    "seed", "max_new_tokens", "min_new_tokens", "do_sample", "temperature", "top_k", "top_p", "repetition_penalty",
     "subtalker_dosample", "subtalker_temperature", "subtalker_top_k", "subtalker_top_p",
 )
 
@@ -48,6 +48,8 @@ class SpeechRequest(BaseModel):
     language: str = "auto"
     seed: int | None = None
     max_new_tokens: int | None = Field(None, description="upper bound on generated 80 ms frames")
+    min_new_tokens: int | None = Field(None, description="EOS is masked before this many frames (benchmarks "
+                                       "force a fixed length with it)")
     do_sample: bool | None = None
     temperature: float | None = None
     top_k: int | None = None
