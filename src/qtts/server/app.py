@@ -25,7 +25,9 @@ from .. import __version__
 from ..audio import SAMPLES_PER_FRAME
 from ..errors import InputError, VoiceError
 from .formats import DEFAULT_FORMAT, FORMATS, AudioFormat, StreamEncoder, encode
+from .live import add_live_speech
 from .metrics import Metrics, RequestCounter
+from .page import add_page
 from .schemas import (
     ApiError,
     SpeechRequest,
@@ -118,16 +120,20 @@ def create_app(tts, *, model_name: str | None = None, voices_dir: str | Path | N
         return {"instruct": body.instructions}  # VoiceDesign: the instructions are the voice
 
     def check_speech(body: SpeechRequest) -> AudioFormat:
-        check_model(body.model)
-        name = (body.response_format or DEFAULT_FORMAT).lower()
-        if name not in FORMATS:
-            raise ApiError(400, f"response_format {name!r} is not supported here; choose one of: "
-                           f"{', '.join(FORMATS)}", code="unsupported_format", param="response_format")
         if not body.input.strip():
             raise ApiError(400, "input is empty; send the text to speak", code="invalid_input", param="input")
         if len(body.input) > max_input_chars:
             raise ApiError(400, f"input is {len(body.input)} characters; the limit is {max_input_chars}. "
                            "Split the text and send the parts one by one.", code="input_too_long", param="input")
+        return check_options(body)
+
+    def check_options(body: SpeechRequest) -> AudioFormat:
+        """Everything about a speech request but its text."""
+        check_model(body.model)
+        name = (body.response_format or DEFAULT_FORMAT).lower()
+        if name not in FORMATS:
+            raise ApiError(400, f"response_format {name!r} is not supported here; choose one of: "
+                           f"{', '.join(FORMATS)}", code="unsupported_format", param="response_format")
         if body.speed != 1.0:
             raise ApiError(400, f"speed {body.speed:g} is not supported: qtts speaks at the model's own pace "
                            "(speed 1.0)", code="unsupported_value", param="speed")
@@ -195,6 +201,26 @@ def create_app(tts, *, model_name: str | None = None, voices_dir: str | Path | N
             yield error_event(_api_error(exc))
         finally:
             job.cancel()
+
+    # -- live speech (WS /v1/audio/speech/stream) and the page at / ----------------------------------------
+    def live_arguments(body: SpeechRequest) -> dict[str, Any]:
+        check_options(body)
+        return {"language": body.language, **voice_arguments(body), **body.sampling()}
+
+    async def speak_segment(text: str, arguments: dict[str, Any]) -> AsyncIterator[Any]:
+        """Audio chunks of one committed segment of live text, as the streamed speech handler makes them."""
+        job = submit(lambda: tts.synthesize(text, stream=True, **arguments))
+        try:
+            async for audio in job:
+                metrics.audio_seconds += audio.duration
+                yield audio
+        except Exception as exc:
+            raise _api_error(exc) from None
+        finally:
+            job.cancel()  # a no-op when the job finished; stops generation when the session ended mid-segment
+
+    add_live_speech(app, live_arguments, speak_segment, max_input_chars=max_input_chars)
+    add_page(app)
 
     # -- voices -------------------------------------------------------------------------------------------
     def voice_json(stored: StoredVoice) -> dict:
