@@ -69,6 +69,8 @@ function sessionConfig() {
                    split_granularity: $("split").value };
   if (card.model_type === "custom_voice") config.voice = $("speaker").value;
   if (card.model_type === "base") config.voice = $("voice").value;
+  if ($("seed").value !== "") config.seed = Number($("seed").value);
+  if ($("max-frames").value !== "") config.max_new_tokens = Number($("max-frames").value);
   const instructions = $("instructions").value.trim();
   if (instructions && card.model_type !== "base") config.instructions = instructions;
   return config;
