@@ -1,4 +1,5 @@
-"""The OpenAI-compatible HTTP layer over one loaded `TTS`: speech, voices, models, health and metrics.
+"""The OpenAI-compatible HTTP layer over one loaded `TTS`: speech, voices, models, health and metrics, plus
+live speech over a WebSocket (live.py) and the web page at / (page.py).
 
 Handlers check what only the server knows (model name, voice ids, formats, limits), hand the model work
 to the single `SynthesisWorker`, and turn its results into bytes. Nothing here runs the model itself.
