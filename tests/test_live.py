@@ -165,7 +165,7 @@ def test_one_session_carries_several_utterances_and_a_new_config_between_them(cu
     session.send("input.text", text="First one.")
     session.send("input.done")
     session.until("session.done", utterance_index=0)
-    session.send("session.config", voice="serena", response_format="wav", **GREEDY)
+    session.send("session.config", speaker="serena", response_format="wav", **GREEDY)  # vLLM-Omni's alias
     updated = session.until("session.updated")
     assert updated["config"]["voice"] == "serena"
     session.send("input.text", text="Second one.")

@@ -69,7 +69,7 @@ class SpeechRequest(BaseModel):
 
 class LiveSessionConfig(BaseModel):
     """`session.config` of `WS /v1/audio/speech/stream`: the speech request's fields less the text, which
-    arrives in deltas. Field names follow vLLM-Omni's session config, so its clients port as they are."""
+    arrives in deltas. Field names follow vLLM-Omni's session config, so its clients port with few changes."""
 
     model_config = ConfigDict(extra="forbid")
 
