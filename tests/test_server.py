@@ -31,34 +31,11 @@ pytest.importorskip("python_multipart", reason="the server needs python-multipar
 from qtts.audio import SAMPLES_PER_FRAME  # noqa: E402
 from qtts.server import create_app  # noqa: E402
 from qtts.audio_formats import FORMATS, pcm16  # noqa: E402
+from servers import Server  # noqa: E402
 
 TEXT = "Hello from the server."
 FRAMES = 12  # max_new_tokens of most requests: random weights rarely sample EOS, so about this many frames
 SPEAKER = "ryan"
-
-
-class Server:
-    """A uvicorn server running `app` on a background thread, bound to a free port picked by the OS."""
-
-    def __init__(self, app):
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [sock]}, daemon=True)
-        self.thread.start()
-        deadline = time.monotonic() + 30
-        while not self.server.started:
-            if time.monotonic() > deadline or not self.thread.is_alive():
-                raise RuntimeError("the test server did not start")
-            time.sleep(0.02)
-        self.client = httpx.Client(base_url=self.url, timeout=60)
-
-    def close(self):
-        self.client.close()
-        self.server.should_exit = True
-        self.thread.join(30)
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -1,4 +1,5 @@
-"""The OpenAI-compatible HTTP layer over one loaded `TTS`: speech, voices, models, health and metrics.
+"""The OpenAI-compatible HTTP layer over one loaded `TTS`: speech, voices, models, health and metrics, plus
+live speech over a WebSocket (live.py) and the web page at / (page.py).
 
 Handlers check what only the server knows (model name, voice ids, formats, limits), submit the model work
 to the TTS's engine (one continuous-batching scheduler for every request), and turn its audio into bytes.
@@ -30,7 +31,9 @@ from ..engine.requests import EngineStopped, Generation
 from ..errors import InputError, VoiceError
 from ..limits import check_text
 from .guards import CLIENT_TIMEOUT, add_guards
+from .live import add_live_speech
 from .metrics import Metrics, RequestCounter
+from .page import add_page
 from .request_body import MAX_UPLOAD_BYTES
 from .schemas import (
     ApiError,
@@ -143,11 +146,6 @@ def create_app(tts, *, model_name: str | None = None, voices_dir: str | Path | N
         return {"instruct": body.instructions}  # VoiceDesign: the instructions are the voice
 
     def check_speech(body: SpeechRequest) -> AudioFormat:
-        check_model(body.model)
-        name = (body.response_format or DEFAULT_FORMAT).lower()
-        if name not in FORMATS:
-            raise ApiError(400, f"response_format {name!r} is not supported here; choose one of: "
-                           f"{', '.join(FORMATS)}", code="unsupported_format", param="response_format")
         if len(body.input) > max_input_chars:
             raise ApiError(400, f"input is {len(body.input)} characters; the limit is {max_input_chars}. "
                            "Split the text and send the parts one by one.", code="input_too_long", param="input")
@@ -160,6 +158,15 @@ def create_app(tts, *, model_name: str | None = None, voices_dir: str | Path | N
                 check_text(tts.tokenizer, field, text, max_tokens)
             except InputError as exc:
                 raise ApiError(400, str(exc), code="invalid_input", param=field) from None
+        return check_options(body)
+
+    def check_options(body: SpeechRequest) -> AudioFormat:
+        """Everything about a speech request but its text."""
+        check_model(body.model)
+        name = (body.response_format or DEFAULT_FORMAT).lower()
+        if name not in FORMATS:
+            raise ApiError(400, f"response_format {name!r} is not supported here; choose one of: "
+                           f"{', '.join(FORMATS)}", code="unsupported_format", param="response_format")
         if body.speed != 1.0:
             raise ApiError(400, f"speed {body.speed:g} is not supported: qtts speaks at the model's own pace "
                            "(speed 1.0)", code="unsupported_value", param="speed")
@@ -231,6 +238,28 @@ def create_app(tts, *, model_name: str | None = None, voices_dir: str | Path | N
         finally:
             job.cancel()
             done(job)
+
+    # -- live speech (WS /v1/audio/speech/stream) and the page at / ----------------------------------------
+    def live_arguments(body: SpeechRequest) -> dict[str, Any]:
+        check_options(body)
+        return {"language": body.language, **voice_arguments(body), **body.sampling()}
+
+    async def speak_segment(text: str, arguments: dict[str, Any]) -> AsyncIterator[Any]:
+        """Audio chunks of one committed segment of live text, as the streamed speech handler makes them."""
+        job = submit({"text": text, **arguments})
+        try:
+            async for samples in job:
+                audio = _audio(samples)
+                metrics.audio_seconds += audio.duration
+                yield audio
+        except Exception as exc:
+            raise _api_error(exc) from None
+        finally:
+            job.cancel()  # a no-op when the request finished; frees its row when the session ended mid-segment
+            done(job)
+
+    add_live_speech(app, live_arguments, speak_segment, max_input_chars=max_input_chars)
+    add_page(app)
 
     # -- voices -------------------------------------------------------------------------------------------
     def voice_json(stored: StoredVoice) -> dict:

@@ -1,5 +1,5 @@
 """What goes over the wire: OpenAI's speech request (plus qtts's sampling extensions), the voice, model and
-error objects, and the SSE events of a streamed speech response.
+error objects, the SSE events of a streamed speech response, and the live speech session's settings.
 """
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 
 # Keywords of `TTS.synthesize` that a request may set, named as in generation_config.json.
 SAMPLING_FIELDS = (
@@ -67,6 +67,41 @@ class SpeechRequest(BaseModel):
     def sampling(self) -> dict[str, Any]:
         """The sampling keywords the request sets; the checkpoint's generation_config fills in the rest."""
         return {name: getattr(self, name) for name in SAMPLING_FIELDS if getattr(self, name) is not None}
+
+
+class LiveSessionConfig(BaseModel):
+    """`session.config` of `WS /v1/audio/speech/stream`: the speech request's fields less the text, which
+    arrives in deltas. Field names follow vLLM-Omni's session config, so its clients port with few changes."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str | None = None
+    voice: str | None = Field(None, validation_alias=AliasChoices("voice", "speaker"),
+                              description="as in POST /v1/audio/speech; `speaker` is accepted too")
+    instructions: str | None = None
+    language: str = "auto"
+    response_format: Literal["pcm", "wav"] = Field(
+        "pcm", description="pcm: 16-bit mono 24 kHz samples; wav: the same after a streaming header per utterance"
+    )
+    split_granularity: Literal["sentence", "clause", "none"] = Field(
+        "sentence", description="where buffered text is committed to speech before a flush: at every sentence "
+        "end, also at every clause end, or only on input.flush / input.done (long text is cut anyway)"
+    )
+    seed: int | None = None
+    max_new_tokens: int | None = Field(None, description="upper bound on the 80 ms frames of each segment")
+    do_sample: bool | None = None
+    temperature: float | None = None
+    top_k: int | None = None
+    top_p: float | None = None
+    repetition_penalty: float | None = None
+    subtalker_dosample: bool | None = None
+    subtalker_temperature: float | None = None
+    subtalker_top_k: int | None = None
+    subtalker_top_p: float | None = None
+
+    def speech_request(self) -> SpeechRequest:
+        """The speech request each segment of this session is, with its text left empty."""
+        return SpeechRequest(input="", **self.model_dump(exclude={"split_granularity"}))
 
 
 class ApiError(Exception):

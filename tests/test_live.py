@@ -1,0 +1,295 @@
+"""WS /v1/audio/speech/stream end to end: a real uvicorn server on a free local port over a tiny random
+checkpoint, driven by a real WebSocket client (the `websockets` package).
+
+Each segment's audio is compared with `TTS.synthesize` of that segment's text run in the test on its own
+copy of the model, so these tests prove which text was committed when, and that it reached the engine
+intact with the session's speaker and sampling.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from contextlib import ExitStack
+
+import numpy as np
+import pytest
+import torch
+
+import qtts
+
+pytest.importorskip("fastapi")
+pytest.importorskip("uvicorn")
+websockets_sync = pytest.importorskip("websockets.sync.client")
+
+from qtts.audio import SAMPLES_PER_FRAME  # noqa: E402
+from qtts.server import create_app  # noqa: E402
+from qtts.audio_formats import pcm16, wav_header  # noqa: E402
+from servers import Server  # noqa: E402
+
+FRAMES = 6  # max_new_tokens per segment: random weights rarely sample EOS, so about this many frames
+GREEDY = {"seed": 7, "max_new_tokens": FRAMES, "do_sample": False, "subtalker_dosample": False}
+RECEIVE_TIMEOUT = 60
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    # Tiny models run several times faster on one thread than on two contended ones.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def custom(tiny_checkpoint):
+    """(server, reference TTS): the reference is a second copy of the model, used only by the test thread."""
+    folder = tiny_checkpoint("custom_voice")
+    server = Server(create_app(qtts.load(folder, device="cpu"), model_name="tiny-custom"))
+    yield server, qtts.load(folder, device="cpu")
+    server.close()
+
+
+class Session:
+    """A WebSocket client of the live endpoint that keeps every message in arrival order."""
+
+    def __init__(self, server):
+        self._stack = ExitStack()
+        self.socket = self._stack.enter_context(websockets_sync.connect(
+            server.url.replace("http://", "ws://") + "/v1/audio/speech/stream",
+            open_timeout=30, close_timeout=10, max_size=None))
+        self.received: list = []  # JSON events as dicts, audio frames as bytes
+
+    def send(self, kind: str, **fields):
+        self.socket.send(json.dumps({"type": kind, **fields}))
+
+    def until(self, kind: str, **match) -> dict:
+        """Receive until an event of `kind` (with the given fields) arrives; return it."""
+        deadline = time.monotonic() + RECEIVE_TIMEOUT
+        while True:
+            message = self.socket.recv(timeout=max(deadline - time.monotonic(), 0.01))
+            message = message if isinstance(message, bytes) else json.loads(message)
+            self.received.append(message)
+            if isinstance(message, dict) and message["type"] == kind and \
+                    all(message.get(key) == value for key, value in match.items()):
+                return message
+
+    def events(self, kind: str) -> list[dict]:
+        return [m for m in self.received if isinstance(m, dict) and m["type"] == kind]
+
+    def audio(self, utterance: int, sentence: int | None = None) -> bytes:
+        """The binary frames that followed the audio.start of (utterance, sentence), joined."""
+        chunks, inside = [], False
+        for message in self.received:
+            if isinstance(message, dict):
+                if message["type"] == "audio.start":
+                    inside = message["utterance_index"] == utterance and sentence in (None, message["sentence_index"])
+                elif message["type"] == "session.done" and message["utterance_index"] != utterance:
+                    inside = False
+            elif inside:
+                chunks.append(message)
+        return b"".join(chunks)
+
+    def close(self):
+        self._stack.close()
+
+
+@pytest.fixture
+def session(custom):
+    opened = Session(custom[0])
+    yield opened
+    opened.close()
+
+
+def reference(tts, text, speaker="ryan", **sampling) -> np.ndarray:
+    audio = tts.synthesize(text, speaker=speaker, **{**GREEDY, **sampling})
+    return np.frombuffer(pcm16(audio.samples), dtype="<i2")
+
+
+def assert_same_audio(data: bytes, expected: np.ndarray):
+    """Streamed audio equals the complete decode up to float rounding, which can flip a sample's last bit."""
+    streamed = np.frombuffer(data, dtype="<i2")
+    assert len(streamed) == len(expected) > 0
+    assert np.abs(streamed.astype(np.int32) - expected).max() <= 1
+
+
+def configure(session, **fields) -> dict:
+    session.send("session.config", voice="ryan", **{**GREEDY, **fields})
+    return session.until("session.started")
+
+
+def test_each_sentence_is_spoken_once_it_ends_while_the_rest_is_still_being_written(custom, session):
+    server, tts = custom
+    started = configure(session)
+    assert started["sample_rate"] == 24000 and started["config"]["voice"] == "ryan"
+    session.send("input.text", text="Hello there. How")
+    first = session.until("audio.done", sentence_index=0)  # before the rest of the text exists
+    session.send("input.text", text=" are you today? Fi")
+    session.send("input.text", text="ne.")
+    session.send("input.done")
+    done = session.until("session.done")
+
+    starts = session.events("audio.start")
+    assert [s["sentence_text"] for s in starts] == ["Hello there.", "How are you today?", "Fine."]
+    assert all(s["utterance_index"] == 0 and s["format"] == "pcm" for s in starts)
+    expected = [reference(tts, s["sentence_text"]) for s in starts]
+    for index, samples in enumerate(expected):
+        assert_same_audio(session.audio(0, index), samples)
+    dones = session.events("audio.done")
+    assert dones[0] is first
+    assert [d["frames"] for d in dones] == [math.ceil(len(s) / SAMPLES_PER_FRAME) for s in expected]
+    assert [d["samples"] for d in dones] == [len(s) for s in expected]
+    assert not any(d["error"] for d in dones)
+    assert done["total_sentences"] == 3 and done["samples"] == sum(len(s) for s in expected)
+    assert done["frames"] == sum(d["frames"] for d in dones)
+
+
+def test_flush_speaks_what_is_buffered_and_keeps_the_utterance_open(custom, session):
+    _, tts = custom
+    configure(session)
+    session.send("input.text", text="Half a sentence")
+    session.send("input.flush")
+    session.until("audio.done", sentence_index=0)
+    session.send("input.text", text="and the rest.")
+    session.send("input.done")
+    done = session.until("session.done")
+    assert [s["sentence_text"] for s in session.events("audio.start")] == ["Half a sentence", "and the rest."]
+    assert done["utterance_index"] == 0 and done["total_sentences"] == 2
+    assert_same_audio(session.audio(0, 1), reference(tts, "and the rest."))
+
+
+def test_one_session_carries_several_utterances_and_a_new_config_between_them(custom, session):
+    _, tts = custom
+    configure(session)
+    session.send("input.text", text="First one.")
+    session.send("input.done")
+    session.until("session.done", utterance_index=0)
+    session.send("session.config", speaker="serena", response_format="wav", **GREEDY)  # vLLM-Omni's alias
+    updated = session.until("session.updated")
+    assert updated["config"]["voice"] == "serena"
+    session.send("input.text", text="Second one.")
+    session.send("input.done")
+    second = session.until("session.done", utterance_index=1)
+
+    assert_same_audio(session.audio(0), reference(tts, "First one."))
+    wav = session.audio(1)
+    assert wav[:44] == wav_header(None)  # each wav utterance is one streaming WAV file
+    assert_same_audio(wav[44:], reference(tts, "Second one.", speaker="serena"))
+    assert second["total_sentences"] == 1
+
+
+def test_text_sent_whole_or_in_small_deltas_gives_the_same_greedy_audio(custom):
+    server, _ = custom
+    text = "One sentence here. Another, with a clause; and an end! 最后一句。"
+    spoken = []
+    for deltas in ([text], [text[i:i + 3] for i in range(0, len(text), 3)]):
+        session = Session(server)
+        try:
+            configure(session, split_granularity="clause")
+            for delta in deltas:
+                session.send("input.text", text=delta)
+            session.send("input.done")
+            session.until("session.done")
+            spoken.append(([s["sentence_text"] for s in session.events("audio.start")], session.audio(0)))
+        finally:
+            session.close()
+    assert spoken[0][0] == ["One sentence here.", "Another,", "with a clause;", "and an end!", "最后一句。"]
+    assert len(spoken[0][1]) > 0 and spoken[0] == spoken[1]
+
+
+def test_session_close_finishes_the_committed_speech_then_closes(custom, session):
+    _, tts = custom
+    configure(session)
+    session.send("input.text", text="Said before closing.")
+    session.send("session.close")
+    session.until("session.done")
+    assert_same_audio(session.audio(0), reference(tts, "Said before closing."))
+    with pytest.raises(Exception) as closed:
+        session.socket.recv(timeout=RECEIVE_TIMEOUT)
+    assert getattr(closed.value, "rcvd", None) is not None and closed.value.rcvd.code == 1000
+
+
+def metric(server, name, default=None) -> float:
+    for line in server.client.get("/metrics").text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    if default is None:
+        raise AssertionError(f"{name} not in /metrics")
+    return default
+
+
+CANCELLED = 'qtts_finished_requests_total{reason="cancelled"}'
+
+
+
+def test_a_client_that_leaves_mid_utterance_frees_its_row_and_the_next_session_is_served(custom):
+    server, tts = custom
+    cancelled = metric(server, CANCELLED, default=0.0)
+    leaving = Session(server)
+    configure(leaving, max_new_tokens=2000)  # far longer than the test waits
+    leaving.send("input.text", text="A very long sentence that the client will not wait for.")
+    leaving.send("input.done")
+    leaving.until("audio.start")
+    while not any(isinstance(m, bytes) for m in leaving.received):
+        leaving.received.append(leaving.socket.recv(timeout=RECEIVE_TIMEOUT))
+    leaving.socket.close_socket()  # no closing handshake: the connection just drops
+
+    deadline = time.monotonic() + 30
+    while metric(server, "qtts_requests_running") != 0:
+        assert time.monotonic() < deadline, "the engine kept generating for a client that left"
+        time.sleep(0.05)
+    assert metric(server, CANCELLED, default=0.0) == cancelled + 1
+
+    session = Session(server)
+    try:
+        configure(session)
+        session.send("input.text", text="Next session.")
+        session.send("input.done")
+        session.until("session.done")
+        assert_same_audio(session.audio(0), reference(tts, "Next session."))
+    finally:
+        session.close()
+
+
+def test_bad_messages_get_a_clear_error_and_the_session_carries_on(custom, session):
+    _, tts = custom
+
+    def error_for(message) -> dict:
+        session.socket.send(message)
+        return session.until("error")["error"]
+
+    assert "not valid JSON" in error_for("{nope")["message"]
+    assert error_for(json.dumps(["a list"]))["param"] == "type"
+    assert "unknown message type 'input.txt'" in error_for(json.dumps({"type": "input.txt"}))["message"]
+    assert error_for(json.dumps({"type": "input.text", "text": "Hi."}))["code"] == "session_not_configured"
+    assert "binary messages" in error_for(b"\x00\x01")["message"]
+    unknown = error_for(json.dumps({"type": "session.config", "voice": "nobody"}))
+    assert unknown["code"] == "voice_not_found" and "ryan" in unknown["message"]
+    assert unknown.keys() == {"message", "type", "param", "code"} and unknown["type"] == "invalid_request_error"
+    assert error_for(json.dumps({"type": "session.config", "voice": "ryan", "response_format": "mp3"}))["param"] \
+        == "response_format"
+    assert "unknown field 'colour'" in error_for(json.dumps({"type": "session.config", "colour": 1}))["message"]
+    assert error_for(json.dumps({"type": "session.config", "voice": "ryan", "language": "klingon"}))["code"] \
+        == "unsupported_language"
+
+    configure(session)
+    assert error_for(json.dumps({"type": "input.text", "text": 5}))["param"] == "text"
+    session.send("input.text", text="Still here")
+    assert error_for(json.dumps({"type": "session.config", "voice": "serena"}))["code"] == "utterance_in_progress"
+    session.send("input.text", text=", and speaking.")
+    session.send("input.done")
+    session.until("session.done")
+    assert [s["sentence_text"] for s in session.events("audio.start")] == ["Still here, and speaking."]
+    assert_same_audio(session.audio(0), reference(tts, "Still here, and speaking."))
+
+
+def test_the_page_and_its_script_are_served(custom):
+    server, _ = custom
+    page = server.client.get("/")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    for control in ('id="text"', 'id="speaker"', 'id="language"', 'id="play"', 'id="live"', 'id="first-audio"'):
+        assert control in page.text
+    script = server.client.get("/static/app.js")
+    assert script.status_code == 200 and "/v1/audio/speech/stream" in script.text
+    assert "http" not in script.text.replace("https:", "")  # offline: nothing is fetched from elsewhere
