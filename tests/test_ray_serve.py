@@ -6,11 +6,18 @@ voice tests cover the shared voice store; their audio is compared with `TTS.synt
 
 from __future__ import annotations
 
+import importlib
 import io
 import os
+import shutil
+import signal
 import socket
+import subprocess
+import sys
+import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -29,6 +36,7 @@ from ray import serve  # noqa: E402
 from qtts.cluster import REPLICA_HEADER, ServeArgs, build_app  # noqa: E402
 from qtts.server.formats import pcm16  # noqa: E402
 
+REPO = Path(__file__).resolve().parents[1]
 TEXT = "Hello from a replica."
 FRAMES = 8
 REPLICAS = 2
@@ -50,6 +58,14 @@ def reference_wav(seconds=1.5):
     return buffer.getvalue()
 
 
+@pytest.fixture
+def ray_temp_dir():
+    """A short folder for a Ray session: its socket paths must stay under 108 bytes, which pytest's do not."""
+    folder = tempfile.mkdtemp(prefix="qtts-ray-")
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
 def replica_actors() -> dict[str, str]:
     """replica tag -> name of its Ray actor, for the replicas Ray Serve runs now."""
     named = ray.util.list_named_actors(all_namespaces=True)
@@ -65,13 +81,14 @@ def running_replicas() -> int:
 
 @pytest.fixture(scope="module")
 def cluster(tiny_checkpoint, tmp_path_factory):
+    ray_temp = tempfile.mkdtemp(prefix="qtts-ray-")  # short: Ray's socket paths must stay under 108 bytes
     """(client, checkpoint folder, voices folder) for a 2-replica qtts application on a fresh local cluster."""
     folder = tiny_checkpoint("base")
     voices_dir = tmp_path_factory.mktemp("voices")
     os.environ["RAY_USAGE_STATS_ENABLED"] = "0"  # no usage report leaves the machine
     # Each replica takes 1 CPU; Ray gives its workers OMP_NUM_THREADS=1, so torch runs one thread each.
     ray.init(address="local", num_cpus=REPLICAS, num_gpus=0, include_dashboard=False,
-             _node_ip_address="127.0.0.1", _temp_dir=str(tmp_path_factory.mktemp("ray")),
+             _node_ip_address="127.0.0.1", _temp_dir=ray_temp,
              logging_level="warning", log_to_driver=False)
     port = free_port()
     try:
@@ -84,6 +101,7 @@ def cluster(tiny_checkpoint, tmp_path_factory):
     finally:
         serve.shutdown()
         ray.shutdown()
+        shutil.rmtree(ray_temp, ignore_errors=True)
     with pytest.raises(httpx.ConnectError):  # the proxy is gone with the cluster
         httpx.get(f"http://127.0.0.1:{port}/health", timeout=5)
 
@@ -125,6 +143,69 @@ def assert_same_audio(response, want):
     assert np.abs(got.astype(np.int32) - want).max() <= 1  # streamed decode: float rounding may flip a bit
 
 
+# -- building the application (no cluster) -----------------------------------------------------------------
+def test_the_documented_config_file_builds_the_application_it_describes():
+    import yaml
+    from ray.serve.schema import ServeDeploySchema
+
+    config = ServeDeploySchema.model_validate(yaml.safe_load((REPO / "deploy" / "ray-serve.yaml").read_text()))
+    (entry,) = config.applications
+    module, name = entry.import_path.split(":")
+    builder = getattr(importlib.import_module(module), name)
+    built = builder(entry.args)  # as Ray Serve calls it: the args as the file gives them
+    deployment = built._bound_deployment  # no public accessor: the deployment the application binds
+    assert deployment.name == entry.deployments[0].name == "qtts"
+    assert deployment.num_replicas == entry.args["replicas"] == 2
+    assert deployment.init_args[0].voices_dir == entry.args["voices_dir"]
+
+
+def test_build_app_sets_replicas_or_autoscaling_and_refuses_unknown_options():
+    fixed = build_app({"model": "m", "replicas": "3", "device": "cpu"})._bound_deployment
+    assert fixed.num_replicas == 3 and fixed.ray_actor_options["num_gpus"] == 0
+    scaled = build_app({"model": "m", "autoscale": "1:4"})._bound_deployment._deployment_config
+    assert (scaled.autoscaling_config.min_replicas, scaled.autoscaling_config.max_replicas) == (1, 4)
+    with pytest.raises(ValueError, match="voice_dir"):
+        build_app({"model": "m", "voice_dir": "/tmp/voices"})
+    with pytest.raises(ValueError, match="replicas or autoscale"):
+        build_app({"model": "m", "replicas": 2, "autoscale": "1:4"})
+    with pytest.raises(ValueError, match="MIN:MAX"):
+        build_app({"model": "m", "autoscale": "4"})
+
+
+# -- the one command ----------------------------------------------------------------------------------------
+def test_qtts_serve_with_replicas_serves_through_ray_and_stops_on_ctrl_c(tiny_checkpoint, tmp_path, ray_temp_dir):
+    """`qtts serve --replicas 1` in its own process: up, answering with a replica header, gone after SIGINT."""
+    port = free_port()
+    env = dict(os.environ, PYTHONPATH=str(REPO / "src"), RAY_USAGE_STATS_ENABLED="0", OMP_NUM_THREADS="1",
+               RAY_TMPDIR=ray_temp_dir)
+    command = [sys.executable, "-m", "qtts.cli", "serve", "--model", str(tiny_checkpoint("custom_voice")),
+               "--device", "cpu", "--port", str(port), "--replicas", "1"]
+    log = tmp_path / "serve.log"
+    with log.open("w") as output:
+        process = subprocess.Popen(command, env=env, stdout=output, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + STARTUP_TIMEOUT
+        while True:
+            assert process.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+            if "through Ray Serve" in log.read_text():  # printed once Ray Serve says the replicas run
+                break
+            time.sleep(0.5)
+        health = httpx.get(url + "/health", timeout=5)
+        assert health.status_code == 200
+        assert health.headers[REPLICA_HEADER]
+        body = {"input": TEXT, "voice": "ryan", "seed": 1, "max_new_tokens": 4, "response_format": "pcm"}
+        spoken = httpx.post(url + "/v1/audio/speech", json=body, timeout=60)
+        assert spoken.status_code == 200 and len(spoken.content) == 3 * 1920 * 2  # 4 talker tokens: 3 frames
+    finally:
+        process.send_signal(signal.SIGINT)
+        code = process.wait(60)
+    assert code == 0, log.read_text()[-3000:]
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(url + "/health", timeout=5)
+
+
+# -- two replicas behind one endpoint -----------------------------------------------------------------------
 def test_concurrent_requests_are_served_by_both_replicas_with_the_same_audio(cluster, voice, reference):
     client, _, _ = cluster
     served = set()
