@@ -18,7 +18,7 @@ DEFAULT_TARGET_ONGOING_REQUESTS = 4
 class ServeArgs(BaseModel):
     """Options of `build_app`; unknown keys are refused, so a misspelt config key is an error, not a no-op."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
     model: str = Field(description="checkpoint folder or Hugging Face repo id; every replica loads it")
     device: str | None = Field(None, description="cpu or cuda (default: the GPU Ray gives the replica, else cpu)")
