@@ -554,3 +554,21 @@ def test_voice_store_reads_hand_made_files_and_skips_foreign_ones(tmp_path):
     assert [stored.id for stored in VoiceStore(tmp_path, hidden_size=16).list()] == ["narrator", added.id]
     assert store.delete(added.id) and not store.delete(added.id)
     assert not (tmp_path / f"{added.id}.safetensors").exists() and not (tmp_path / f"{added.id}.json").exists()
+
+
+def test_voice_stores_sharing_a_folder_see_each_others_voices(tmp_path):
+    """Replicas of one server each hold a store over the same folder: the folder, not memory, decides."""
+    from qtts.server.voice_store import VoiceStore
+
+    one, other = VoiceStore(tmp_path, hidden_size=16), VoiceStore(tmp_path, hidden_size=16)
+    added = one.add(qtts.Voice(torch.randn(16)), name="shared")
+    found = other.get(added.id)
+    assert found is not None and found.name == "shared" and found.created_at == added.created_at
+    torch.testing.assert_close(found.voice.speaker_embedding, added.voice.speaker_embedding)
+    assert [stored.id for stored in other.list()] == [added.id]
+    assert not [path for path in tmp_path.iterdir() if path.name.startswith(".")]  # no temporary files left
+    assert other.delete(added.id)
+    assert one.get(added.id) is None and one.list() == [] and not one.delete(added.id)
+    # An id is a file name in the folder, never a path leading out of it.
+    qtts.Voice(torch.randn(16)).save(tmp_path.parent / "outside.safetensors")
+    assert one.get(f"../{tmp_path.parent.name}/outside") is None and one.get("../outside") is None

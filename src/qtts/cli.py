@@ -206,6 +206,10 @@ def cmd_serve(args) -> None:
     except ImportError as e:
         raise QttsError(f"qtts serve needs the server extra ({e.name} is not installed): "
                         "pip install 'qtts[server]'") from None
+    model = _model_or_demo(args.model, "custom_voice")
+    if args.replicas is not None or args.autoscale is not None or args.ray_address is not None:
+        _serve_on_ray(args, model)
+        return
     options = {"max_queue": args.max_queue, "voices_dir": args.voices_dir, "model_name": args.served_model_name,
                "max_voices": args.max_voices, "client_timeout": args.client_timeout,
                "max_batch": args.max_batch, "max_len": args.max_len, "shutdown_grace": args.shutdown_grace,
@@ -220,8 +224,30 @@ def cmd_serve(args) -> None:
         if getattr(args, name) is not None and getattr(args, name) < 0:
             raise QttsError(f"--{name.replace('_', '-')} must be 0 or more, got {getattr(args, name)}")
     _check_device(args.device)
-    serve(_model_or_demo(args.model, "custom_voice"), host=args.host, port=args.port, device=args.device,
+    serve(model, host=args.host, port=args.port, device=args.device,
           **{key: value for key, value in options.items() if value is not None})
+
+
+def _serve_on_ray(args, model: str) -> None:
+    """`qtts serve` with --replicas, --autoscale or --ray-address: the same server as Ray Serve replicas."""
+    try:
+        from .cluster import ServeArgs, serve_replicas
+    except ImportError as e:
+        raise QttsError(f"--replicas, --autoscale and --ray-address need the cluster extra ({e.name} is not "
+                        "installed): pip install 'qtts[cluster]'") from None
+    from pydantic import ValidationError
+
+    given = {"model": model, "device": args.device, "served_model_name": args.served_model_name,
+             "voices_dir": args.voices_dir, "max_queue": args.max_queue, "max_batch": args.max_batch,
+             "replicas": args.replicas,
+             "autoscale": args.autoscale}
+    try:
+        options = ServeArgs(**{key: value for key, value in given.items() if value is not None})
+    except ValidationError as e:
+        problem = e.errors()[0]
+        flag = "--" + str(problem["loc"][0]).replace("_", "-") + ": " if problem["loc"] else ""
+        raise QttsError(flag + problem["msg"].removeprefix("Value error, ")) from None
+    serve_replicas(options, host=args.host, port=args.port, ray_address=args.ray_address)
 
 
 API_KEY_VARIABLE = "QTTS_API_KEY"
@@ -297,6 +323,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-voices", type=int, help="cloned voices the server keeps at most (default 1000)")
     p.add_argument("--client-timeout", type=float,
                    help="seconds a client may take to send its headers, or between pieces of its body (default 10)")
+    scale = p.add_mutually_exclusive_group()
+    scale.add_argument("--replicas", type=int, help="run N replicas (one GPU each) behind the port, on Ray Serve")
+    scale.add_argument("--autoscale", metavar="MIN:MAX", help="let Ray Serve run MIN to MAX replicas, by load")
+    p.add_argument("--ray-address", help="join this Ray cluster (auto, HOST:PORT, ray://...) instead of "
+                   "starting one on this machine")
     p.set_defaults(func=cmd_serve)
 
     # Listed for --help only: main() hands `qtts bench ...` to qtts.bench, which parses its own options.
