@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -385,3 +386,29 @@ def test_cli_version_and_info_without_weights(tiny_checkpoint, tmp_path):
     assert "max_new_tokens=8192" in result.stdout and "talker" in result.stdout
     assert f"qtts {qtts.__version__}" in result.stdout and "ryan" in result.stdout
     assert_one_line_exit_2(cli("speak", "Hi.", "--model", folder, "-o", tmp_path / "x.wav"), "NaN")
+
+
+# -- shutdown and readiness ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("signal_number", [signal.SIGTERM, signal.SIGINT])
+def test_shutdown_with_a_stream_and_a_whole_file_request_running_exits_0_within_the_grace(tiny_checkpoint,
+                                                                                           signal_number):
+    server = ServeProcess(tiny_checkpoint("custom_voice"), "--shutdown-grace", 2)
+    try:
+        assert server.client.get("/ready").status_code == 200
+        long = {"input": "A long sentence the server will not finish.", "voice": "aiden", "max_new_tokens": 2000,
+                "min_new_tokens": 2000}
+        with server.client.stream("POST", "/v1/audio/speech", json={**long, "response_format": "pcm"}) as stream:
+            next(stream.iter_raw())  # streaming is under way
+            whole = socket.create_connection(("127.0.0.1", server.port))  # and a whole-file request
+            body = json.dumps({**long, "response_format": "flac"}).encode()
+            whole.sendall(b"POST /v1/audio/speech HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                          b"Content-Length: %d\r\n\r\n" % len(body) + body)
+            began = time.monotonic()
+            server.process.send_signal(signal_number)
+            code = server.process.wait(30)
+            whole.close()
+        assert code == 0, server.process.stderr.read()[-2000:]
+        assert time.monotonic() - began < 2 + 10  # the grace, then cancelling and stopping the engine
+        assert "terminate called" not in server.process.stderr.read()
+    finally:
+        server.close()

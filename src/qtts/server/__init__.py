@@ -5,6 +5,7 @@ Needs the `server` extra (FastAPI, uvicorn, python-multipart).
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -20,7 +21,7 @@ SHUTDOWN_GRACE = 10.0  # seconds open responses get to finish once shutdown begi
 def serve(model: str, *, host: str = "127.0.0.1", port: int = 8000, device: str | None = None,
           voices_dir: str | Path | None = None, max_queue: int = DEFAULT_MAX_QUEUE,
           model_name: str | None = None, max_voices: int = MAX_VOICES, api_key: str | None = None,
-          cors_origins: Sequence[str] = (), client_timeout: float = CLIENT_TIMEOUT, max_batch: int = 64,
+          cors_origins: Sequence[str] = (), client_timeout: float = CLIENT_TIMEOUT, max_batch: int | None = None,
           max_len: int = 4096, shutdown_grace: float = SHUTDOWN_GRACE) -> None:
     """Load `model` and serve it over HTTP until interrupted (options as in `create_app`; `max_batch` and
     `max_len` as in `qtts.load`). On SIGTERM or SIGINT the server stops accepting, gives open responses
@@ -35,8 +36,16 @@ def serve(model: str, *, host: str = "127.0.0.1", port: int = 8000, device: str 
     app = create_app(tts, model_name=model_name or model, voices_dir=voices_dir, max_queue=max_queue,
                      max_voices=max_voices, api_key=api_key, cors_origins=cors_origins,
                      client_timeout=client_timeout)
+    # uvicorn handles SIGTERM/SIGINT while it runs, then raises the signal again for the handler found
+    # before it: with these, that ends in a normal return (exit 0) instead of a kill or a KeyboardInterrupt.
+    for number in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(number, _stopped)
     try:
         uvicorn.run(app, host=host, port=port, http=header_timeout_protocol(client_timeout),
                     timeout_graceful_shutdown=shutdown_grace)
     finally:
         tts.close()
+
+
+def _stopped(signal_number, frame) -> None:
+    """The server has already shut down when uvicorn passes the signal on: nothing is left to do."""

@@ -74,6 +74,7 @@ def create_app(tts, *, model_name: str | None = None, voices_dir: str | Path | N
     engine = tts.engine
     metrics = Metrics(engine, max_queue)
     open_generations: set[Generation] = set()
+    shutting_down = asyncio.Event()
     is_base = tts.model_type == "base"
     if voices_dir is not None and not is_base:
         logger.warning("ignoring voices_dir: voices are for Base models and this is a %s model", tts.model_type)
@@ -86,6 +87,7 @@ def create_app(tts, *, model_name: str | None = None, voices_dir: str | Path | N
         try:
             yield
         finally:  # the engine belongs to the TTS: stop only this app's requests
+            shutting_down.set()
             for generation in list(open_generations):
                 generation.cancel()
 
@@ -329,6 +331,14 @@ def create_app(tts, *, model_name: str | None = None, voices_dir: str | Path | N
         if not engine.alive:
             return JSONResponse({"status": "error", "message": "the engine is not running"}, 503)
         return {"status": "ok", "model": served_name, "running": engine.running, "queued": engine.queued}
+
+    @app.get("/ready")
+    async def ready():
+        """200 once requests can run: the engine captured its graphs while the model loaded (before this
+        app existed), so ready means its thread is up and the server is not shutting down."""
+        if not engine.alive or shutting_down.is_set():
+            return JSONResponse({"status": "not ready"}, 503)
+        return {"status": "ready", "model": served_name, "startup_s": round(engine.startup_s, 1)}
 
     @app.get("/metrics")
     async def prometheus():
