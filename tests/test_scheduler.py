@@ -239,13 +239,15 @@ def test_one_token_limit_gives_no_frames_like_the_reference():
     assert [c.shape for c in got] == [c.shape for c in expected] == [(0, 16)] * 2
 
 
-def test_requests_that_cannot_fit_are_refused_up_front():
+def test_a_request_ends_where_its_cache_does_and_a_prompt_that_fills_it_is_refused():
     talker = tiny_talker(seed=14)
-    plan = plans(talker, seed=15)[0]
-    engine = engine_for(talker)
+    plan = plans(talker, seed=15)[0]  # 7 positions: one 64-position prefill bucket
+    engine = engine_for(talker, max_len=128)
+    _, finished = engine.submit(plan, replace(greedy(10**6), min_new_tokens=10**6), audio=False).result()
+    assert finished.reason == "length" and finished.codes.shape[0] == 128 - 64 - 1
     from qtts.errors import InputError
-    with pytest.raises(InputError, match="cache positions"):
-        engine.submit(plan, greedy(10**9), audio=False)
+    with pytest.raises(InputError, match="no room for speech"):
+        engine_for(talker, max_len=70).submit(plan, greedy(4), audio=False)
     with pytest.raises(InputError, match="no codec decoder"):
         engine.submit(plan, greedy(4))
 

@@ -32,7 +32,7 @@ ENGINES = ("auto", "fast", "reference")
 
 
 def load(model: str | os.PathLike, *, device: str | torch.device | None = None,
-         dtype: torch.dtype | None = None, engine: str = "auto", max_batch: int = 64,
+         dtype: torch.dtype | None = None, engine: str = "auto", max_batch: int | None = None,
          max_len: int = 4096) -> "TTS":
     """Load a Qwen3-TTS 12 Hz checkpoint from a folder or a Hugging Face repo id.
 
@@ -72,6 +72,8 @@ def load(model: str | os.PathLike, *, device: str | torch.device | None = None,
     load_weights(codec_decoder, ckpt.speech_tokenizer_file, "decoder.")
     tokenizer = TextTokenizer.from_folder(ckpt.path)
     fast = engine == "fast" or (engine == "auto" and device.type == "cuda")
+    if max_batch is None:
+        max_batch = default_max_batch(cfg.talker_config, device, dtype, max_len)
     if not isinstance(max_batch, int) or not 1 <= max_batch <= 1024:
         raise InputError(f"max_batch must be an integer in 1..1024, got {max_batch!r}")
     if not isinstance(max_len, int) or not 128 <= max_len <= 1 << 20:
@@ -79,6 +81,17 @@ def load(model: str | os.PathLike, *, device: str | torch.device | None = None,
     scheduler = Scheduler(talker, codec_decoder, max_batch=max_batch, max_len=max_len,
                           graphs=fast and device.type == "cuda", fused=None if fast else False)
     return TTS(ckpt, talker, speaker_encoder, codec_encoder, codec_decoder, tokenizer, scheduler)
+
+
+def default_max_batch(talker_config, device: torch.device, dtype: torch.dtype, max_len: int) -> int:
+    """64 rows, or fewer where the KV cache pool of 64 rows of `max_len` positions would take more than half
+    of the GPU's free memory (a 24 GB card holds fewer 1.7B rows than an H200)."""
+    if device.type != "cuda":
+        return 64
+    free, _ = torch.cuda.mem_get_info(device)
+    per_row = (2 * talker_config.num_hidden_layers * talker_config.num_key_value_heads * talker_config.head_dim
+               * max_len * torch.finfo(dtype).bits // 8)
+    return max(1, min(64, int(free * 0.5 // per_row)))
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:

@@ -310,7 +310,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0: all)")
     p.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000)")
     p.add_argument("--voices-dir", help="folder that keeps cloned voices across restarts (Base models)")
-    p.add_argument("--max-batch", type=int, help="requests the engine runs at once (default 64)")
+    p.add_argument("--max-batch", type=int,
+                   help="requests the engine runs at once (default 64, fewer where the GPU has less free memory)")
     p.add_argument("--max-len", type=int, help="cache positions per request, prompt plus frames (default 4096)")
     p.add_argument("--max-queue", type=int,
                    help="requests that may wait for a free engine row before new ones get 503 (default 64)")

@@ -47,8 +47,9 @@ PREFILL_TOKENS = 2048
 # How many frames the host may enqueue beyond the last one whose codes it has read: enough to keep the GPU
 # busy, few enough that a request hears of EOS (and leaves) within a couple of frames.
 RUN_AHEAD = 2
-DECODE_ROUNDS = 4
-AUDIO_POLL_S = 0.0002  # while waiting for a frame with audio in flight: how often to look for landed audio  # decode calls per request per iteration at most (context replays need several)
+DECODE_ROUNDS = 4  # decode calls per request per iteration at most (context replays need several)
+MIN_ROOM = 16  # frames a prompt must leave in the cache, or the request is refused
+AUDIO_POLL_S = 0.0002  # while waiting for a frame with audio in flight: how often to look for landed audio
 
 
 def frame_budget(text_tokens: int) -> int | None:
@@ -125,10 +126,14 @@ class Scheduler:
         if budget is not None and budget < limit:
             limit, reason = budget, BUDGET
         prompt_len = -(-plan.prefill.shape[0] // PREFILL_BUCKET) * PREFILL_BUCKET
-        if prompt_len + limit + 1 > self.max_len:
+        room = self.max_len - prompt_len - 1  # frames the cache holds after this prompt
+        if room < MIN_ROOM:
             raise InputError(
-                f"the prompt ({plan.prefill.shape[0]} positions) and up to {limit} frames do not fit the engine's "
-                f"{self.max_len} cache positions; lower max_new_tokens or shorten the text")
+                f"the prompt takes {plan.prefill.shape[0]} of the engine's {self.max_len} cache positions, "
+                "leaving no room for speech: shorten the text, instructions or reference (or load with a "
+                "larger max_len)")
+        if limit > room:  # the request ends where its cache does, as it would at max_new_tokens
+            limit, reason = room, LENGTH
         if plan.trailing.shape[0] > self.max_text:
             raise InputError(f"the text track has {plan.trailing.shape[0]} positions; the engine holds "
                              f"{self.max_text}: shorten the text")
