@@ -34,7 +34,7 @@ import ray  # noqa: E402
 from ray import serve  # noqa: E402
 
 from qtts.cluster import REPLICA_HEADER, ServeArgs, build_app  # noqa: E402
-from qtts.server.formats import pcm16  # noqa: E402
+from qtts.audio_formats import pcm16  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 TEXT = "Hello from a replica."
