@@ -174,7 +174,7 @@ def test_one_session_carries_several_utterances_and_a_new_config_between_them(cu
 
     assert_same_audio(session.audio(0), reference(tts, "First one."))
     wav = session.audio(1)
-    assert wav[:44] == wav_header(None)  # each wav utterance is one streaming WAV file
+    assert wav[:44] == wav_header(None, 24000)  # each wav utterance is one streaming WAV file
     assert_same_audio(wav[44:], reference(tts, "Second one.", speaker="serena"))
     assert second["total_sentences"] == 1
 

@@ -225,7 +225,7 @@ class LiveSession:
                 encoder, frames, samples = None, 0, 0
                 continue
             if encoder is None:
-                encoder = StreamEncoder(FORMATS[item.response_format])
+                encoder = StreamEncoder(FORMATS[item.response_format], SAMPLE_RATE)
             said = await self._say(item, encoder)
             samples += said
             frames += math.ceil(said / SAMPLES_PER_FRAME)
