@@ -103,6 +103,7 @@ class LiveSession:
 
     async def run(self) -> None:
         speaker = asyncio.create_task(self._speak_queued())
+        speaker.add_done_callback(self._speaker_ended)
         try:
             if await self._receive_all():
                 self.queue.put_nowait(_CLOSE)
@@ -118,6 +119,21 @@ class LiveSession:
                 pass
             except Exception:  # a send after the client left fails in ways that depend on the ASGI server
                 logger.debug("live speech session ended while sending", exc_info=True)
+
+    def _speaker_ended(self, task: asyncio.Task) -> None:
+        """A speaking task that failed must not leave the client waiting for audio that never comes."""
+        if task.cancelled() or task.exception() is None:
+            return
+        logger.error("live speech session failed", exc_info=task.exception())
+        asyncio.ensure_future(self._close_after_failure())
+
+    async def _close_after_failure(self) -> None:
+        try:
+            await self._error(ApiError(500, "internal error while speaking; see the server log",
+                                       code="internal_error"))
+            await self.websocket.close(code=1011)
+        except Exception:  # the client may be gone already
+            logger.debug("could not report a failed live speech session", exc_info=True)
 
     # -- receiving ----------------------------------------------------------------------------------------
     async def _receive_all(self) -> bool:
