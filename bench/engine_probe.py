@@ -34,7 +34,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 import qtts  # noqa: E402
-from qtts.engine.decode_stage import CHUNK_SIZES  # noqa: E402
+from qtts.engine.decode_stage import BULK, CHUNK_SIZES  # noqa: E402
 from qtts.testing import real_speech_tokenizer_config, real_tts_config, write_checkpoint  # noqa: E402
 
 FRAME_S = 0.08
@@ -76,11 +76,13 @@ def decode(tts, emit, reps):
         slots = list(range(bucket))
         for chunk in CHUNK_SIZES:
             codes = torch.randint(0, 2048, (bucket, chunk, 16))
-            ms = cuda_ms(lambda: stage.decode(slots, codes), reps)
+            with stage.on_stream(BULK):
+                ms = cuda_ms(lambda: stage.decode(BULK, slots, codes), reps)
             emit({"part": "decode", "batch": bucket, "chunk": chunk, "ms": round(ms, 3),
                   "audio_s_per_s": round(bucket * chunk * FRAME_S / (ms / 1e3), 1)})
-    for slot in range(stage.dummy):
-        stage.reset(slot)
+    with stage.on_stream(BULK):
+        for slot in range(max(stage.buckets)):
+            stage.reset(slot, BULK)
 
 
 @torch.inference_mode()
@@ -133,11 +135,16 @@ def load(tts, emit, speaker, frames_per_request, concurrency, rounds):
                 lead = received - (now - first)
                 worst_lead = lead if worst_lead is None else min(worst_lead, lead)
                 received += len(chunk) / 24000
+            finished = generation.finished
             with lock:
-                results.append((first - began, received, worst_lead, time.perf_counter() - began))
+                results.append((first - began, received, worst_lead, time.perf_counter() - began,
+                                finished.queued_s, getattr(finished, "first_frame_s", None)))
 
         for _ in range(rounds):  # warm-up round first, then measured
             results.clear()
+            stats = tts.engine.stats
+            before = {lane: (stats["decode_calls"][lane], stats["decode_rows"][lane])
+                      for lane in ("urgent", "bulk")} if "decode_calls" in stats else {}
             threads = [threading.Thread(target=one_stream, args=(i,)) for i in range(count)]
             began = time.perf_counter()
             for thread in threads:
@@ -147,12 +154,21 @@ def load(tts, emit, speaker, frames_per_request, concurrency, rounds):
             wall = time.perf_counter() - began
         firsts = sorted(r[0] * 1e3 for r in results)
         audio = sum(r[1] for r in results)
+        first_frames = [r[5] * 1e3 for r in results if r[5] is not None]
+        batching = {}  # decode calls of the measured round, and the requests each decoded
+        for lane, (calls, rows) in before.items():
+            calls, rows = stats["decode_calls"][lane] - calls, stats["decode_rows"][lane] - rows
+            batching[lane] = {"calls": calls, "rows_per_call": round(rows / max(calls, 1), 2)}
         emit({"part": "load", "concurrent": count, "frames": frames_per_request,
               "audio_s_per_s": round(audio / wall, 1), "x_real_time_per_stream": round(
                   statistics.median(r[1] / r[3] for r in results), 2),
               "first_audio_ms_median": round(statistics.median(firsts), 2),
               "first_audio_ms_p95": round(firsts[min(len(firsts) - 1, int(0.95 * len(firsts)))], 2),
-              "worst_lead_s": round(min(r[2] for r in results), 3), "wall_s": round(wall, 2)})
+              "worst_lead_s": round(min(r[2] for r in results), 3), "wall_s": round(wall, 2),
+              # where first audio goes: waiting for the prefill, then to the first frame's codes on the host
+              "queued_ms_median": round(statistics.median(r[4] * 1e3 for r in results), 2),
+              "first_frame_ms_median": round(statistics.median(first_frames), 2) if first_frames else None,
+              "decode_rows_per_call": batching})
 
 
 def main():
@@ -165,13 +181,15 @@ def main():
     parser.add_argument("--frames", type=int, default=80)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 16, 32, 64])
     parser.add_argument("--max-batch", type=int, default=64)
+    parser.add_argument("--cudnn-benchmark", action="store_true",
+                        help="let cuDNN time its convolution algorithms when the decoder graphs are captured")
     args = parser.parse_args()
     out = Path(os.environ.get("OUT", "engine_probe_out"))
     out.mkdir(parents=True, exist_ok=True)
     log = open(out / f"engine_probe_{args.size}.jsonl", "a")
 
     def emit(record):
-        record = {"size": args.size, **record}
+        record = {"size": args.size, **({"cudnn_benchmark": True} if args.cudnn_benchmark else {}), **record}
         print(json.dumps(record), flush=True)
         log.write(json.dumps(record) + "\n")
         log.flush()
@@ -181,6 +199,7 @@ def main():
         folder = tempfile.mkdtemp(prefix=f"qtts-{args.size}-")
         write_checkpoint(folder, real_tts_config("custom_voice", args.size), real_speech_tokenizer_config(),
                          seed=0, dtype=torch.bfloat16, device="cuda")
+    torch.backends.cudnn.benchmark = args.cudnn_benchmark
     began = time.perf_counter()
     tts = qtts.load(folder, max_batch=args.max_batch)
     emit({"part": "startup", "load_s": round(time.perf_counter() - began, 1),

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 import qtts
+from qtts.engine.scheduler import LEAD_LOW_S
 from qtts.models.codec_decoder import decode_official
 from qtts.streaming import stream_audio
 
@@ -61,3 +62,24 @@ def test_synthesize_stream_equals_synthesize(tts):
 def test_stream_validates_before_the_first_chunk(tts):
     with pytest.raises(qtts.InputError, match="unknown speaker"):
         tts.synthesize("Hi.", speaker="nobody", stream=True)
+
+
+def test_steady_chunks_of_streams_running_together_decode_in_one_call(tts):
+    """Past the ramp, a stream's chunks wait while its audio is well ahead of playback, so that requests
+    running together decode in one call; each request's audio still equals its audio alone."""
+    texts = ["The first of three voices.", "A second one, a little longer.", "And the third."]
+    kwargs = dict(speaker="ryan", language="english", max_new_tokens=65, min_new_tokens=64)
+    alone = [tts.synthesize(text, seed=i, **kwargs).samples for i, text in enumerate(texts)]
+    # Not by lead: this machine may generate slower than real time (the rule then decodes at once).
+    tts.engine.lead_low_s = float("-inf")
+    try:
+        stats = tts.engine.stats
+        calls, rows = stats["decode_calls"]["bulk"], stats["decode_rows"]["bulk"]
+        handles = [tts.submit(text, seed=i, **kwargs) for i, text in enumerate(texts)]
+        together = [np.concatenate(handle.result()[0]) for handle in handles]
+        calls, rows = stats["decode_calls"]["bulk"] - calls, stats["decode_rows"]["bulk"] - rows
+    finally:
+        tts.engine.lead_low_s = LEAD_LOW_S
+    assert calls > 0 and rows / calls > 1.5, (calls, rows)
+    for mine, solo in zip(together, alone):
+        np.testing.assert_allclose(mine, solo, atol=1e-4)

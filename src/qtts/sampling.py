@@ -201,7 +201,8 @@ class RowSampling:
                   params.subtalker_temperature, params.subtalker_top_k, params.subtalker_top_p,
                   params.repetition_penalty, params.min_new_tokens)
         for tensor, value in zip(self.tensors(), values):
-            tensor[row] = value
+            # fill_, not `tensor[row] = value`: that copies a host scalar in, which waits for the stream
+            tensor[row].fill_(value)
 
 
 def warp(scores: torch.Tensor, settings: DrawSettings) -> torch.Tensor:

@@ -38,6 +38,7 @@ class Finished:
     reason: str
     queued_s: float  # from submission to the start of its prefill
     first_audio_s: float | None  # from submission to its first audio chunk (None: no audio)
+    first_frame_s: float | None = None  # from submission to its first frame's codes on the host
 
 
 class Sink:
@@ -78,10 +79,12 @@ class Request:
     frames: list = field(default_factory=list)  # host codes [16] per frame received
     reason: str | None = None  # set when generation ended
     started: float | None = None
+    first_frame: float | None = None
     first_audio: float | None = None
     decode_slot: int | None = None
     cursor: object = None
-    audio_in_flight: int = 0
+    audio_in_flight: int = 0  # decoded chunks not handed out yet
+    audio_frames: int = 0  # frames of audio decoded so far
 
     @property
     def generating(self) -> bool:

@@ -22,12 +22,13 @@ from collections import Counter, deque
 import torch
 
 from .. import kernels
+from ..audio import SAMPLE_RATE
 from ..errors import InputError
 from ..models.codec_decoder import CodecDecoder
 from ..models.talker import Talker
 from ..prompt import PromptPlan, pad_batch
 from ..sampling import SamplingParams, request_seeds
-from .decode_stage import DecodeCursor, DecodeStage
+from .decode_stage import BULK, FRAME_PRIORITY, URGENT, DecodeCursor, DecodeStage
 from .frame import Frame, LayerOps, prefill
 from .fused_weights import fuse_projections
 from .graphs import FrameGraph, PrefillGraph
@@ -47,7 +48,13 @@ PREFILL_TOKENS = 2048
 # How many frames the host may enqueue beyond the last one whose codes it has read: enough to keep the GPU
 # busy, few enough that a request hears of EOS (and leaves) within a couple of frames.
 RUN_AHEAD = 2
-DECODE_ROUNDS = 4  # decode calls per request per iteration at most (context replays need several)
+DECODE_ROUNDS = 4  # decode calls per request and lane per iteration at most (context replays need several)
+# Steady chunks (the bulk lane) wait while a stream's audio is well ahead of playback, so that many
+# requests' chunks decode in one call: they decode once some request has this many pieces waiting, or its
+# decoded audio leads playback (from its first chunk) by less than LEAD_LOW_S, or it has stopped
+# generating; every request with a piece waiting joins that call.
+BULK_PIECES = 2
+LEAD_LOW_S = 0.5
 MIN_ROOM = 16  # frames a prompt must leave in the cache, or the request is refused
 AUDIO_POLL_S = 0.0002  # while waiting for a frame with audio in flight: how often to look for landed audio
 
@@ -98,7 +105,9 @@ class Scheduler:
         self.startup_s = time.perf_counter() - began
         # The engine's own stream: work that callers put on the default stream (building a prompt, a
         # synchronous copy) neither waits behind the engine's frames nor makes them wait.
-        self.stream = torch.cuda.Stream(device) if device.type == "cuda" else None
+        self.stream = torch.cuda.Stream(device, priority=FRAME_PRIORITY) if device.type == "cuda" else None
+        self.lead_low_s = LEAD_LOW_S
+        self.frame_s = (decoder.samples_per_frame if decoder is not None else 1920) / SAMPLE_RATE
         ring = torch.zeros(RUN_AHEAD + 2, self.buckets[-1], talker.config.num_code_groups, dtype=torch.int64)
         self._ring = ring.pin_memory() if device.type == "cuda" else ring
         self._ring_next = 0
@@ -107,10 +116,12 @@ class Scheduler:
         self._running: list[Request] = []  # row i holds _running[i]
         self._in_flight: deque = deque()  # (event, ring index, rows snapshot) per enqueued frame
         self._decoding: list[Request] = []  # finished generating, audio still being decoded
-        self._audio_in_flight: deque = deque()  # (event, request, host audio)
+        self._audio_in_flight: deque = deque()  # (event, request, host audio), each request's in order
         self._stopping = False
         self._thread: threading.Thread | None = None
-        self.stats = {"frames": 0, "prefills": 0, "prefill_s": 0.0, "reasons": Counter()}
+        # decode calls and the requests they decoded, per lane: rows per call is how well decodes batch
+        self.stats = {"frames": 0, "prefills": 0, "prefill_s": 0.0, "reasons": Counter(),
+                      "decode_calls": Counter(), "decode_rows": Counter()}
 
     # -- callers -------------------------------------------------------------------------------------------
     def submit(self, plan: PromptPlan, params: SamplingParams, *, seed: int | None = None, audio: bool = True,
@@ -205,6 +216,7 @@ class Scheduler:
             self._read_frames(wait=True)
         self._retire()
         self._decode()
+        self._first_audio_first()
         self._deliver(wait=not self._running and not self._in_flight)
 
     def _admit(self) -> None:
@@ -252,7 +264,9 @@ class Scheduler:
         else:
             prefill(self.talker, self.ops, self.store, self.store.staging_rows(k), embeds, valid)
         staging = self.store.staging_rows(count)
-        seeds = torch.tensor([r.seed for r in requests]).to(self.device, non_blocking=True)
+        seeds = torch.tensor([r.seed for r in requests])
+        if self.device.type == "cuda":  # pinned: the copy queues behind the frames in flight, no wait
+            seeds = seeds.pin_memory().to(self.device, non_blocking=True)
         self.store.load(staging, valid[:count], trailing, plans[-1].tts_pad, seeds, [r.params for r in requests])
         first = len(self._running)
         self.store.move(slice(first, first + count), staging, filled=length)
@@ -260,7 +274,7 @@ class Scheduler:
         for offset, request in enumerate(requests):
             request.row, request.prompt_len, request.started = first + offset, length, now
             if request.audio:
-                with self.decode_stage.on_stream():
+                with self.decode_stage.on_stream(URGENT):
                     request.decode_slot = self.decode_stage.acquire()
                 request.cursor = DecodeCursor(request.plan.context)
             self._running.append(request)
@@ -305,6 +319,8 @@ class Scheduler:
                 if len(request.frames) >= request.limit:  # a limit of 0 frames
                     self._end(request, request.limit_reason)
                     continue
+                if not request.frames:
+                    request.first_frame = time.perf_counter()
                 request.frames.append(codes[row])
                 if request.cursor is not None:
                     request.cursor.add(codes[row])
@@ -344,41 +360,73 @@ class Scheduler:
                 self._complete(request)
 
     def _decode(self) -> None:
-        """Decode every request's due chunks, requests with pieces of the same size together."""
+        """Decode the chunks that are due, requests with pieces of the same size together: urgent pieces
+        at once, steady ones when `_bulk_due` says so for any request."""
         for request in self._running:
             if request.cursor is not None:
                 request.cursor.cut(final=False)
-        for request in list(self._decoding):
+        for request in self._decoding:
             if request.cancelled.is_set():
                 request.cursor.pieces.clear()
         active = [r for r in self._running + self._decoding if r.cursor is not None and r.cursor.pieces]
-        if active:
-            with self.decode_stage.on_stream():
-                self._decode_rounds(active)
-        for request in list(self._decoding):
-            if not request.cursor.pieces and not request.audio_in_flight:
-                self._decoding.remove(request)
-                self._complete(request)
+        if any(r.cursor.pieces[0].urgent for r in active):
+            self._decode_rounds(URGENT, active)
+        bulk = [r for r in active if r.cursor.pieces and not r.cursor.pieces[0].urgent]
+        now = time.perf_counter()
+        if any(self._bulk_due(r, now) for r in bulk):
+            self._decode_rounds(BULK, bulk)
+        self._complete_decoded()
 
-    def _decode_rounds(self, active: list[Request]) -> None:
-        for _ in range(DECODE_ROUNDS):
-            by_size: dict[int, list] = {}
-            for request in active:
-                if request.cursor.pieces:
-                    piece = request.cursor.pieces.popleft()
-                    if piece.reset:
-                        self.decode_stage.reset(request.decode_slot)
-                    by_size.setdefault(piece.codes.shape[0], []).append((request, piece))
-            if not by_size:
-                break
-            for size, items in by_size.items():
-                audio = self.decode_stage.decode([r.decode_slot for r, _ in items],
-                                                 torch.stack([p.codes for _, p in items]))
-                self._send_audio([(r, row) for row, (r, piece) in enumerate(items) if piece.keep], audio)
+    def _bulk_due(self, request: Request, now: float) -> bool:
+        if not request.generating or len(request.cursor.pieces) >= BULK_PIECES or request.first_audio is None:
+            return True
+        return self._lead(request, now) < self.lead_low_s
 
-    def _send_audio(self, rows: list[tuple[Request, int]], audio: torch.Tensor) -> None:
-        """Copy decoded audio [m, samples] to the host (one copy, one event); rows (request, index) get theirs
-        when it lands."""
+    def _lead(self, request: Request, now: float) -> float:
+        """Seconds of decoded audio ahead of playback (which starts at the request's first chunk)."""
+        return request.audio_frames * self.frame_s - (now - request.first_audio)
+
+    def _first_audio_first(self) -> None:
+        """A request whose first chunk is decoding gets it before more frames are enqueued, so that the
+        chunk has the GPU to itself, when every stream already playing is well ahead of playback."""
+        waiting = {id(r) for r in self._running if r.first_audio is None and r.audio_in_flight}
+        if not waiting:
+            return
+        now = time.perf_counter()
+        if any(self._lead(r, now) < self.lead_low_s for r in self._running if r.first_audio is not None):
+            return
+        for event, request, _ in self._audio_in_flight:
+            if id(request) in waiting and event is not None:
+                event.synchronize()
+
+    def _decode_rounds(self, lane: str, active: list[Request]) -> None:
+        stage = self.decode_stage
+        most = stage.max_count(lane)
+        with stage.on_stream(lane):
+            for _ in range(DECODE_ROUNDS):
+                by_size: dict[int, list] = {}
+                for request in active:
+                    pieces = request.cursor.pieces
+                    if pieces and pieces[0].urgent == (lane == URGENT):
+                        piece = pieces.popleft()
+                        if piece.reset:
+                            stage.reset(request.decode_slot, lane)
+                        by_size.setdefault(piece.codes.shape[0], []).append((request, piece))
+                if not by_size:
+                    break
+                for items in by_size.values():
+                    for first in range(0, len(items), most):
+                        group = items[first: first + most]
+                        audio = stage.decode(lane, [r.decode_slot for r, _ in group],
+                                             torch.stack([p.codes for _, p in group]))
+                        self.stats["decode_calls"][lane] += 1
+                        self.stats["decode_rows"][lane] += len(group)
+                        self._send_audio([(r, row, p.codes.shape[0]) for row, (r, p) in enumerate(group)
+                                          if p.keep], audio)
+
+    def _send_audio(self, rows: list[tuple[Request, int, int]], audio: torch.Tensor) -> None:
+        """Copy decoded audio [m, samples] to the host (one copy, one event, on the current stream); rows
+        (request, index, frames) get theirs when it lands."""
         if not rows:
             return
         cuda = self.device.type == "cuda"
@@ -388,23 +436,45 @@ class Scheduler:
         if cuda:
             event = torch.cuda.Event()
             event.record()
-        for request, row in rows:
+        for request, row, frames in rows:
             request.audio_in_flight += 1
+            request.audio_frames += frames
             self._audio_in_flight.append((event, request, host[row]))
 
     def _deliver(self, wait: bool) -> None:
+        """Hand out the audio that has landed, each request's in order (a chunk of one lane does not wait
+        behind the other lane's); with `wait`, all of it, waiting as needed."""
         while self._audio_in_flight:
-            event, request, host = self._audio_in_flight[0]
-            if event is not None and not event.query():
-                if not wait:
-                    return
-                event.synchronize()
-            self._audio_in_flight.popleft()
-            request.audio_in_flight -= 1
-            if request.first_audio is None:
-                request.first_audio = time.perf_counter()
-            if not request.cancelled.is_set():
-                request.sink.put(host.numpy().copy())
+            if wait:
+                event = self._audio_in_flight[0][0]
+                if event is not None:
+                    event.synchronize()
+            landed: dict[int, bool] = {}
+            held, remaining = set(), deque()
+            for item in self._audio_in_flight:
+                event, request, host = item
+                if request not in held:
+                    done = landed.get(id(event))
+                    if done is None:
+                        done = landed[id(event)] = event is None or event.query()
+                    if done:
+                        self._hand_out(request, host)
+                        continue
+                    held.add(request)
+                remaining.append(item)
+            self._audio_in_flight = remaining
+            if not wait:
+                break
+        self._complete_decoded()
+
+    def _hand_out(self, request: Request, host: torch.Tensor) -> None:
+        request.audio_in_flight -= 1
+        if request.first_audio is None:
+            request.first_audio = time.perf_counter()
+        if not request.cancelled.is_set():
+            request.sink.put(host.numpy().copy())
+
+    def _complete_decoded(self) -> None:
         for request in list(self._decoding):
             if not request.cursor.pieces and not request.audio_in_flight:
                 self._decoding.remove(request)
@@ -416,7 +486,9 @@ class Scheduler:
             request.decode_slot = None
         codes = torch.stack(request.frames) if request.frames else torch.zeros(0, 16, dtype=torch.long)
         first_audio = None if request.first_audio is None else request.first_audio - request.submitted
-        request.sink.put(Finished(codes, request.reason, request.started - request.submitted, first_audio))
+        first_frame = None if request.first_frame is None else request.first_frame - request.submitted
+        request.sink.put(Finished(codes, request.reason, request.started - request.submitted, first_audio,
+                                  first_frame))
         self.stats["reasons"][request.reason] += 1
 
     def _finish_unstarted(self, request: Request) -> None:

@@ -38,12 +38,10 @@ class CodecStream:
     def reset(self, rows: list[int] | None = None) -> None:
         """Start new utterances in the same buffers: in every row, or only in `rows` (a batch slot that
         a finished request leaves to a new one)."""
-        if rows is None:
-            # One launch rather than one per layer state: a streamed request starts with this.
-            torch._foreach_zero_(self.state_tensors())
-            return
-        for tensor in self.state_tensors():
-            tensor[rows] = 0
+        # One launch rather than one per layer state: a streamed request starts with this. Rows as views
+        # (not an index tensor, whose copy to the device would wait for the stream).
+        tensors = self.state_tensors()
+        torch._foreach_zero_(tensors if rows is None else [t[row] for t in tensors for row in rows])
 
     @torch.no_grad()
     def decode(self, codes: torch.Tensor) -> torch.Tensor:

@@ -90,6 +90,10 @@ class Metrics:
                {"": stats["frames"]})
         metric("qtts_prefill_seconds_total", "counter", "Host seconds spent enqueueing prefills.",
                {"": stats["prefill_s"]})
+        metric("qtts_decode_calls_total", "counter", "Codec decoder calls, by lane (urgent: first audio).",
+               {f'{{lane="{lane}"}}': n for lane, n in sorted(stats["decode_calls"].items())})
+        metric("qtts_decode_rows_total", "counter", "Requests decoded by those calls, by lane.",
+               {f'{{lane="{lane}"}}': n for lane, n in sorted(stats["decode_rows"].items())})
         metric("qtts_finished_requests_total", "counter", "Requests ended, by reason.",
                {f'{{reason="{reason}"}}': n for reason, n in sorted(stats["reasons"].items())})
         for histogram in (self.time_to_first_audio, self.end_to_end, self.queue_wait):
