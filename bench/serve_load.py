@@ -118,7 +118,9 @@ def summary(results: list[dict], wall: float) -> dict:
             "audio_s_per_s": round(sum(r.get("audio_s", 0.0) for r in ok) / wall, 1)}
 
 
-async def open_loop(url: str, speaker: str, rate: float, duration: float, frames: int, seed: int) -> dict:
+async def open_loop(url: str, speaker: str, rate: float, duration: float, frames: int, seed: int,
+                    drain: float) -> dict:
+    """Poisson arrivals for `duration` seconds; requests still running `drain` seconds later are cut."""
     rng = random.Random(seed)
     async with httpx.AsyncClient(base_url=url, timeout=300, limits=httpx.Limits(max_connections=None,
                                                                                 max_keepalive_connections=None)) as client:
@@ -133,9 +135,14 @@ async def open_loop(url: str, speaker: str, rate: float, duration: float, frames
             await asyncio.sleep(max(0.0, began + at - time.perf_counter()))
             tasks.append(asyncio.create_task(one_request(client, body_for(speaker, frames, index), frames)))
             index += 1
-        results = await asyncio.gather(*tasks)
+        done, unfinished = await asyncio.wait(tasks, timeout=max(1.0, began + duration + drain - time.perf_counter())) \
+            if tasks else (set(), set())
+        for task in unfinished:  # a server that cannot keep up: report what finished, count the rest
+            task.cancel()
+        results = [task.result() for task in done]
         wall = time.perf_counter() - began
-    return {"mode": "open", "rate": rate, "duration_s": duration, **summary(results, wall)}
+    return {"mode": "open", "rate": rate, "duration_s": duration, "unfinished": len(unfinished),
+            **summary(results, wall)}
 
 
 async def closed_loop(url: str, speaker: str, count: int, duration: float, frames: int) -> dict:
@@ -153,6 +160,21 @@ async def closed_loop(url: str, speaker: str, count: int, duration: float, frame
         await asyncio.gather(*(client_loop(i) for i in range(count)))
         wall = time.perf_counter() - began
     return {"mode": "closed", "concurrent": count, "duration_s": duration, **summary(results, wall)}
+
+
+def engine_counters(url: str) -> dict:
+    """The engine's counters from the server's /metrics (frames run, rows and queue now, decode calls and
+    rows per lane): what the server did during a step, when its clients' figures look wrong."""
+    counters = {}
+    try:
+        text = httpx.get(url + "/metrics", timeout=10).text
+    except httpx.HTTPError as error:
+        return {"error": repr(error)[:200]}
+    for line in text.splitlines():
+        name, _, value = line.rpartition(" ")
+        if name.startswith(("qtts_frames_total", "qtts_requests_running", "qtts_queue_depth", "qtts_decode_")):
+            counters[name] = float(value)
+    return counters
 
 
 def table(rows: list[dict]) -> str:
@@ -179,6 +201,8 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, nargs="*", default=[1, 8, 16, 32, 64])
     parser.add_argument("--duration", type=float, default=20.0)
     parser.add_argument("--label", default="", help="a name for this server in the JSON lines")
+    parser.add_argument("--drain", type=float, default=30.0,
+                        help="seconds after an open loop's last arrival before unfinished requests are cut")
     args = parser.parse_args()
     process = None
     url = args.url
@@ -194,10 +218,12 @@ def main() -> int:
         runs = [("open", rate) for rate in args.rates] + [("closed", n) for n in args.concurrency]
         for mode, value in runs:
             if mode == "open":
-                row = asyncio.run(open_loop(url, speaker, value, args.duration, args.frames, seed=int(value * 100)))
+                row = asyncio.run(open_loop(url, speaker, value, args.duration, args.frames, seed=int(value * 100),
+                                            drain=args.drain))
             else:
                 row = asyncio.run(closed_loop(url, speaker, value, args.duration, args.frames))
             row["label"] = args.label
+            row["server"] = engine_counters(url)
             rows.append(row)
             print(json.dumps(row), flush=True)
             with open(out / "serve_load.jsonl", "a") as log:
