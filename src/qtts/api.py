@@ -16,6 +16,7 @@ import torch
 from .audio import SAMPLE_RATE, Audio, load_audio, mel_spectrogram
 from .checkpoint import Checkpoint, build_empty, load_weights, open_checkpoint, split_prefixes
 from .engine.requests import Generation
+from .long_text import Segments, split_long_text
 from .engine.scheduler import Scheduler
 from .errors import InputError, VoiceError
 from .limits import PromptLimits, check_text
@@ -24,7 +25,7 @@ from .models.codec_encoder import CodecEncoder, encode
 from .models.speaker_encoder import SpeakerEncoder
 from .models.talker import Talker
 from .prompt import PromptBuilder, PromptPlan, supported_languages, supported_speakers
-from .sampling import SamplingParams
+from .sampling import MAX_SEED, SamplingParams
 from .text import TextTokenizer
 from .voices import Voice
 
@@ -246,23 +247,39 @@ class TTS:
                    **sampling) -> Audio | Iterator[Audio]:
         """Speech for `text` as one `Audio` (24 kHz float32), or with `stream=True` an iterator of `Audio`
         chunks as they are made (the first after one frame); joined, the chunks equal the whole audio.
-        Closing the iterator early (or dropping it) cancels the request.
+        Closing the iterator early (or dropping it) cancels the request. Text over `long_text.SEGMENT_CHARS`
+        characters is spoken as consecutive segments cut at sentence ends (`long_text`).
 
         The request is validated before this returns, so a bad argument raises here, not mid-stream."""
-        plan, params = self._request(text, language, voice, speaker, instruct, non_streaming_mode, sampling)
-        generation = self.engine.submit(plan, params)
+        generation = self._submit_text(text, language, voice, speaker, instruct, non_streaming_mode, sampling)
         if stream:
             return _audio_chunks(generation)
         return _joined(generation.result()[0])
 
     def submit(self, text: str, *, language: str = "auto", voice: Voice | None = None,
                speaker: str | None = None, instruct: str | None = None, non_streaming_mode: bool | None = None,
-               loop=None, **sampling) -> Generation:
-        """Queue one utterance and return its `Generation` handle (audio chunks as float32 arrays, then
-        the finish reason and timings; `cancel()`). `loop`: an asyncio loop to deliver to, for
-        `async for` (the server uses this). Validated before it returns."""
-        plan, params = self._request(text, language, voice, speaker, instruct, non_streaming_mode, sampling)
-        return self.engine.submit(plan, params, loop=loop)
+               loop=None, **sampling) -> Generation | Segments:
+        """Queue one utterance and return its handle (audio chunks as float32 arrays, then the finish
+        reason and timings; `cancel()`): a `Generation`, or for long text a `long_text.Segments` with the
+        same interface. `loop`: an asyncio loop to deliver to, for `async for` (the server uses this).
+        Validated before it returns."""
+        return self._submit_text(text, language, voice, speaker, instruct, non_streaming_mode, sampling, loop)
+
+    def _submit_text(self, text, language, voice, speaker, instruct, non_streaming_mode, sampling, loop=None):
+        check_text(self.tokenizer, "text", text, self.limits.input_tokens)  # the whole text, then each segment
+        segments = split_long_text(text)
+        requests = [self._request(segment, language, voice, speaker, instruct, non_streaming_mode, sampling)
+                    for segment in segments]
+        if len(requests) == 1:
+            plan, params = requests[0]
+            return self.engine.submit(plan, params, loop=loop)
+
+        def submit_segment(index: int) -> Generation:
+            plan, params = requests[index]
+            seed = None if params.seed is None else (params.seed + index) % MAX_SEED
+            return self.engine.submit(plan, params, seed=seed, loop=loop)
+
+        return Segments(submit_segment, len(requests))
 
     def synthesize_batch(self, texts: Sequence[str], *, language: str | Sequence[str] = "auto",
                          voice: Voice | None | Sequence[Voice | None] = None,
@@ -356,7 +373,7 @@ class TTS:
 
 
 
-def _audio_chunks(generation: Generation) -> Iterator[Audio]:
+def _audio_chunks(generation: Generation | Segments) -> Iterator[Audio]:
     try:
         for samples in generation:
             yield Audio(samples, SAMPLE_RATE)
