@@ -1,5 +1,7 @@
 """Streaming audio equals the non-streamed (official) audio, chunk seams and 300-frame windows included."""
 
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -83,3 +85,25 @@ def test_steady_chunks_of_streams_running_together_decode_in_one_call(tts):
     assert calls > 0 and rows / calls > 1.5, (calls, rows)
     for mine, solo in zip(together, alone):
         np.testing.assert_allclose(mine, solo, atol=1e-4)
+
+
+@pytest.mark.gpu
+def test_on_the_gpu_streams_decoded_in_both_lanes_equal_their_official_decode(tiny_checkpoint):
+    """On CUDA the urgent and bulk lanes run on their own streams, concurrently with the frames: requests
+    that start at different times (ramps overlapping other requests' steady chunks) each still stream
+    exactly the official decode of their own codes."""
+    tts = qtts.load(tiny_checkpoint("custom_voice"), device="cuda", dtype=torch.float32)
+    try:
+        kwargs = dict(speaker="ryan", language="english", max_new_tokens=90, min_new_tokens=89)
+        handles = []
+        for i in range(4):
+            handles.append(tts.submit(f"Voice number {i} joins a little later than the one before.", seed=i,
+                                      **kwargs))
+            time.sleep(0.01 * i)
+        for handle in handles:
+            chunks, finished = handle.result()
+            expected = decode_official(tts.codec_decoder, finished.codes[None].cuda())[0].cpu().numpy()
+            np.testing.assert_allclose(np.concatenate(chunks), expected, atol=1e-4)
+        assert tts.engine.stats["decode_calls"]["bulk"] > 0 and tts.engine.stats["decode_calls"]["urgent"] > 0
+    finally:
+        tts.close()
