@@ -15,6 +15,7 @@ from qtts.engine import reference
 from qtts.engine.frame import Frame, LayerOps, prefill
 from qtts.engine.rows import RowStore
 from qtts.engine.scheduler import Scheduler
+from qtts.errors import InputError
 from qtts.models.talker import Talker
 from qtts.prompt import PromptPlan, pad_batch
 from qtts.sampling import SamplingParams
@@ -291,3 +292,53 @@ def test_on_the_gpu_a_request_gets_the_same_codes_whenever_it_joins(sampled):
         assert torch.equal(engine.submit(mine, params, audio=False).result()[1].codes, alone)
         for generation in company:
             generation.result()
+
+
+@pytest.mark.parametrize("sampled", [False, True])
+def test_a_row_waits_in_the_batch_for_text_and_then_says_what_it_would_have_said_at_once(sampled):
+    """Text that arrives while it is spoken: a request whose text track is still open waits inside the
+    running batch when its frames catch up with its text (its frames change nothing meanwhile), and resumes
+    when more comes. Its codes equal those of the same track given whole; the rows beside it go on and
+    keep their own codes."""
+    talker = tiny_talker(seed=3)
+    whole, other = plans(talker, lengths=((6, 9), (5, 4)), seed=4)
+    params = SamplingParams(max_new_tokens=20, min_new_tokens=19, seed=5) if sampled else greedy(20)
+    engine = engine_for(talker)
+    expected = engine.submit(whole, params, audio=False).result()[1].codes
+    other_alone = engine.submit(other, replace(params, max_new_tokens=40, min_new_tokens=0),
+                                audio=False).result()[1].codes
+    assert expected.shape[0] == 19
+
+    track = whole.trailing
+    opening = replace(whole, trailing=track[:2])
+    company = engine.submit(other, replace(params, max_new_tokens=40, min_new_tokens=0), audio=False)
+    live = engine.submit(opening, params, audio=False, text_open=True)
+    request = live._request
+    deadline = time.monotonic() + 60
+    while request.enqueued < 2:  # it ran its two frames of text...
+        assert time.monotonic() < deadline, "the engine made no progress"
+        time.sleep(0.005)
+    frames = engine.stats["frames"]
+    wait_for_frames(engine, frames + 3)  # ...and the batch went on while it waited
+    assert request.enqueued == 2
+    engine.extend_text(live, track[2:5], tokens=3, final=False)
+    engine.extend_text(live, track[5:], tokens=4, final=True)
+    with pytest.raises(InputError, match="text has ended"):
+        engine.extend_text(live, track[:1], tokens=1, final=True)
+    assert torch.equal(live.result()[1].codes, expected)
+    assert torch.equal(company.result()[1].codes, other_alone)
+
+
+def test_a_request_waiting_for_text_can_be_cancelled():
+    talker = tiny_talker(seed=3)
+    (plan,) = plans(talker, lengths=((6, 2),), seed=4)
+    engine = engine_for(talker)
+    live = engine.submit(plan, greedy(20), audio=False, text_open=True)
+    deadline = time.monotonic() + 60
+    while live._request.enqueued < 2:
+        assert time.monotonic() < deadline, "the engine made no progress"
+        time.sleep(0.005)
+    live.cancel()
+    codes, finished = live.result()[1].codes, live.finished
+    assert finished.reason == "cancelled" and codes.shape[0] == 2
+    assert engine.running == 0

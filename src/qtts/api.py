@@ -16,6 +16,7 @@ import torch
 from .audio import SAMPLE_RATE, Audio, load_audio, mel_spectrogram
 from .checkpoint import Checkpoint, build_empty, load_weights, open_checkpoint, split_prefixes
 from .engine.requests import Generation
+from .incremental import TextStream
 from .long_text import Segments, split_long_text
 from .engine.scheduler import Scheduler
 from .errors import InputError, VoiceError
@@ -184,8 +185,10 @@ class TTS:
         return params
 
     def plan(self, text: str, *, language: str = "auto", voice: Voice | None = None, speaker: str | None = None,
-             instruct: str | None = None, non_streaming_mode: bool | None = None) -> PromptPlan:
-        """The prefill embeddings and trailing text track for one request, after validating it."""
+             instruct: str | None = None, non_streaming_mode: bool | None = None,
+             open_text: bool = False) -> PromptPlan:
+        """The prefill embeddings and trailing text track for one request, after validating it; `open_text`:
+        `text` is the start of a text still arriving (streaming layout, track left open)."""
         check_text(self.tokenizer, "text", text, self.limits.input_tokens)
         if instruct:
             check_text(self.tokenizer, "instruct", instruct, self.limits.instructions_tokens)
@@ -200,7 +203,7 @@ class TTS:
             self.check_voice(voice)
             return self.prompts.voice_clone(
                 text, voice.speaker_embedding, language=language, ref_codes=voice.ref_codes,
-                ref_text=voice.ref_text, non_streaming_mode=bool(non_streaming_mode),
+                ref_text=voice.ref_text, non_streaming_mode=bool(non_streaming_mode), open_text=open_text,
             )
         if voice is not None:
             raise InputError(f"voices are for Base models; this is a {kind} model")
@@ -212,13 +215,13 @@ class TTS:
                               stacklevel=3)
             return self.prompts.custom_voice(
                 text, speaker, language=language, instruct=instruct,
-                non_streaming_mode=True if non_streaming_mode is None else non_streaming_mode,
+                non_streaming_mode=True if non_streaming_mode is None else non_streaming_mode, open_text=open_text,
             )
         if speaker is not None:
             raise InputError("a VoiceDesign model has no preset speakers; describe the voice with instruct=")
         return self.prompts.voice_design(
             text, instruct or "", language=language,
-            non_streaming_mode=True if non_streaming_mode is None else non_streaming_mode,
+            non_streaming_mode=True if non_streaming_mode is None else non_streaming_mode, open_text=open_text,
         )
 
     def generate_codes(self, text: str, *, language: str = "auto", voice: Voice | None = None,
@@ -280,6 +283,23 @@ class TTS:
             return self.engine.submit(plan, params, seed=seed, loop=loop)
 
         return Segments(submit_segment, len(requests))
+
+    def open_text(self, *, language: str = "auto", voice: Voice | None = None, speaker: str | None = None,
+                  instruct: str | None = None, **sampling) -> TextStream:
+        """One utterance whose text arrives while it is spoken (an LLM's answer as it is written): `feed`
+        text in pieces of any size, `end()` when it is complete, iterate the handle for audio chunks. Each
+        text token joins the request's text track as soon as it is certain, and the request waits in the
+        engine's batch when it has spoken all it has (`incremental`)."""
+        with torch.inference_mode():
+            params = self.sampling_params(**sampling)
+
+        def start(text: str, open_text: bool) -> PromptPlan:
+            with torch.inference_mode():
+                return self.plan(text, language=language, voice=voice, speaker=speaker, instruct=instruct,
+                                 non_streaming_mode=False, open_text=open_text)
+
+        return TextStream(self.engine, self.prompts, start, params,
+                          lambda text: check_text(self.tokenizer, "text", text, self.limits.input_tokens))
 
     def synthesize_batch(self, texts: Sequence[str], *, language: str | Sequence[str] = "auto",
                          voice: Voice | None | Sequence[Voice | None] = None,

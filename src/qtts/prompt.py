@@ -73,7 +73,7 @@ class PromptBuilder:
     # -- public builders, one per official wrapper method ---------------------------------------------
     def voice_clone(self, text: str, speaker_embedding: torch.Tensor, *, language: str | None = "auto",
                     ref_codes: torch.Tensor | None = None, ref_text: str | None = None,
-                    non_streaming_mode: bool = False) -> PromptPlan:
+                    non_streaming_mode: bool = False, open_text: bool = False) -> PromptPlan:
         """Base models. With `ref_codes` [frames, 16] and `ref_text`: ICL clone; without: x-vector only."""
         self._require_model_type("base", "voice clone")
         hidden = self.config.talker_config.hidden_size
@@ -86,10 +86,11 @@ class PromptBuilder:
         language_id = self._language_id(_language_key(self.config, language))
         speaker = speaker_embedding.to(self._device, self.talker.model.codec_embedding.weight.dtype)
         reference = None if ref_codes is None else (ref_codes.to(self._device), self._encode(reference_text(ref_text)))
-        return self._build(text, language_id, speaker, None, reference, non_streaming_mode)
+        return self._build(text, language_id, speaker, None, reference, non_streaming_mode, open_text)
 
     def custom_voice(self, text: str, speaker: str, *, language: str | None = "auto",
-                     instruct: str | None = None, non_streaming_mode: bool = True) -> PromptPlan:
+                     instruct: str | None = None, non_streaming_mode: bool = True,
+                     open_text: bool = False) -> PromptPlan:
         """CustomVoice models: a preset speaker; Chinese/auto switches dialect speakers to their dialect tag."""
         self._require_model_type("custom_voice", "custom voice")
         language_key = _language_key(self.config, language)
@@ -104,19 +105,25 @@ class PromptBuilder:
         # The official wrapper drops instruct for the 0.6B CustomVoice model, which was not trained on it.
         if self.config.tts_model_size == "0b6":
             instruct = None
-        return self._build(text, language_id, speaker_vector, instruct, None, non_streaming_mode)
+        return self._build(text, language_id, speaker_vector, instruct, None, non_streaming_mode, open_text)
 
     def voice_design(self, text: str, instruct: str, *, language: str | None = "auto",
-                     non_streaming_mode: bool = True) -> PromptPlan:
+                     non_streaming_mode: bool = True, open_text: bool = False) -> PromptPlan:
         """VoiceDesign models: the voice comes from the `instruct` description; no speaker position."""
         self._require_model_type("voice_design", "voice design")
         language_id = self._language_id(_language_key(self.config, language))
-        return self._build(text, language_id, None, instruct, None, non_streaming_mode)
+        return self._build(text, language_id, None, instruct, None, non_streaming_mode, open_text)
 
     # -- layout ------------------------------------------------------------------------------------
-    def _build(self, text, language_id, speaker, instruct, reference, non_streaming_mode) -> PromptPlan:
+    def _build(self, text, language_id, speaker, instruct, reference, non_streaming_mode,
+               open_text=False) -> PromptPlan:
+        """`open_text`: the streaming layout for text still arriving; the trailing track holds the text so
+        far without its end (`text_vectors` gives the rest, `end_of_text` the end)."""
         if not isinstance(text, str) or not text:
             raise InputError("text to speak must be a non-empty string")
+        if open_text and (non_streaming_mode or reference is not None):
+            raise InputError("text that arrives while it is spoken needs the streaming layout "
+                             "(non_streaming_mode=False) and no ICL reference (an x-vector voice works)")
         talker, cfg, device = self.talker, self.config.talker_config, self._device
         ids = self._encode(assistant_text(text))
         # bos, eos, pad text vectors computed together, as the official code does (same float results).
@@ -154,7 +161,9 @@ class PromptBuilder:
             trailing = pad[None]
         else:
             content = talker.embed_text(ids[3:4]) + codec_bos
-            trailing = torch.cat([talker.embed_text(ids[4:-5]), eos[None]])
+            trailing = talker.embed_text(ids[4:-5])
+            if not open_text:
+                trailing = torch.cat([trailing, eos[None]])
         parts.append(content)
         return PromptPlan(prefill=torch.cat(parts), trailing=trailing, tts_pad=pad, text_tokens=len(ids) - 8,
                           context=None if reference is None else reference[0])
@@ -173,6 +182,20 @@ class PromptBuilder:
             return text_vectors[:n_codec] + codec_vectors, text_vectors[n_codec:]
         padded = torch.cat([text_vectors, pad[None].expand(n_codec - n_text, -1)])
         return padded + codec_vectors, pad[None]
+
+    # -- text that arrives while it is spoken ------------------------------------------------------
+    def text_ids(self, text: str) -> list[int]:
+        """The token ids `text` has in the speech prompt (its part of the assistant template)."""
+        return self.tokenizer.encode(assistant_text(text))[3:-5]
+
+    def text_vectors(self, ids: list[int]) -> torch.Tensor:
+        """Trailing-track vectors [n, H] of text ids (more of an open track)."""
+        return self.talker.embed_text(_ids(ids, self._device))
+
+    def end_of_text(self) -> torch.Tensor:
+        """The track's last vector [1, H], computed as `_build` computes it (with bos and pad)."""
+        ids = [self.config.tts_bos_token_id, self.config.tts_eos_token_id, self.config.tts_pad_token_id]
+        return self.talker.embed_text(_ids(ids, self._device))[1:2]
 
     # -- helpers -----------------------------------------------------------------------------------
     def _encode(self, text: str) -> torch.Tensor:

@@ -148,6 +148,7 @@ class Frame:
         self.hidden, self.logits = store.hidden[rows], store.logits[rows]
         self.slot, self.position, self.first_row = store.slot[rows], store.position[rows], store.first_row[rows]
         self.step_count, self.seen, self.text = store.step[rows], store.seen[rows], store.text[rows]
+        self.text_len, self.text_open = store.text_len[rows], store.text_open[rows]
         self.seeds, self.codes = store.seeds[rows], store.codes[rows]
         self.sampling = store.sampling.rows(batch)
         self.max_text = store.max_text
@@ -200,10 +201,14 @@ class Frame:
         return self.ops.linear(stream, predictor.lm_head[group - 1].weight, norm_weight=norm.weight, eps=norm.eps)
 
     def step(self) -> None:
-        """One frame for every row: its codes into `codes`, the talker's next hidden state and logits."""
+        """One frame for every row: its codes into `codes`, the talker's next hidden state and logits.
+
+        A row waiting for text (its track open, its counter at the text it has) runs too but keeps its state:
+        its frame is dropped, and the frame it makes once text comes is the one it would have made at once."""
         talker = self.talker
+        active = ~self.text_open | (self.step_count < self.text_len)
         code0 = self.sample_code0()
-        self.seen.scatter_(1, code0[:, None], True)
+        self.seen.scatter_(1, code0[:, None], active[:, None] | self.seen.gather(1, code0[:, None]))
 
         codes = [code0]
         out = self._predict(torch.stack([self.hidden, talker.embed_codec(code0)], dim=1), 0)
@@ -223,8 +228,13 @@ class Frame:
         lengths = (self.slot[:, 0] + 1).to(torch.int32)
         stream = run_stack(talker.model, self.ops, self.caches, x, self.position, self.slot, lengths,
                            self.first_row)
-        talker_head(talker, self.ops, stream[:, -1], self.hidden, self.logits)
+        # A waiting row's keys and values went to its next cache row, which its next real frame overwrites.
+        hidden, logits = self.hidden.clone(), self.logits.clone()
+        talker_head(talker, self.ops, stream[:, -1], hidden, logits)
+        self.hidden.copy_(torch.where(active[:, None], hidden, self.hidden))
+        self.logits.copy_(torch.where(active[:, None], logits, self.logits))
+        advance = active.long()
         # Rows past the running ones run too (a bucket's padding): their cache row stays inside the cache.
-        self.slot.add_(1).clamp_(max=self.last_cache_row)
-        self.position += 1
-        self.step_count += 1
+        self.slot.add_(advance[:, None]).clamp_(max=self.last_cache_row)
+        self.position += advance[:, None]
+        self.step_count += advance

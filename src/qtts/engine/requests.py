@@ -69,13 +69,24 @@ class Request:
     limit_reason: str  # LENGTH or BUDGET: what reaching `limit` means
     audio: bool  # decode audio (else codes only)
     sink: Sink
+    room: int = 1 << 30  # frames its cache holds after the prompt
+    # Text that arrives while it is spoken (submit with text_open): pieces (vectors, ready event, start,
+    # final) not yet copied into its row; text_len / text_tokens count what the caller has given so far,
+    # text_loaded / text_open_loaded what the engine has copied (what the next frame sees). Under the
+    # engine's lock.
+    text_open: bool = False
+    text_tokens: int = 0
+    text_len: int = 0
+    text_pieces: list = field(default_factory=list)
+    text_loaded: int = 0
+    text_open_loaded: bool = False
     submitted: float = field(default_factory=time.perf_counter)
     cancelled: threading.Event = field(default_factory=threading.Event)
     ready: torch.cuda.Event | None = None  # recorded on the caller's stream once the prompt is made
     # engine bookkeeping, touched by the engine thread only
     row: int | None = None
     prompt_len: int = 0  # cache rows its prompt takes (left padding included)
-    enqueued: int = 0  # frames enqueued since its prefill
+    enqueued: int = 0  # frames enqueued since its prefill that advance it (not waits for text)
     frames: list = field(default_factory=list)  # host codes [16] per frame received
     reason: str | None = None  # set when generation ended
     started: float | None = None

@@ -47,6 +47,10 @@ class RowStore:
         self.step = zeros(rows, dtype=torch.int64)
         self.seen = zeros(rows, config.vocab_size, dtype=torch.bool)
         self.text = zeros(rows, max_text + 1, hidden)
+        # Text that arrives while it is spoken: a row whose track is still open waits (its frames change
+        # nothing) while its frame counter has caught up with the `text_len` vectors it has so far.
+        self.text_len = zeros(rows, dtype=torch.int64)
+        self.text_open = zeros(rows, dtype=torch.bool)
         self.seeds = zeros(rows, dtype=torch.int64)
         self.codes = zeros(rows, config.num_code_groups, dtype=torch.int64)
         self.sampling = RowSampling.allocate(rows, device)
@@ -54,7 +58,7 @@ class RowStore:
     def per_row(self) -> list[torch.Tensor]:
         """Every per-row tensor except the caches (which move only their filled part)."""
         return [self.hidden, self.logits, self.slot, self.position, self.first_row, self.step, self.seen,
-                self.text, self.seeds, self.codes, *self.sampling.tensors()]
+                self.text, self.text_len, self.text_open, self.seeds, self.codes, *self.sampling.tensors()]
 
     def staging_rows(self, count: int) -> slice:
         return slice(self.capacity, self.capacity + count)
@@ -69,9 +73,10 @@ class RowStore:
             cache.v[to, :, :filled] = cache.v[source, :, :filled]
 
     def load(self, rows: slice, prompt_valid: torch.Tensor, trailing: torch.Tensor, tts_pad: torch.Tensor,
-             seeds: torch.Tensor, params: list) -> None:
+             seeds: torch.Tensor, params: list, text_lengths: list[int], text_open: list[bool]) -> None:
         """Start requests in prefilled `rows`: their prompt validity [k, T] (False = left padding), trailing
-        text tracks [k, N, H], tts_pad [H], seeds [k] and SamplingParams (one per row)."""
+        text tracks [k, N, H] (each row's own length in `text_lengths`), tts_pad [H], seeds [k],
+        SamplingParams and whether more text will come (one per row)."""
         prompt_len = prompt_valid.shape[1]
         pad = (~prompt_valid).sum(-1)
         self.slot[rows] = prompt_len
@@ -82,5 +87,15 @@ class RowStore:
         self.text[rows] = tts_pad
         self.text[rows, : trailing.shape[1]] = trailing
         self.seeds[rows] = seeds
-        for row, row_params in zip(range(rows.start, rows.stop), params):
+        for row, row_params, length, is_open in zip(range(rows.start, rows.stop), params, text_lengths, text_open):
             self.sampling.load(row, row_params)
+            self.text_len[row].fill_(length)
+            self.text_open[row].fill_(is_open)
+
+    def extend_text(self, row: int, vectors: torch.Tensor, start: int, final: bool) -> None:
+        """Text-track vectors [n, H] of `row` from position `start` on; `final`: the track is complete (the
+        positions after it stay tts_pad)."""
+        self.text[row, start: start + vectors.shape[0]] = vectors
+        self.text_len[row].fill_(start + vectors.shape[0])
+        if final:
+            self.text_open[row].fill_(False)

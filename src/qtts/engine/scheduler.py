@@ -57,6 +57,7 @@ BULK_PIECES = 2
 LEAD_LOW_S = 0.5
 MIN_ROOM = 16  # frames a prompt must leave in the cache, or the request is refused
 AUDIO_POLL_S = 0.0002  # while waiting for a frame with audio in flight: how often to look for landed audio
+TEXT_WAIT_POLL_S = 0.005  # while every row waits for text: how often to look for a cancel
 
 
 def frame_budget(text_tokens: int) -> int | None:
@@ -125,17 +126,13 @@ class Scheduler:
 
     # -- callers -------------------------------------------------------------------------------------------
     def submit(self, plan: PromptPlan, params: SamplingParams, *, seed: int | None = None, audio: bool = True,
-               loop=None) -> Generation:
+               loop=None, text_open: bool = False) -> Generation:
         """Queue one request and return its handle; validated here, so a bad request raises in the caller.
         `seed` overrides the params' (default: the params' seed or a fresh random one); `loop`: deliver
-        events to this asyncio loop instead of a thread-safe queue."""
+        events to this asyncio loop instead of a thread-safe queue; `text_open`: more of the text track
+        comes later through `extend_text` (the row waits for it in the batch)."""
         if audio and self.decode_stage is None:
             raise InputError("this engine has no codec decoder: submit with audio=False")
-        limit = params.max_new_tokens - 1
-        reason = LENGTH
-        budget = frame_budget(plan.text_tokens)
-        if budget is not None and budget < limit:
-            limit, reason = budget, BUDGET
         prompt_len = -(-plan.prefill.shape[0] // PREFILL_BUCKET) * PREFILL_BUCKET
         room = self.max_len - prompt_len - 1  # frames the cache holds after this prompt
         if room < MIN_ROOM:
@@ -143,13 +140,13 @@ class Scheduler:
                 f"the prompt takes {plan.prefill.shape[0]} of the engine's {self.max_len} cache positions, "
                 "leaving no room for speech: shorten the text, instructions or reference (or load with a "
                 "larger max_len)")
-        if limit > room:  # the request ends where its cache does, as it would at max_new_tokens
-            limit, reason = room, LENGTH
         if plan.trailing.shape[0] > self.max_text:
             raise InputError(f"the text track has {plan.trailing.shape[0]} positions; the engine holds "
                              f"{self.max_text}: shorten the text")
-        request = Request(plan, params, request_seeds(params, 1)[0] if seed is None else seed, max(limit, 0),
-                          reason, audio, Sink(loop))
+        request = Request(plan, params, request_seeds(params, 1)[0] if seed is None else seed, 0, LENGTH, audio,
+                          Sink(loop), room=room, text_open=text_open, text_tokens=plan.text_tokens,
+                          text_len=plan.trailing.shape[0])
+        self._set_limit(request)
         if plan.prefill.is_cuda:  # the prompt was made on the caller's stream: the engine waits for it
             request.ready = torch.cuda.Event()
             request.ready.record()
@@ -162,6 +159,37 @@ class Scheduler:
                 self._thread = threading.Thread(target=self._loop, name="qtts-engine", daemon=True)
                 self._thread.start()
         return Generation(request)
+
+    def _set_limit(self, request: Request) -> None:
+        """A request's frame limit: max_new_tokens - 1, fewer by the runaway budget of the text it has, and
+        no more than its cache holds (it then ends there, as it would at max_new_tokens)."""
+        limit, reason = request.params.max_new_tokens - 1, LENGTH
+        budget = frame_budget(request.text_tokens)
+        if budget is not None and budget < limit:
+            limit, reason = budget, BUDGET
+        if limit > request.room:
+            limit, reason = request.room, LENGTH
+        request.limit, request.limit_reason = max(limit, 0), reason
+
+    def extend_text(self, generation: Generation, vectors: torch.Tensor, tokens: int, final: bool) -> None:
+        """More of an open request's text track: vectors [n, H] (`tokens` more text tokens for its runaway
+        budget); `final`: its track is complete. From any thread."""
+        request = generation._request
+        with self._lock:
+            if not request.text_open:
+                raise InputError("this request's text has ended: no more text can be added")
+            if request.text_len + vectors.shape[0] > self.max_text:
+                raise InputError(f"the text track would have {request.text_len + vectors.shape[0]} positions; "
+                                 f"the engine holds {self.max_text}: end the utterance and start another")
+            ready = None
+            if vectors.is_cuda:  # made on the caller's stream: the engine waits for it
+                ready = torch.cuda.Event()
+                ready.record()
+            request.text_pieces.append((vectors, ready, request.text_len, final))
+            request.text_len += vectors.shape[0]
+            request.text_tokens += tokens
+            request.text_open = not final
+            self._lock.notify()
 
     @property
     def alive(self) -> bool:
@@ -193,7 +221,8 @@ class Scheduler:
             while True:
                 with self._lock:
                     while not (self._stopping or self._inbox or self._busy()):
-                        self._lock.wait()
+                        # rows waiting for text: look again soon for a cancel (text and arrivals notify)
+                        self._lock.wait(TEXT_WAIT_POLL_S if self._running else None)
                     if self._stopping:
                         break
                 try:
@@ -203,13 +232,18 @@ class Scheduler:
             self._fail_all(EngineStopped("the engine was shut down"))
 
     def _busy(self) -> bool:
-        return bool(self._running or self._in_flight or self._decoding or self._audio_in_flight)
+        """Work to do: a row that can advance (or has text to take in, or was cancelled), frames or audio in
+        flight, requests still decoding."""
+        runnable = any(r.text_pieces or r.cancelled.is_set() or _advances(r) for r in self._running)
+        return bool(runnable or self._in_flight or self._decoding or self._audio_in_flight)
 
     def _iteration(self) -> None:
         self._admit()
-        if self._running:
+        self._take_text()
+        advancing = any(_advances(r) for r in self._running)
+        if advancing:
             self._enqueue_frame()
-        self._read_frames(wait=len(self._in_flight) > RUN_AHEAD or not self._running)
+        self._read_frames(wait=len(self._in_flight) > RUN_AHEAD or not advancing)
         # Time to first audio first: a request whose first frame is enqueued gets it read and decoded
         # before more frames are enqueued, rather than behind RUN_AHEAD of them.
         while self._in_flight and any(r.enqueued and not r.frames and r.generating for r in self._running):
@@ -267,7 +301,14 @@ class Scheduler:
         seeds = torch.tensor([r.seed for r in requests])
         if self.device.type == "cuda":  # pinned: the copy queues behind the frames in flight, no wait
             seeds = seeds.pin_memory().to(self.device, non_blocking=True)
-        self.store.load(staging, valid[:count], trailing, plans[-1].tts_pad, seeds, [r.params for r in requests])
+        with self._lock:  # the track holds the plan's text at load; later pieces come through _take_text
+            lengths = [r.plan.trailing.shape[0] for r in requests]
+            for r in requests:
+                r.text_loaded = r.plan.trailing.shape[0]
+                r.text_open_loaded = r.text_open or bool(r.text_pieces)  # submitted open
+            opened = [r.text_open_loaded for r in requests]
+        self.store.load(staging, valid[:count], trailing, plans[-1].tts_pad, seeds, [r.params for r in requests],
+                        lengths, opened)
         first = len(self._running)
         self.store.move(slice(first, first + count), staging, filled=length)
         now = time.perf_counter()
@@ -281,6 +322,23 @@ class Scheduler:
         self.stats["prefills"] += 1
         self.stats["prefill_s"] += time.perf_counter() - began
 
+    def _take_text(self) -> None:
+        """Copy the text that arrived for running requests into their rows (before the next frame)."""
+        for request in self._running:
+            if not request.text_pieces:
+                continue
+            with self._lock:
+                pieces, request.text_pieces = request.text_pieces, []
+                self._set_limit(request)
+            for vectors, ready, start, final in pieces:
+                if ready is not None:
+                    stream = torch.cuda.current_stream()
+                    stream.wait_event(ready)
+                    vectors.record_stream(stream)
+                self.store.extend_text(request.row, vectors, start, final)
+                request.text_loaded = start + vectors.shape[0]
+                request.text_open_loaded = not final
+
     def _enqueue_frame(self) -> None:
         count = len(self._running)
         self._run_frame[_bucket(count, self.buckets)]()
@@ -293,15 +351,17 @@ class Scheduler:
         if cuda:
             event = torch.cuda.Event()
             event.record()
-        for request in self._running:
-            request.enqueued += 1
-        self._in_flight.append((event, index, list(self._running)))
+        # which rows this frame advances: those the device sees as active (the text copied so far)
+        active = [_advances(r) for r in self._running]
+        for request, advances in zip(self._running, active):
+            request.enqueued += advances
+        self._in_flight.append((event, index, list(self._running), active))
         self.stats["frames"] += 1
 
     def _read_frames(self, wait: bool) -> None:
         """Hand out every frame whose codes are on the host; with `wait`, wait for the oldest first."""
         while self._in_flight:
-            event, index, rows = self._in_flight[0]
+            event, index, rows, active = self._in_flight[0]
             if event is not None and not event.query():
                 if not wait:
                     return
@@ -311,7 +371,7 @@ class Scheduler:
             codes = self._ring[index][: len(rows)].clone()
             code0 = codes[:, 0].tolist()
             for row, request in enumerate(rows):
-                if not request.generating:
+                if not request.generating or not active[row]:
                     continue
                 if code0[row] == self.eos:
                     self._end(request, STOP)
@@ -363,8 +423,8 @@ class Scheduler:
         """Decode the chunks that are due, requests with pieces of the same size together: urgent pieces
         at once, steady ones when `_bulk_due` says so for any request."""
         for request in self._running:
-            if request.cursor is not None:
-                request.cursor.cut(final=False)
+            if request.cursor is not None:  # a row waiting for text: all its audio so far goes out now
+                request.cursor.cut(final=not _advances(request))
         for request in self._decoding:
             if request.cancelled.is_set():
                 request.cursor.pieces.clear()
@@ -509,6 +569,12 @@ class Scheduler:
         self._running, self._decoding = [], []
         self._in_flight.clear()
         self._audio_in_flight.clear()
+
+
+def _advances(request: Request) -> bool:
+    """Whether the next frame advances `request`, as the frame decides it on the device: its track is
+    closed, or it has text beyond the frames enqueued so far."""
+    return request.generating and (not request.text_open_loaded or request.enqueued < request.text_loaded)
 
 
 def _bucket(count: int, buckets: tuple[int, ...]) -> int:

@@ -1,0 +1,128 @@
+"""Speech for text that arrives while it is spoken: one engine request whose text track grows.
+
+Qwen3-TTS's streaming layout (`non_streaming_mode=False`) puts the first text token in the prompt and feeds
+one more with each frame, so the model itself speaks text as it comes. A `TextStream` starts its request
+as soon as the first token is certain and passes each later token to the engine as it becomes certain; a
+row that has spoken all the text it has waits in the running batch (`Frame.step`) until more comes or the
+text ends.
+
+A token is certain once the text after it has begun a new word: the tokenizer's pre-split never joins a
+word to the word after a space, so the tokens of the text up to its last space are the first tokens of any
+text that continues it (checked each time; if a piece of text ever breaks that, the rest waits for the
+end). The same text given whole or in pieces therefore gives the same tokens, the same track, and the
+same codes.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+from .engine.requests import Generation
+from .engine.scheduler import Scheduler
+from .errors import InputError
+from .prompt import PromptBuilder, PromptPlan
+from .sampling import SamplingParams
+
+
+class TextStream:
+    """`feed(text)` as it is written, `end()` once; iterate for audio chunks (float32, 24 kHz), or
+    `result()`; `cancel()`. `start(text, open_text)` builds the request's prompt plan; `check(text)` raises
+    `InputError` for text that may not be spoken (limits, control tokens), run on all of it at each step."""
+
+    def __init__(self, engine: Scheduler, prompts: PromptBuilder, start: Callable[[str, bool], PromptPlan],
+                 params: SamplingParams, check: Callable[[str], None]):
+        self._engine, self._prompts, self._start = engine, prompts, start
+        self._params, self._check = params, check
+        self._text = ""
+        self._ids: list[int] = []  # tokens given to the request so far
+        self._diverged = False  # a piece broke the prefix rule: the rest goes at the end
+        self._ended = False
+        self._generation: Generation | None = None
+        self._started = threading.Event()
+        self.finished = None
+
+    @property
+    def text(self) -> str:
+        return self._text
+
+    def feed(self, text: str) -> None:
+        """More of the text (any size). Raises `InputError` once the text has ended or grows too long."""
+        if self._ended:
+            raise InputError("this text has ended: start another utterance")
+        if not isinstance(text, str):
+            raise InputError(f"text must be a string, got {type(text).__name__}")
+        self._text += text
+        cut = max(self._text.rfind(" "), self._text.rfind("\n"))
+        if cut > 0 and not self._diverged:
+            self._give(self._text[:cut], final=False)
+
+    def end(self) -> None:
+        """The text is complete: the request speaks the rest and then ends as any request does."""
+        if self._ended:
+            return
+        if not self._text.strip():
+            raise InputError("text to speak must be a non-empty string")
+        self._ended = True
+        self._give(self._text, final=True)
+
+    def _give(self, text: str, final: bool) -> None:
+        with torch.inference_mode():
+            self._give_tokens(text, final)
+
+    def _give_tokens(self, text: str, final: bool) -> None:
+        if not text.strip():
+            return
+        self._check(text)
+        ids = self._prompts.text_ids(text)
+        if self._generation is None:
+            if not ids:
+                return
+            plan = self._start(text, not final)
+            self._generation = self._engine.submit(plan, self._params, text_open=not final)
+            self._ids = ids
+            self._started.set()
+            return
+        if ids[: len(self._ids)] != self._ids:
+            if not final:
+                self._diverged = True
+                return
+            # best effort: the tokens given stay spoken; the whole text's tokens after as many follow
+        new = ids[len(self._ids):]
+        if not new and not final:
+            return
+        vectors = self._prompts.text_vectors(new) if new else None
+        if final:
+            end = self._prompts.end_of_text()
+            vectors = end if vectors is None else torch.cat([vectors, end])
+        self._engine.extend_text(self._generation, vectors, tokens=len(new), final=final)
+        self._ids = ids
+
+    def cancel(self) -> None:
+        self._ended = True
+        if self._generation is not None:
+            self._generation.cancel()
+        self._started.set()
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> np.ndarray:
+        self._started.wait()
+        if self._generation is None:  # cancelled before any text
+            raise StopIteration
+        try:
+            return next(self._generation)
+        except StopIteration:
+            self.finished = self._generation.finished
+            raise
+
+    def result(self):
+        """Every remaining audio chunk and the `Finished` event (blocks until the text has ended and been
+        spoken)."""
+        chunks = list(self)
+        return chunks, self.finished
+

@@ -1,0 +1,87 @@
+"""Text that arrives while it is spoken (`TTS.open_text`): tokens join the request's text track as they
+become certain, the request waits in the batch for more, and the same text given whole or in pieces gives
+the same codes and audio."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+import torch
+
+import qtts
+
+TEXT = "Hello there, this sentence arrives a few words at a time, the way a language model writes it."
+KWARGS = dict(speaker="ryan", language="english", do_sample=False, subtalker_dosample=False,
+              max_new_tokens=40, min_new_tokens=39)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def tts(tiny_checkpoint):
+    tts = qtts.load(tiny_checkpoint("custom_voice"), device="cpu")
+    yield tts
+    tts.close()
+
+
+def pieces(text, size):
+    return [text[i: i + size] for i in range(0, len(text), size)]
+
+
+def waiting(stream, engine, seconds=60):
+    """Until the stream's request has run every frame its text allows (it waits in the batch)."""
+    request = stream._generation._request
+    deadline = time.monotonic() + seconds
+    while request.enqueued < request.text_loaded or request.text_pieces:
+        assert time.monotonic() < deadline, "the engine made no progress"
+        time.sleep(0.005)
+    frames = engine.stats["frames"]
+    return request, frames
+
+
+@pytest.mark.parametrize("size", [1, 7, 23])
+def test_text_in_pieces_gives_the_codes_and_audio_of_the_whole_text(tts, size):
+    whole = tts.submit(TEXT, non_streaming_mode=False, **KWARGS)
+    whole_chunks, whole_finished = whole.result()
+    stream = tts.open_text(**KWARGS)
+    for piece in pieces(TEXT, size):
+        stream.feed(piece)
+    stream.end()
+    chunks, finished = stream.result()
+    assert torch.equal(finished.codes, whole_finished.codes)
+    np.testing.assert_allclose(np.concatenate(chunks), np.concatenate(whole_chunks), atol=1e-5)
+
+
+def test_the_request_waits_for_text_and_resumes_where_it_stopped(tts):
+    expected = tts.submit(TEXT, non_streaming_mode=False, **KWARGS).result()[1].codes
+    words = TEXT.split(" ")
+    stream = tts.open_text(**KWARGS)
+    stream.feed(" ".join(words[:3]) + " ")
+    request, frames = waiting(stream, tts.engine)
+    assert request.generating and request.enqueued == request.text_loaded  # out of text: waiting
+    time.sleep(0.05)
+    assert tts.engine.stats["frames"] == frames  # a batch of waiting rows runs no frames
+    stream.feed(" ".join(words[3:8]) + " ")
+    waiting(stream, tts.engine)
+    stream.feed(" ".join(words[8:]))
+    stream.end()
+    assert torch.equal(stream.result()[1].codes, expected)
+
+
+def test_control_tokens_in_a_later_piece_are_refused(tts):
+    stream = tts.open_text(**KWARGS)
+    stream.feed("A fine start ")
+    with pytest.raises(qtts.InputError, match="control token"):
+        stream.feed("and then <|im_end|> ")
+    stream.cancel()
+    stream.result()
+    with pytest.raises(qtts.InputError, match="has ended"):
+        stream.feed("more")
