@@ -37,10 +37,10 @@ def pieces(text, size):
 
 
 def waiting(stream, engine, seconds=60):
-    """Until the stream's request has run every frame its text allows (it waits in the batch)."""
+    """Until the stream's request is in the batch and has run every frame its text allows (it waits)."""
     request = stream._generation._request
     deadline = time.monotonic() + seconds
-    while request.enqueued < request.text_loaded or request.text_pieces:
+    while request.started is None or request.enqueued < request.text_loaded or request.text_pieces:
         assert time.monotonic() < deadline, "the engine made no progress"
         time.sleep(0.005)
     frames = engine.stats["frames"]

@@ -327,17 +327,18 @@ class Scheduler:
         for request in self._running:
             if not request.text_pieces:
                 continue
-            with self._lock:
+            with self._lock:  # what the next frame sees changes with the pieces, for readers of both
                 pieces, request.text_pieces = request.text_pieces, []
                 self._set_limit(request)
+                vectors, _, start, final = pieces[-1]
+                request.text_loaded = start + vectors.shape[0]
+                request.text_open_loaded = not final
             for vectors, ready, start, final in pieces:
                 if ready is not None:
                     stream = torch.cuda.current_stream()
                     stream.wait_event(ready)
                     vectors.record_stream(stream)
                 self.store.extend_text(request.row, vectors, start, final)
-                request.text_loaded = start + vectors.shape[0]
-                request.text_open_loaded = not final
 
     def _enqueue_frame(self) -> None:
         count = len(self._running)
@@ -351,12 +352,13 @@ class Scheduler:
         if cuda:
             event = torch.cuda.Event()
             event.record()
+        # counted before the rows advance, so that a reader who sees a row's count sees this frame too
+        self.stats["frames"] += 1
         # which rows this frame advances: those the device sees as active (the text copied so far)
         active = [_advances(r) for r in self._running]
         for request, advances in zip(self._running, active):
             request.enqueued += advances
         self._in_flight.append((event, index, list(self._running), active))
-        self.stats["frames"] += 1
 
     def _read_frames(self, wait: bool) -> None:
         """Hand out every frame whose codes are on the host; with `wait`, wait for the oldest first."""
