@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import qtts
+from qtts.incremental import certain_end
 
 TEXT = "Hello there, this sentence arrives a few words at a time, the way a language model writes it."
 KWARGS = dict(speaker="ryan", language="english", do_sample=False, subtalker_dosample=False,
@@ -58,6 +59,40 @@ def test_text_in_pieces_gives_the_codes_and_audio_of_the_whole_text(tts, size):
     chunks, finished = stream.result()
     assert torch.equal(finished.codes, whole_finished.codes)
     np.testing.assert_allclose(np.concatenate(chunks), np.concatenate(whole_chunks), atol=1e-5)
+
+
+def test_chinese_text_without_spaces_is_spoken_as_it_comes_and_equals_the_whole_text(tts):
+    text = "今天天气很好，我们去公园吧。你觉得呢？"
+    kwargs = {**KWARGS, "language": "chinese"}
+    whole = tts.submit(text, non_streaming_mode=False, **kwargs).result()
+    stream = tts.open_text(**kwargs)
+    stream.feed(text[:8])  # "今天天气很好，我": the words before the comma have ended
+    assert stream.generation is not None
+    for char in text[8:]:
+        stream.feed(char)
+    stream.end()
+    chunks, finished = stream.result()
+    assert torch.equal(finished.codes, whole[1].codes)
+    np.testing.assert_allclose(np.concatenate(chunks), np.concatenate(whole[0]), atol=1e-5)
+
+
+@pytest.mark.parametrize("text, certain", [
+    ("Hello there", "Hello"), ("Hello there ", "Hello there"), ("Hello, th", "Hello"), ("Hi?! Yes", "Hi"),
+    ("3.14 is", "3.14"), ("你好，世界", "你好"), ("word", ""), ("", "")])
+def test_the_certain_part_of_a_text_ends_where_its_last_ended_word_does(text, certain):
+    assert text[:certain_end(text)] == certain
+
+
+def test_a_refused_piece_changes_nothing(tts):
+    stream = tts.open_text(**KWARGS)
+    stream.feed("Hello there, ")
+    with pytest.raises(qtts.InputError, match="control token"):
+        stream.feed("<|im_start|> ")
+    assert stream.text == "Hello there, "
+    stream.feed("general.")
+    stream.end()
+    expected = tts.submit("Hello there, general.", non_streaming_mode=False, **KWARGS).result()[1].codes
+    assert torch.equal(stream.result()[1].codes, expected)
 
 
 def test_the_request_waits_for_text_and_resumes_where_it_stopped(tts):

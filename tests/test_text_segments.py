@@ -106,14 +106,18 @@ def test_a_long_unpunctuated_delta_stream_is_cut_once_the_limit_and_lookahead_ar
     assert received and received[0] == "一二三四五六七八九十"
 
 
+ALL_PASSAGES = "\n".join(PASSAGES.values()) + " Ein Satz ohne Ende und noch ein paar Wörter dazu"
+
+
+@pytest.mark.parametrize("overflow", ["strongest", "last"])
 @pytest.mark.parametrize("granularity", ["sentence", "clause", "none"])
 @pytest.mark.parametrize("limit", [15, 60, 300])
-def test_text_in_random_deltas_gives_the_same_segments_as_the_whole_text(granularity, limit):
-    text = "\n".join(PASSAGES.values()) + " Ein Satz ohne Ende und noch ein paar Wörter dazu"
-    whole = list(iter_segments(text, max_chars=limit, granularity=granularity))
+def test_text_in_random_deltas_gives_the_same_segments_as_the_whole_text(granularity, limit, overflow):
+    text = ALL_PASSAGES
+    whole = list(iter_segments(text, max_chars=limit, granularity=granularity, overflow=overflow))
     chooser = random.Random(limit)
     for _ in range(30):
-        buffer = SegmentBuffer(max_chars=limit, granularity=granularity)
+        buffer = SegmentBuffer(max_chars=limit, granularity=granularity, overflow=overflow)
         segments, position = [], 0
         while position < len(text):
             size = chooser.choice([1, 1, 2, 3, 5, 8, 40])
@@ -123,8 +127,51 @@ def test_text_in_random_deltas_gives_the_same_segments_as_the_whole_text(granula
         assert segments == whole
 
 
+def test_past_the_limit_the_last_rule_cuts_at_the_last_boundary_that_fits():
+    text = "One, two three four five six seven."
+    assert list(iter_segments(text, max_chars=20)) == ["One,", "two three four five", "six seven."]
+    assert list(iter_segments(text, max_chars=20, overflow="last")) == ["One, two three four", "five six seven."]
+
+
+@pytest.mark.parametrize("overflow", ["strongest", "last"])
+@pytest.mark.parametrize("granularity", ["sentence", "clause", "none"])
+@pytest.mark.parametrize("limit", [15, 60])
+def test_the_settled_text_always_begins_the_next_segment(granularity, limit, overflow):
+    """What live speech speaks before a segment ends must be part of it: at every step, `settled()` is a
+    prefix of the segment the buffer commits next (whitespace after its end aside)."""
+    chooser = random.Random(limit)
+    for _ in range(10):
+        buffer = SegmentBuffer(max_chars=limit, granularity=granularity, overflow=overflow)
+        promised, position = "", 0
+        while position < len(ALL_PASSAGES):
+            size = chooser.choice([1, 1, 2, 3, 5, 8, 40])
+            committed = buffer.feed(ALL_PASSAGES[position:position + size])
+            position += size
+            if committed:
+                assert committed[0].startswith(promised.rstrip())
+                promised = ""
+            settled = buffer.settled()
+            assert settled.startswith(promised) and buffer.pending.startswith(settled)
+            promised = settled
+        final = buffer.flush()
+        assert not promised or final[0].startswith(promised.rstrip())
+
+
+def test_with_the_last_rule_each_ended_word_is_settled_at_once():
+    buffer = SegmentBuffer(max_chars=300, overflow="last")
+    buffer.feed("Hello there, how are")
+    assert buffer.settled() == "Hello there, how "
+    buffer.feed(" you")
+    assert buffer.settled() == "Hello there, how are "
+    strongest = SegmentBuffer(max_chars=300)
+    strongest.feed("Hello there, how are you")
+    assert strongest.settled() == "Hello there, "  # past the limit the cut could still fall at the comma
+
+
 def test_bad_options_are_refused():
     with pytest.raises(ValueError, match="max_chars"):
         SegmentBuffer(max_chars=0)
     with pytest.raises(ValueError, match="granularity"):
         SegmentBuffer(granularity="word")
+    with pytest.raises(ValueError, match="overflow"):
+        SegmentBuffer(overflow="first")

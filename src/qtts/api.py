@@ -285,11 +285,12 @@ class TTS:
         return Segments(submit_segment, len(requests))
 
     def open_text(self, *, language: str = "auto", voice: Voice | None = None, speaker: str | None = None,
-                  instruct: str | None = None, **sampling) -> TextStream:
+                  instruct: str | None = None, loop=None, **sampling) -> TextStream:
         """One utterance whose text arrives while it is spoken (an LLM's answer as it is written): `feed`
         text in pieces of any size, `end()` when it is complete, iterate the handle for audio chunks. Each
         text token joins the request's text track as soon as it is certain, and the request waits in the
-        engine's batch when it has spoken all it has (`incremental`)."""
+        engine's batch when it has spoken all it has (`incremental`). `loop`: deliver the request's events
+        to this asyncio loop (`async for` over `handle.generation`), as `submit` does."""
         with torch.inference_mode():
             params = self.sampling_params(**sampling)
 
@@ -299,7 +300,7 @@ class TTS:
                                  non_streaming_mode=False, open_text=open_text)
 
         return TextStream(self.engine, self.prompts, start, params,
-                          lambda text: check_text(self.tokenizer, "text", text, self.limits.input_tokens))
+                          lambda text: check_text(self.tokenizer, "text", text, self.limits.input_tokens), loop)
 
     def synthesize_batch(self, texts: Sequence[str], *, language: str | Sequence[str] = "auto",
                          voice: Voice | None | Sequence[Voice | None] = None,

@@ -6,16 +6,18 @@ as soon as the first token is certain and passes each later token to the engine 
 row that has spoken all the text it has waits in the running batch (`Frame.step`) until more comes or the
 text ends.
 
-A token is certain once the text after it has begun a new word: the tokenizer's pre-split never joins a
-word to the word after a space, so the tokens of the text up to its last space are the first tokens of any
-text that continues it (checked each time; if a piece of text ever breaks that, the rest waits for the
-end). The same text given whole or in pieces therefore gives the same tokens, the same track, and the
-same codes.
+A token is certain once the word it belongs to has ended: the tokenizer's pre-split ends a run of letters
+(or a digit) where a space or punctuation follows, and starts the next piece there, so the tokens of the
+text up to such a point are the first tokens of any text that continues it (checked each time; if a piece
+of text ever breaks that, the rest waits for the end). Spaces end Latin words; punctuation ends Chinese and
+Japanese ones, which have no spaces. The same text given whole or in pieces therefore gives the same
+tokens, the same track, and the same codes. Whitespace at the very end of the text is not spoken.
 """
 
 from __future__ import annotations
 
 import threading
+import unicodedata
 from collections.abc import Callable
 
 import numpy as np
@@ -34,9 +36,9 @@ class TextStream:
     `InputError` for text that may not be spoken (limits, control tokens), run on all of it at each step."""
 
     def __init__(self, engine: Scheduler, prompts: PromptBuilder, start: Callable[[str, bool], PromptPlan],
-                 params: SamplingParams, check: Callable[[str], None]):
+                 params: SamplingParams, check: Callable[[str], None], loop=None):
         self._engine, self._prompts, self._start = engine, prompts, start
-        self._params, self._check = params, check
+        self._params, self._check, self._loop = params, check, loop
         self._text = ""
         self._ids: list[int] = []  # tokens given to the request so far
         self._diverged = False  # a piece broke the prefix rule: the rest goes at the end
@@ -49,16 +51,24 @@ class TextStream:
     def text(self) -> str:
         return self._text
 
+    @property
+    def generation(self) -> Generation | None:
+        """The engine request, once the first token was certain (None before, or if cancelled before)."""
+        return self._generation
+
     def feed(self, text: str) -> None:
-        """More of the text (any size). Raises `InputError` once the text has ended or grows too long."""
+        """More of the text (any size). Raises `InputError` once the text has ended, and for text that may
+        not be spoken (limits, control tokens); a refused piece changes nothing."""
         if self._ended:
             raise InputError("this text has ended: start another utterance")
         if not isinstance(text, str):
             raise InputError(f"text must be a string, got {type(text).__name__}")
-        self._text += text
-        cut = max(self._text.rfind(" "), self._text.rfind("\n"))
+        whole = self._text + text
+        self._check(whole)
+        cut = certain_end(whole)
         if cut > 0 and not self._diverged:
-            self._give(self._text[:cut], final=False)
+            self._give(whole[:cut], final=False)
+        self._text = whole
 
     def end(self) -> None:
         """The text is complete: the request speaks the rest and then ends as any request does."""
@@ -66,8 +76,9 @@ class TextStream:
             return
         if not self._text.strip():
             raise InputError("text to speak must be a non-empty string")
+        self._check(self._text)
+        self._give(self._text.rstrip(), final=True)
         self._ended = True
-        self._give(self._text, final=True)
 
     def _give(self, text: str, final: bool) -> None:
         with torch.inference_mode():
@@ -76,13 +87,12 @@ class TextStream:
     def _give_tokens(self, text: str, final: bool) -> None:
         if not text.strip():
             return
-        self._check(text)
         ids = self._prompts.text_ids(text)
         if self._generation is None:
             if not ids:
                 return
             plan = self._start(text, not final)
-            self._generation = self._engine.submit(plan, self._params, text_open=not final)
+            self._generation = self._engine.submit(plan, self._params, text_open=not final, loop=self._loop)
             self._ids = ids
             self._started.set()
             return
@@ -126,3 +136,17 @@ class TextStream:
         chunks = list(self)
         return chunks, self.finished
 
+
+def certain_end(text: str) -> int:
+    """Where the certain part of a text still being written ends: before its last space or punctuation
+    mark that follows a letter or digit (0: nothing is certain yet). The pre-split of the text up to there
+    is the start of the pre-split of any text that continues it."""
+    for index in range(len(text) - 1, 0, -1):
+        if _separates(text[index]) and not _separates(text[index - 1]):
+            return index
+    return 0
+
+
+def _separates(char: str) -> bool:
+    """Whitespace or punctuation (anything but a letter, digit or mark): where a word ends."""
+    return unicodedata.category(char)[0] not in "LNM"

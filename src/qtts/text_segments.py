@@ -24,6 +24,10 @@ DEFAULT_MAX_CHARS = 300
 LOOKAHEAD = 16
 
 Granularity = Literal["sentence", "clause", "none"]
+# Where a segment that reaches the limit before a committing boundary is cut: at the strongest boundary
+# that fits (whole texts: sentences packed up to the limit), or at the last one (live text: every word
+# that has ended is certain to belong to the segment, so it can be spoken before the segment ends).
+Overflow = Literal["strongest", "last"]
 
 # Boundary strengths: a segment ends at the strongest boundary that keeps it within the limit.
 WORD, CLAUSE, SENTENCE = 1, 2, 3
@@ -50,8 +54,8 @@ _ABBREVIATIONS = frozenset("""
 _SPEAKABLE = re.compile(r"\w")
 
 
-def iter_segments(text: str, *, max_chars: int = DEFAULT_MAX_CHARS,
-                  granularity: Granularity = "none") -> Iterator[str]:
+def iter_segments(text: str, *, max_chars: int = DEFAULT_MAX_CHARS, granularity: Granularity = "none",
+                  overflow: Overflow = "strongest") -> Iterator[str]:
     """Consecutive segments of `text`, each at most `max_chars` long, cut at the strongest boundary that
     fits: sentence, then clause, then word, then (unpunctuated Chinese or Japanese) anywhere.
 
@@ -59,7 +63,7 @@ def iter_segments(text: str, *, max_chars: int = DEFAULT_MAX_CHARS,
     ("none" packs whole sentences up to the limit). Segments are stripped; pieces with nothing to say
     (only punctuation or spaces) stay joined to their neighbour or are dropped at the end.
     """
-    buffer = SegmentBuffer(max_chars=max_chars, granularity=granularity)
+    buffer = SegmentBuffer(max_chars=max_chars, granularity=granularity, overflow=overflow)
     yield from buffer.feed(text)
     yield from buffer.flush()
 
@@ -67,19 +71,42 @@ def iter_segments(text: str, *, max_chars: int = DEFAULT_MAX_CHARS,
 class SegmentBuffer:
     """Text arriving in deltas, committed a segment at a time (`feed`), the rest on `flush`."""
 
-    def __init__(self, *, max_chars: int = DEFAULT_MAX_CHARS, granularity: Granularity = "sentence"):
+    def __init__(self, *, max_chars: int = DEFAULT_MAX_CHARS, granularity: Granularity = "sentence",
+                 overflow: Overflow = "strongest"):
         if max_chars < 1:
             raise ValueError(f"max_chars must be at least 1, got {max_chars}")
         if granularity not in _COMMIT_STRENGTH:
             raise ValueError(f"granularity must be one of {', '.join(_COMMIT_STRENGTH)}, got {granularity!r}")
+        if overflow not in ("strongest", "last"):
+            raise ValueError(f"overflow must be 'strongest' or 'last', got {overflow!r}")
         self.max_chars = max_chars
         self._commit = _COMMIT_STRENGTH[granularity]
+        self._overflow = overflow
         self._text = ""
 
     @property
     def pending(self) -> str:
         """Text received but not yet committed."""
         return self._text
+
+    def settled(self) -> str:
+        """The start of the held text that the next segment is certain to begin with, through the
+        whitespace after its last boundary ("" while none is known): what live speech may speak before
+        the segment ends. Boundaries found later are later in the text, and a cut is at the first
+        committing one or, past the limit, at the strongest (or last) one that fits, so the cut is never
+        before the last known boundary of the kind the rule picks."""
+        text = self._text
+        known = [(end, strength) for end, strength in _boundaries(text, False, self.max_chars + LOOKAHEAD)
+                 if end <= self.max_chars]
+        if not known:
+            return ""
+        if self._overflow == "strongest":
+            strongest = max(strength for _, strength in known)
+            known = [(end, strength) for end, strength in known if strength == strongest]
+        end = known[-1][0]
+        while end < len(text) and text[end].isspace():
+            end += 1
+        return text[:end]
 
     def feed(self, delta: str) -> list[str]:
         """Add text; return the segments whose end is now certain."""
@@ -117,6 +144,8 @@ class SegmentBuffer:
         if not commits and len(text) <= limit + LOOKAHEAD:
             return None  # every boundary within the limit is not settled yet: wait for more text
         fitting = [(strength, end) for end, strength in known if end <= limit]
+        if fitting and self._overflow == "last":
+            return fitting[-1][1]
         if fitting:
             strongest = max(strength for strength, _ in fitting)
             return max(end for strength, end in fitting if strength == strongest)
