@@ -1,9 +1,10 @@
 """WS /v1/audio/speech/stream end to end: a real uvicorn server on a free local port over a tiny random
 checkpoint, driven by a real WebSocket client (the `websockets` package).
 
-Each segment's audio is compared with `TTS.synthesize` of that segment's text run in the test on its own
-copy of the model, so these tests prove which text was committed when, and that it reached the engine
-intact with the session's speaker and sampling.
+Each segment's audio is compared with `TTS.synthesize` of that segment's whole text in the streaming
+layout, run in the test on its own copy of the model, so these tests prove which text each segment got,
+and that text given to a request while it speaks gives the audio of the whole text with the session's
+speaker and sampling.
 """
 
 from __future__ import annotations
@@ -103,7 +104,7 @@ def session(custom):
 
 
 def reference(tts, text, speaker="ryan", **sampling) -> np.ndarray:
-    audio = tts.synthesize(text, speaker=speaker, **{**GREEDY, **sampling})
+    audio = tts.synthesize(text, speaker=speaker, non_streaming_mode=False, **{**GREEDY, **sampling})
     return np.frombuffer(pcm16(audio.samples), dtype="<i2")
 
 
@@ -130,19 +131,53 @@ def test_each_sentence_is_spoken_once_it_ends_while_the_rest_is_still_being_writ
     session.send("input.done")
     done = session.until("session.done")
 
-    starts = session.events("audio.start")
-    assert [s["sentence_text"] for s in starts] == ["Hello there.", "How are you today?", "Fine."]
+    starts, dones = session.events("audio.start"), session.events("audio.done")
+    assert [d["sentence_text"] for d in dones] == ["Hello there.", "How are you today?", "Fine."]
     assert all(s["utterance_index"] == 0 and s["format"] == "pcm" for s in starts)
-    expected = [reference(tts, s["sentence_text"]) for s in starts]
+    assert all(d["sentence_text"].startswith(s["sentence_text"]) for s, d in zip(starts, dones))
+    expected = [reference(tts, d["sentence_text"]) for d in dones]
     for index, samples in enumerate(expected):
         assert_same_audio(session.audio(0, index), samples)
-    dones = session.events("audio.done")
     assert dones[0] is first
+    assert all(d["text_to_audio_ms"] > 0 for d in dones)
     assert [d["frames"] for d in dones] == [math.ceil(len(s) / SAMPLES_PER_FRAME) for s in expected]
     assert [d["samples"] for d in dones] == [len(s) for s in expected]
     assert not any(d["error"] for d in dones)
     assert done["total_sentences"] == 3 and done["samples"] == sum(len(s) for s in expected)
     assert done["frames"] == sum(d["frames"] for d in dones)
+
+
+def test_a_sentence_is_spoken_while_it_is_still_being_written(custom, session):
+    """True incremental text: the words that have ended are spoken before the sentence ends (the request
+    then waits in the batch for more), and the whole sentence's audio is that of the whole text."""
+    _, tts = custom
+    configure(session, max_new_tokens=40)
+    session.send("input.text", text="Words arrive one by")
+    start = session.until("audio.start")
+    assert start["sentence_text"] == "Words arrive one"  # "by" may still grow: only ended words are given
+    while not any(isinstance(m, bytes) for m in session.received):
+        session.received.append(session.socket.recv(timeout=RECEIVE_TIMEOUT))
+    assert not session.events("audio.done")  # audio of an unfinished sentence
+    session.send("input.text", text=" one, as a model writes them.")
+    session.send("input.done")
+    session.until("session.done")
+    done, = session.events("audio.done")
+    assert done["sentence_text"] == "Words arrive one by one, as a model writes them."
+    assert_same_audio(session.audio(0), reference(tts, done["sentence_text"], max_new_tokens=40))
+
+
+def test_a_refused_delta_changes_nothing_and_the_sentence_goes_on(custom, session):
+    _, tts = custom
+    configure(session)
+    session.send("input.text", text="Good ")
+    session.send("input.text", text="<|im_end|> ")
+    error = session.until("error")["error"]
+    assert error["param"] == "text" and "control token" in error["message"]
+    session.send("input.text", text="morning.")
+    session.send("input.done")
+    session.until("session.done")
+    assert [d["sentence_text"] for d in session.events("audio.done")] == ["Good morning."]
+    assert_same_audio(session.audio(0), reference(tts, "Good morning."))
 
 
 def test_flush_speaks_what_is_buffered_and_keeps_the_utterance_open(custom, session):
@@ -154,7 +189,7 @@ def test_flush_speaks_what_is_buffered_and_keeps_the_utterance_open(custom, sess
     session.send("input.text", text="and the rest.")
     session.send("input.done")
     done = session.until("session.done")
-    assert [s["sentence_text"] for s in session.events("audio.start")] == ["Half a sentence", "and the rest."]
+    assert [d["sentence_text"] for d in session.events("audio.done")] == ["Half a sentence", "and the rest."]
     assert done["utterance_index"] == 0 and done["total_sentences"] == 2
     assert_same_audio(session.audio(0, 1), reference(tts, "and the rest."))
 
@@ -191,7 +226,7 @@ def test_text_sent_whole_or_in_small_deltas_gives_the_same_greedy_audio(custom):
                 session.send("input.text", text=delta)
             session.send("input.done")
             session.until("session.done")
-            spoken.append(([s["sentence_text"] for s in session.events("audio.start")], session.audio(0)))
+            spoken.append(([d["sentence_text"] for d in session.events("audio.done")], session.audio(0)))
         finally:
             session.close()
     assert spoken[0][0] == ["One sentence here.", "Another,", "with a clause;", "and an end!", "最后一句。"]
@@ -280,7 +315,7 @@ def test_bad_messages_get_a_clear_error_and_the_session_carries_on(custom, sessi
     session.send("input.text", text=", and speaking.")
     session.send("input.done")
     session.until("session.done")
-    assert [s["sentence_text"] for s in session.events("audio.start")] == ["Still here, and speaking."]
+    assert [d["sentence_text"] for d in session.events("audio.done")] == ["Still here, and speaking."]
     assert_same_audio(session.audio(0), reference(tts, "Still here, and speaking."))
 
 

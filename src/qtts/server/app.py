@@ -27,8 +27,8 @@ from starlette.exceptions import HTTPException
 from .. import __version__
 from ..audio import SAMPLE_RATE, SAMPLES_PER_FRAME, Audio
 from ..audio_formats import DEFAULT_FORMAT, FORMATS, AudioFormat, StreamEncoder, encode
-from ..engine.requests import EngineStopped, Generation
-from ..errors import InputError, VoiceError
+from ..engine.requests import Generation
+from ..errors import InputError
 from ..limits import check_text
 from .guards import CLIENT_TIMEOUT, add_guards
 from .live import add_live_speech
@@ -36,8 +36,10 @@ from .metrics import Metrics, RequestCounter
 from .page import add_page
 from .request_body import MAX_UPLOAD_BYTES
 from .schemas import (
+    RETRY_AFTER_SECONDS,
     ApiError,
     SpeechRequest,
+    api_error,
     audio_delta_event,
     audio_done_event,
     error_event,
@@ -51,7 +53,6 @@ logger = logging.getLogger(__name__)
 
 MAX_INPUT_CHARS = 4096  # OpenAI's limit for one speech request
 DEFAULT_MAX_QUEUE = 64  # requests waiting for a free engine row before new ones get 503
-RETRY_AFTER_SECONDS = 1
 # Model names OpenAI clients are configured with; they all mean "the model this server runs".
 OPENAI_TTS_MODELS = ("tts-1", "tts-1-hd", "gpt-4o-mini-tts")
 CLIENT_CLOSED = 499  # nginx's status for a client that left before the answer; only logs ever see it
@@ -97,17 +98,20 @@ def create_app(tts, *, model_name: str | None = None, voices_dir: str | Path | N
     app.add_middleware(RequestCounter, metrics=metrics)  # outermost: it counts what the guards refuse too
     _add_error_handlers(app)
 
-    def submit(arguments: dict) -> Generation:
+    def check_room_in_engine() -> None:
         """Admission: a request starts at once while the engine has a free row; up to `max_queue` wait for
         one; beyond that, 503 with Retry-After."""
         if engine.running + engine.queued >= engine.max_batch + max_queue:
             raise ApiError(503, f"the server is busy ({engine.running} requests running, {engine.queued} "
                            "waiting); retry in a moment", code="server_busy",
                            headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
+
+    def submit(arguments: dict) -> Generation:
+        check_room_in_engine()
         try:
             generation = tts.submit(loop=asyncio.get_running_loop(), **arguments)
         except Exception as exc:
-            raise _api_error(exc) from None
+            raise api_error(exc) from None
         open_generations.add(generation)
         return generation
 
@@ -236,7 +240,7 @@ def create_app(tts, *, model_name: str | None = None, voices_dir: str | Path | N
                 yield audio_delta_event(base64.b64encode(tail).decode("ascii"))
             yield audio_done_event(input_tokens, math.ceil(samples / SAMPLES_PER_FRAME))
         except Exception as exc:
-            yield error_event(_api_error(exc))
+            yield error_event(api_error(exc))
         finally:
             job.cancel()
             done(job)
@@ -246,21 +250,36 @@ def create_app(tts, *, model_name: str | None = None, voices_dir: str | Path | N
         check_options(body)
         return {"language": body.language, **voice_arguments(body), **body.sampling()}
 
-    async def speak_segment(text: str, arguments: dict[str, Any]) -> AsyncIterator[Any]:
-        """Audio chunks of one committed segment of live text, as the streamed speech handler makes them."""
-        job = submit({"text": text, **arguments})
+    def live_text_check(text: str) -> None:
         try:
-            async for samples in job:
+            check_text(tts.tokenizer, "text", text, tts.limits.input_tokens)
+        except InputError as exc:
+            raise ApiError(400, str(exc), code="invalid_input", param="text") from None
+
+    def open_live_text(arguments: dict[str, Any]):
+        """A live segment's text stream; its request is submitted when its first word has ended."""
+        check_room_in_engine()
+        try:
+            return tts.open_text(loop=asyncio.get_running_loop(), **arguments)
+        except Exception as exc:
+            raise api_error(exc) from None
+
+    async def speak_live(generation: Generation) -> AsyncIterator[Audio]:
+        """Audio chunks of one live segment, as the streamed speech handler makes them."""
+        open_generations.add(generation)
+        try:
+            async for samples in generation:
                 audio = _audio(samples)
                 metrics.audio_seconds += audio.duration
                 yield audio
         except Exception as exc:
-            raise _api_error(exc) from None
+            raise api_error(exc) from None
         finally:
-            job.cancel()  # a no-op when the request finished; frees its row when the session ended mid-segment
-            done(job)
+            generation.cancel()  # a no-op when it finished; frees its row when the session ended mid-segment
+            done(generation)
 
-    add_live_speech(app, live_arguments, speak_segment, max_input_chars=max_input_chars)
+    add_live_speech(app, live_arguments, live_text_check, open_live_text, speak_live,
+                    max_input_chars=max_input_chars, observe_text_to_audio=metrics.text_to_audio.observe)
     add_page(app)
 
     # -- voices -------------------------------------------------------------------------------------------
@@ -292,7 +311,7 @@ def create_app(tts, *, model_name: str | None = None, voices_dir: str | Path | N
         try:
             voice = await asyncio.to_thread(tts.create_voice, data, ref_text)
         except Exception as exc:
-            raise _api_error(exc) from None
+            raise api_error(exc) from None
         check_room()  # again: other uploads may have filled the store while this one was encoded
         return voice_json(voices.add(voice, (name or "").strip() or None))
 
@@ -383,7 +402,7 @@ async def _unless_gone(work, job: Generation, request: Request):
     try:
         return result.result()
     except Exception as exc:
-        raise _api_error(exc) from None
+        raise api_error(exc) from None
 
 
 async def _next(job: Generation):
@@ -411,20 +430,6 @@ def _audio(samples: np.ndarray) -> Audio:
 
 
 # -- errors in OpenAI's shape ------------------------------------------------------------------------------
-def _api_error(exc: BaseException) -> ApiError:
-    """What a failure of the model's work means for the client."""
-    if isinstance(exc, ApiError):
-        return exc
-    if isinstance(exc, (InputError, VoiceError)):
-        return ApiError(400, str(exc), code="invalid_input")
-    if isinstance(exc, EngineStopped):
-        return ApiError(503, "the server is shutting down; retry on another replica or in a moment",
-                        code="server_shutting_down", headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
-    logger.error("synthesis failed", exc_info=exc)
-    return ApiError(500, f"internal error while synthesizing ({type(exc).__name__}); see the server log",
-                    code="internal_error")
-
-
 def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def api_error(request: Request, exc: ApiError):

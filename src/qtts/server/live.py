@@ -2,25 +2,33 @@
 written), with vLLM-Omni's message names.
 
 A session is configured once (voice, language, sampling, format) and then carries any number of
-utterances: text deltas of any size, optional flushes, and an end of input each. Text is committed to
-speech a segment at a time (`SegmentBuffer`: at each sentence or clause end, on flush, on end), and the
-segments of a session are spoken one after another, in order, while the client keeps sending text.
+utterances: text deltas of any size, optional flushes, and an end of input each. An utterance is spoken as
+consecutive segments cut at sentence (or clause) ends (`SegmentBuffer`). A segment is one engine request
+whose text track grows as the text comes (`TextStream`): its speech starts as soon as its first word has
+ended, each later word joins it once the word after it has begun, and the request waits in the batch
+when it has spoken all it has. Segments are spoken one after another, in order, while the client keeps
+sending text; the next segment's speech is made while the current one plays.
 
     client -> server (JSON text messages)
         {"type": "session.config", "voice": ..., "language": ..., ...}   first; again between utterances
         {"type": "input.text", "text": "..."}                             a delta of the current utterance
-        {"type": "input.flush"}                                           speak what is buffered now
+        {"type": "input.flush"}                                           end the current segment now
         {"type": "input.done"}                                            end of this utterance's text
         {"type": "session.close"}                                         finish speaking, then close
     server -> client
         {"type": "session.started" | "session.updated", "config": {...}, "sample_rate": 24000}
         {"type": "audio.start", "utterance_index", "sentence_index", "sentence_text", "format", "sample_rate"}
+            (sentence_text: the segment's text received so far; its speech starts before the sentence ends)
         binary frames: the segment's audio (pcm, or wav: one streaming header at the start of each utterance)
-        {"type": "audio.done", "utterance_index", "sentence_index", "frames", "samples", "total_bytes", "error"}
+        {"type": "audio.done", "utterance_index", "sentence_index", "sentence_text", "frames", "samples",
+         "total_bytes", "text_to_audio_ms", "error"}
+            (sentence_text: the whole segment; text_to_audio_ms: from the text delta that started the
+            segment's speech to its first audio sent)
         {"type": "session.done", "utterance_index", "total_sentences", "frames", "samples"}   utterance over
         {"type": "error", "error": {"message", "type", "param", "code"}}   the HTTP API's error shape
 
-A bad message is answered with an error event and otherwise ignored: the session stays open.
+A bad message is answered with an error event and otherwise ignored (a refused delta changes nothing):
+the session stays open.
 """
 
 from __future__ import annotations
@@ -29,47 +37,63 @@ import asyncio
 import json
 import logging
 import math
+import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import FastAPI, WebSocket, WebSocketDisconnect
 from pydantic import ValidationError
 
-from ..audio import SAMPLE_RATE, SAMPLES_PER_FRAME
-from ..text_segments import DEFAULT_MAX_CHARS, SegmentBuffer
+from ..audio import SAMPLE_RATE, SAMPLES_PER_FRAME, Audio
 from ..audio_formats import FORMATS, StreamEncoder
-from .schemas import ApiError, LiveSessionConfig, SpeechRequest
+from ..engine.requests import Generation
+from ..incremental import TextStream
+from ..text_segments import DEFAULT_MAX_CHARS, SegmentBuffer
+from .schemas import ApiError, LiveSessionConfig, SpeechRequest, api_error
 
 logger = logging.getLogger(__name__)
 
 PATH = "/v1/audio/speech/stream"
 
-# (request of a session, less its text) -> synthesize() keywords; raises ApiError for what is wrong with it.
+# (request of a session, less its text) -> the keywords of its segments; raises ApiError for what is wrong.
 Prepare = Callable[[SpeechRequest], dict[str, Any]]
-# (segment text, keywords) -> its audio chunks as made; raises ApiError. The one place live speech
-# reaches the engine.
-Speak = Callable[[str, dict[str, Any]], AsyncIterator[Any]]
+# Text that would join an utterance's current segment -> raises ApiError if it may not be spoken.
+CheckText = Callable[[str], None]
+# keywords -> a TextStream delivering to the running event loop; raises ApiError (busy, bad request).
+OpenText = Callable[[dict[str, Any]], TextStream]
+# a started segment's request -> its audio as made; raises ApiError. With OpenText, the one place live
+# speech reaches the engine.
+Speak = Callable[[Generation], AsyncIterator[Audio]]
 
 
-def add_live_speech(app: FastAPI, prepare: Prepare, speak: Speak, *, max_input_chars: int,
-                    max_segment_chars: int = DEFAULT_MAX_CHARS) -> None:
+def add_live_speech(app: FastAPI, prepare: Prepare, check_text: CheckText, open_text: OpenText, speak: Speak, *,
+                    max_input_chars: int, max_segment_chars: int = DEFAULT_MAX_CHARS,
+                    observe_text_to_audio: Callable[[float], None] | None = None) -> None:
     """Serve live speech sessions at PATH on `app`."""
 
     async def live_speech(websocket: WebSocket) -> None:
         await websocket.accept()
-        await LiveSession(websocket, prepare, speak, max_input_chars, max_segment_chars).run()
+        session = LiveSession(websocket, prepare, check_text, open_text, speak, max_input_chars,
+                              max_segment_chars, observe_text_to_audio)
+        await session.run()
 
     app.add_api_websocket_route(PATH, live_speech, name="live_speech")
 
 
-@dataclass(frozen=True)
+@dataclass(eq=False)
 class _Segment:
+    """One segment of an utterance: its request's text stream, what of its text was given to it, and
+    whether its speech can be awaited (`started`: the request exists, or the segment ended without one)."""
+
     utterance: int
     index: int
-    text: str
-    arguments: dict[str, Any]
+    stream: TextStream
     response_format: str
+    given: str = ""  # text fed to the stream (the segment's start, perhaps with whitespace after it)
+    text: str | None = None  # the whole segment, once it ended
+    text_at: float | None = None  # when the delta that started its request arrived
+    started: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 @dataclass(frozen=True)
@@ -82,24 +106,31 @@ _CLOSE = object()
 
 
 class LiveSession:
-    """One WebSocket connection: a receiver reading the client's messages, and a speaker task saying the
-    committed segments in order, so text keeps arriving while audio is being made."""
+    """One WebSocket connection: a receiver reading the client's messages and feeding their text to the
+    current segment's request, and a speaker task sending the segments' audio in order."""
 
-    def __init__(self, websocket: WebSocket, prepare: Prepare, speak: Speak, max_input_chars: int,
-                 max_segment_chars: int):
+    def __init__(self, websocket: WebSocket, prepare: Prepare, check_text: CheckText, open_text: OpenText,
+                 speak: Speak, max_input_chars: int, max_segment_chars: int,
+                 observe_text_to_audio: Callable[[float], None] | None):
         self.websocket = websocket
-        self.prepare = prepare
-        self.speak = speak
+        self.prepare, self.check_text, self.open_text, self.speak = prepare, check_text, open_text, speak
         self.max_input_chars = max_input_chars
         self.max_segment_chars = max_segment_chars
+        self.observe_text_to_audio = observe_text_to_audio
         self.config: LiveSessionConfig | None = None
         self.arguments: dict[str, Any] = {}
-        self.buffer = SegmentBuffer(max_chars=max_segment_chars)
+        self.buffer = self._new_buffer("sentence")
         self.utterance = 0
-        self.segments = 0  # committed so far in the current utterance
+        self.segments = 0  # opened so far in the current utterance
+        self.current: _Segment | None = None  # the segment the utterance's text goes to now
+        self.unsaid: list[_Segment] = []  # opened and not yet spoken to the end: cancelled if the client leaves
         self.open = False  # an utterance has text and has not been ended
         self.queue: asyncio.Queue = asyncio.Queue()
         self._send_lock = asyncio.Lock()  # one message at a time from both tasks
+
+    def _new_buffer(self, granularity: str) -> SegmentBuffer:
+        # "last": every word that has ended belongs to the current segment, so it can be spoken at once
+        return SegmentBuffer(max_chars=self.max_segment_chars, granularity=granularity, overflow="last")
 
     async def run(self) -> None:
         speaker = asyncio.create_task(self._speak_queued())
@@ -112,7 +143,9 @@ class LiveSession:
         except WebSocketDisconnect:
             pass
         finally:
-            speaker.cancel()  # a client gone mid-utterance: the running segment stops at its next chunk
+            for segment in self.unsaid:  # a client gone mid-utterance: its requests leave the batch
+                segment.stream.cancel()
+            speaker.cancel()
             try:
                 await speaker
             except (asyncio.CancelledError, WebSocketDisconnect):
@@ -181,7 +214,7 @@ class LiveSession:
         if kind == "input.text":
             self._add_text(message)
         elif kind == "input.flush":
-            self._commit(self.buffer.flush())
+            self._take(self.buffer.flush())
         else:
             self._end_utterance()
         return False
@@ -195,7 +228,7 @@ class LiveSession:
         except ValidationError as exc:
             raise _config_error(exc) from None
         self.arguments = self.prepare(config.speech_request())
-        self.buffer = SegmentBuffer(max_chars=self.max_segment_chars, granularity=config.split_granularity)
+        self.buffer = self._new_buffer(config.split_granularity)
         kind = "session.started" if self.config is None else "session.updated"
         self.config = config
         await self._send_json({"type": kind, "config": config.model_dump(exclude_none=True),
@@ -208,22 +241,69 @@ class LiveSession:
         if len(text) > self.max_input_chars:
             raise ApiError(400, f"input.text is {len(text)} characters; send deltas of at most "
                            f"{self.max_input_chars}", code="input_too_long", param="text")
+        # Checked before anything changes: the held text is the start of the current segment, and no
+        # control token has a segment boundary inside it.
+        self.check_text(self.buffer.pending + text)
         if text:
             self.open = True
-        self._commit(self.buffer.feed(text))
+        self._take(self.buffer.feed(text))
+
+    def _take(self, ended: list[str]) -> None:
+        """Give the segments that `ended` their whole text, and the current one what is settled of it."""
+        for text in ended:
+            self._give(text, final=True)
+        settled = self.buffer.settled()
+        if settled.strip():
+            self._give(settled, final=False)
+
+    def _give(self, text: str, final: bool) -> None:
+        """`text`: the current segment's text from its start (all of it when `final`)."""
+        segment = self.current or self._open_segment()
+        # What was given is the start of `text`, or (when the segment ended at its last word) `text` and
+        # the whitespace after it, which the stream does not speak.
+        more = text[len(segment.given):]
+        try:
+            if more:
+                segment.stream.feed(more)
+            if final:
+                segment.stream.end()
+        except Exception as exc:  # refused after all (the engine's limits, shutdown): this segment is lost
+            segment.stream.cancel()
+            self._close_segment(segment, text)
+            raise api_error(exc) from None
+        segment.given += more
+        if segment.text_at is None and segment.stream.generation is not None:
+            segment.text_at = time.perf_counter()
+        if final:
+            self._close_segment(segment, text)
+        elif segment.stream.generation is not None:
+            segment.started.set()
+
+    def _open_segment(self) -> _Segment:
+        stream = self.open_text(self.arguments)
+        segment = _Segment(self.utterance, self.segments, stream, self.config.response_format)
+        self.segments += 1
+        self.current = segment
+        self.unsaid.append(segment)
+        self.queue.put_nowait(segment)
+        return segment
+
+    def _close_segment(self, segment: _Segment, text: str) -> None:
+        segment.text = text
+        segment.started.set()
+        self.current = None
 
     def _end_utterance(self) -> None:
-        self._commit(self.buffer.flush())
-        self.queue.put_nowait(_UtteranceEnd(self.utterance, self.segments))
-        self.utterance += 1
-        self.segments = 0
-        self.open = False
-
-    def _commit(self, texts: list[str]) -> None:
-        for text in texts:
-            self.queue.put_nowait(_Segment(self.utterance, self.segments, text, self.arguments,
-                                           self.config.response_format))
-            self.segments += 1
+        try:
+            self._take(self.buffer.flush())
+        finally:  # the utterance ends even when its last segment was refused
+            if self.current is not None:  # given only text with nothing to say
+                self.current.stream.cancel()
+                self._close_segment(self.current, self.current.given.strip())
+            self.queue.put_nowait(_UtteranceEnd(self.utterance, self.segments))
+            self.utterance += 1
+            self.segments = 0
+            self.open = False
 
     # -- speaking -----------------------------------------------------------------------------------------
     async def _speak_queued(self) -> None:
@@ -248,23 +328,36 @@ class LiveSession:
 
     async def _say(self, segment: _Segment, encoder: StreamEncoder) -> int:
         """Send one segment's audio as it is made; return its sample count."""
+        await segment.started.wait()
         where = {"utterance_index": segment.utterance, "sentence_index": segment.index}
-        await self._send_json({"type": "audio.start", **where, "sentence_text": segment.text,
+        await self._send_json({"type": "audio.start", **where, "sentence_text": segment.given.strip(),
                                "format": segment.response_format, "sample_rate": SAMPLE_RATE})
         samples = sent = 0
         failed = False
+        text_to_audio = None
+        generation = segment.stream.generation
         try:
-            async for audio in self.speak(segment.text, segment.arguments):
+            if generation is None:  # cancelled before its first word
+                raise ApiError(400, "this segment was refused before it was spoken", code="invalid_input")
+            async for audio in self.speak(generation):
                 data = encoder.encode(audio.samples)
                 samples += len(audio.samples)
                 sent += len(data)
                 if data:
                     await self._send_bytes(data)
+                if text_to_audio is None:
+                    text_to_audio = time.perf_counter() - segment.text_at
+                    if self.observe_text_to_audio is not None:
+                        self.observe_text_to_audio(text_to_audio)
         except ApiError as exc:
             failed = True
             await self._error(exc, **where)
-        await self._send_json({"type": "audio.done", **where, "frames": math.ceil(samples / SAMPLES_PER_FRAME),
-                               "samples": samples, "total_bytes": sent, "error": failed})
+        finally:
+            self.unsaid.remove(segment)
+        await self._send_json({"type": "audio.done", **where, "sentence_text": segment.text,
+                               "frames": math.ceil(samples / SAMPLES_PER_FRAME), "samples": samples,
+                               "total_bytes": sent, "error": failed,
+                               "text_to_audio_ms": None if text_to_audio is None else round(text_to_audio * 1e3, 1)})
         return samples
 
     # -- sending ------------------------------------------------------------------------------------------

@@ -65,6 +65,9 @@ class Metrics:
             END_TO_END_BUCKETS)
         self.queue_wait = Histogram(
             "qtts_queue_wait_seconds", "Seconds a speech request waited for a free engine row.", QUEUE_WAIT_BUCKETS)
+        self.text_to_audio = Histogram(
+            "qtts_live_text_to_audio_seconds", "Seconds from the live text delta that started a segment's speech "
+            "to its first audio sent.", FIRST_AUDIO_BUCKETS)
 
     def render(self) -> str:
         lines: list[str] = []
@@ -96,7 +99,7 @@ class Metrics:
                {f'{{lane="{lane}"}}': n for lane, n in sorted(stats["decode_rows"].items())})
         metric("qtts_finished_requests_total", "counter", "Requests ended, by reason.",
                {f'{{reason="{reason}"}}': n for reason, n in sorted(stats["reasons"].items())})
-        for histogram in (self.time_to_first_audio, self.end_to_end, self.queue_wait):
+        for histogram in (self.time_to_first_audio, self.end_to_end, self.queue_wait, self.text_to_audio):
             lines.extend(histogram.render())
         return "\n".join(lines) + "\n"
 

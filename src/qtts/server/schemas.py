@@ -1,13 +1,22 @@
 """What goes over the wire: OpenAI's speech request (plus qtts's sampling extensions), the voice, model and
-error objects, the SSE events of a streamed speech response, and the live speech session's settings.
+error objects (and what a failure means for the client), the SSE events of a streamed speech response, and
+the live speech session's settings.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any, Literal
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field
+
+from ..engine.requests import EngineStopped
+from ..errors import InputError, VoiceError
+
+logger = logging.getLogger(__name__)
+
+RETRY_AFTER_SECONDS = 1  # what a 503 asks a client to wait
 
 # Keywords of `TTS.synthesize` that a request may set, named as in generation_config.json.
 SAMPLING_FIELDS = (
@@ -158,3 +167,17 @@ def audio_done_event(input_tokens: int, output_tokens: int) -> bytes:
 
 def error_event(error: ApiError) -> bytes:
     return sse_event({"type": "error", **error.body()})
+
+
+def api_error(exc: BaseException) -> ApiError:
+    """What a failure of the model's work means for the client."""
+    if isinstance(exc, ApiError):
+        return exc
+    if isinstance(exc, (InputError, VoiceError)):
+        return ApiError(400, str(exc), code="invalid_input")
+    if isinstance(exc, EngineStopped):
+        return ApiError(503, "the server is shutting down; retry on another replica or in a moment",
+                        code="server_shutting_down", headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
+    logger.error("synthesis failed", exc_info=exc)
+    return ApiError(500, f"internal error while synthesizing ({type(exc).__name__}); see the server log",
+                    code="internal_error")

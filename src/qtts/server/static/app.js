@@ -127,7 +127,9 @@ class Session {
       this.sendText();
       if (!this.live) this.finish();
     } else if (event.type === "audio.start") {
-      say(`speaking: ${event.sentence_text}`);
+      say(`speaking: ${event.sentence_text}…`);
+    } else if (event.type === "audio.done") {
+      say(`spoken: ${event.sentence_text}`);
     } else if (event.type === "session.done") {
       say(`done: ${event.total_sentences} segment(s), ${event.frames} frames`);
     } else if (event.type === "error") {
