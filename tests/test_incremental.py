@@ -120,3 +120,24 @@ def test_control_tokens_in_a_later_piece_are_refused(tts):
     stream.result()
     with pytest.raises(qtts.InputError, match="has ended"):
         stream.feed("more")
+
+
+def test_an_icl_voice_gathers_the_text_and_speaks_it_at_the_end(tiny_checkpoint):
+    """The ICL layout puts the whole text beside the reference frames in the prompt: such a stream starts
+    its request at end(), with the whole text's codes; an x-vector voice streams as any other."""
+    base = qtts.load(tiny_checkpoint("base"), device="cpu")
+    try:
+        t = np.arange(48000) / 24000
+        clip = (0.3 * np.sin(2 * np.pi * 220 * t * (1 + 0.3 * t))).astype(np.float32), 24000
+        greedy = dict(language="english", do_sample=False, subtalker_dosample=False, max_new_tokens=12)
+        for voice, incremental in ((base.create_voice(clip, "A reference transcript."), False),
+                                   (base.create_voice(clip), True)):
+            expected = base.submit(TEXT, voice=voice, non_streaming_mode=False, **greedy).result()[1].codes
+            stream = base.open_text(voice=voice, **greedy)
+            stream.feed(TEXT[:30])
+            assert (stream.generation is not None) == incremental
+            stream.feed(TEXT[30:])
+            stream.end()
+            assert torch.equal(stream.result()[1].codes, expected)
+    finally:
+        base.close()

@@ -289,8 +289,10 @@ class TTS:
         """One utterance whose text arrives while it is spoken (an LLM's answer as it is written): `feed`
         text in pieces of any size, `end()` when it is complete, iterate the handle for audio chunks. Each
         text token joins the request's text track as soon as it is certain, and the request waits in the
-        engine's batch when it has spoken all it has (`incremental`). `loop`: deliver the request's events
-        to this asyncio loop (`async for` over `handle.generation`), as `submit` does."""
+        engine's batch when it has spoken all it has (`incremental`). An ICL voice (made with a reference
+        transcript) holds the whole text in its prompt, so with one the request starts at `end()`. `loop`:
+        deliver the request's events to this asyncio loop (`async for` over `handle.generation`), as
+        `submit` does."""
         with torch.inference_mode():
             params = self.sampling_params(**sampling)
 
@@ -300,7 +302,8 @@ class TTS:
                                  non_streaming_mode=False, open_text=open_text)
 
         return TextStream(self.engine, self.prompts, start, params,
-                          lambda text: check_text(self.tokenizer, "text", text, self.limits.input_tokens), loop)
+                          lambda text: check_text(self.tokenizer, "text", text, self.limits.input_tokens), loop,
+                          incremental=not (voice is not None and voice.icl))
 
     def synthesize_batch(self, texts: Sequence[str], *, language: str | Sequence[str] = "auto",
                          voice: Voice | None | Sequence[Voice | None] = None,

@@ -33,12 +33,16 @@ from .sampling import SamplingParams
 class TextStream:
     """`feed(text)` as it is written, `end()` once; iterate for audio chunks (float32, 24 kHz), or
     `result()`; `cancel()`. `start(text, open_text)` builds the request's prompt plan; `check(text)` raises
-    `InputError` for text that may not be spoken (limits, control tokens), run on all of it at each step."""
+    `InputError` for text that may not be spoken (limits, control tokens), run on all of it at each step.
+    Not `incremental`: the text is only gathered until `end()`."""
 
     def __init__(self, engine: Scheduler, prompts: PromptBuilder, start: Callable[[str, bool], PromptPlan],
-                 params: SamplingParams, check: Callable[[str], None], loop=None):
+                 params: SamplingParams, check: Callable[[str], None], loop=None, incremental: bool = True):
         self._engine, self._prompts, self._start = engine, prompts, start
         self._params, self._check, self._loop = params, check, loop
+        # False for an ICL voice: its layout puts the whole text beside the reference frames in the
+        # prompt, so the request starts at end() with all of it.
+        self.incremental = incremental
         self._text = ""
         self._ids: list[int] = []  # tokens given to the request so far
         self._diverged = False  # a piece broke the prefix rule: the rest goes at the end
@@ -66,7 +70,7 @@ class TextStream:
         whole = self._text + text
         self._check(whole)
         cut = certain_end(whole)
-        if cut > 0 and not self._diverged:
+        if cut > 0 and self.incremental and not self._diverged:
             self._give(whole[:cut], final=False)
         self._text = whole
 
