@@ -342,3 +342,54 @@ def test_a_request_waiting_for_text_can_be_cancelled():
     codes, finished = live.result()[1].codes, live.finished
     assert finished.reason == "cancelled" and codes.shape[0] == 2
     assert engine.running == 0
+
+
+def hold_rows(engine: Scheduler, talker: Talker, count: int) -> list:
+    """`count` requests that take rows and wait there for text that never comes (no frames run)."""
+    (plan,) = plans(talker, lengths=((6, 2),), seed=4)
+    held = [engine.submit(plan, greedy(20), audio=False, text_open=True) for _ in range(count)]
+    deadline = time.monotonic() + 60
+    while engine.running < count or any(g._request.enqueued < 2 for g in held):
+        assert time.monotonic() < deadline, "the engine made no progress"
+        time.sleep(0.005)
+    return held
+
+
+def release(held: list) -> None:
+    for generation in held:
+        generation.cancel()
+        generation.result()
+
+
+def test_admission_refuses_a_request_that_would_put_the_batch_behind_real_time():
+    talker = tiny_talker(seed=3)
+    engine = engine_for(talker, max_batch=8)  # buckets of 4 and 8 rows
+    assert engine.admission_delay(first_audio_target_s=1.0) is None  # idle: nobody to harm
+    run(engine, plans(talker), greedy(12))
+    assert engine.seconds_per_frame(2) > 0  # measured while the frames ran
+    held = hold_rows(engine, talker, 4)  # a fifth request would need the 8-row bucket
+    engine.frame_s = 0.08
+    # Seconds per frame by bucket, as a device might measure them (REALTIME_SHARE of 80 ms is 64 ms):
+    engine._seconds_per_frame = {4: 0.010, 8: 0.050}
+    assert engine.admission_delay(first_audio_target_s=1.0) is None  # both keep up
+    engine._seconds_per_frame = {4: 0.010, 8: 0.100}
+    assert engine.admission_delay(first_audio_target_s=1.0) >= 1.0  # 4 rows keep up, 8 would not
+    engine._seconds_per_frame = {4: 0.100, 8: 0.100}
+    assert engine.admission_delay(first_audio_target_s=1.0) is None  # slower than real time at any size
+    release(held)
+
+
+def test_admission_refuses_a_request_whose_wait_for_a_row_would_miss_the_first_audio_target():
+    talker = tiny_talker(seed=3)
+    engine = engine_for(talker, max_batch=4)
+    engine.frame_s = 1e3  # frames keep up whatever this machine does: only the queue decides
+    short = [engine.submit(plan, greedy(3), audio=False) for plan in plans(talker) * 4]  # 8 for 4 rows
+    held = hold_rows(engine, talker, 4)  # then every row taken: the batch stays full throughout
+    for generation in short:
+        generation.result()
+    rate = engine.departure_rate()
+    assert rate is not None and rate > 0
+    assert engine.admission_delay(first_audio_target_s=1e3) is None  # one request ahead drains in time
+    delay = engine.admission_delay(first_audio_target_s=1e-9)
+    assert delay == pytest.approx(1 / engine.departure_rate())
+    release(held)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import math
 import socket
 import struct
 import threading
@@ -256,7 +257,9 @@ def test_sse_error_before_audio_is_a_plain_400(custom):
 @pytest.fixture(scope="module")
 def one_row(tiny_checkpoint):
     """A server whose engine runs one request at a time, so that others must wait for a row."""
-    server = start(tiny_checkpoint("custom_voice"), max_batch=1, model_name="tiny-custom", max_queue=1)
+    # A first-audio target no wait can miss: these tests are about the queue's length alone.
+    server = start(tiny_checkpoint("custom_voice"), max_batch=1, model_name="tiny-custom", max_queue=1,
+                   first_audio_target=1e6)
     yield server
     server.close()
 
@@ -402,6 +405,31 @@ def test_full_queue_answers_503_with_retry_after(one_row):
             assert busy.headers["retry-after"] == "1"
             running.close()  # the client leaves: the engine moves on to the waiting request
             assert waiting.result().status_code == 200
+
+
+def test_a_request_that_would_wait_past_the_first_audio_target_answers_503(tiny_checkpoint):
+    tts = qtts.load(tiny_checkpoint("custom_voice"), device="cpu", max_batch=1)
+    server = Server(create_app(tts, model_name="tiny-custom", first_audio_target=1e-6))
+    try:
+        # Requests back to back through the only row teach the engine how fast rows free up; the last one
+        # then holds the row, waiting for text.
+        short = [tts.submit(TEXT, speaker=SPEAKER, max_new_tokens=3) for _ in range(5)]
+        held = tts.open_text(speaker=SPEAKER, max_new_tokens=40)
+        held.feed("Hello there ")
+        for generation in short:
+            generation.result()
+        wait_for(lambda: tts.engine.running == 1 and tts.engine.queued == 0, "the held request never started")
+        rate = tts.engine.departure_rate()
+        assert rate is not None
+        busy = speak(server, response_format="wav")  # would wait 1 / rate seconds for the row
+        assert_error(busy, 503, "busy")
+        assert int(busy.headers["retry-after"]) == max(1, math.ceil(1 / rate))
+        held.cancel()
+        held.result()
+        wait_until_idle(server)
+        assert speak(server, response_format="wav").status_code == 200  # an idle engine takes anything
+    finally:
+        server.close()
 
 
 # -- voices (Base model) ---------------------------------------------------------------------------------

@@ -213,11 +213,14 @@ def cmd_serve(args) -> None:
     options = {"max_queue": args.max_queue, "voices_dir": args.voices_dir, "model_name": args.served_model_name,
                "max_voices": args.max_voices, "client_timeout": args.client_timeout,
                "max_batch": args.max_batch, "max_len": args.max_len, "shutdown_grace": args.shutdown_grace,
+               "first_audio_target": args.first_audio_target,
                "api_key": args.api_key or os.environ.get(API_KEY_VARIABLE) or None,
                "cors_origins": [origin.strip() for origin in args.cors_origins.split(",") if origin.strip()]
                if args.cors_origins else None}
     if args.client_timeout is not None and not args.client_timeout > 0:
         raise QttsError(f"--client-timeout must be a positive number of seconds, got {args.client_timeout:g}")
+    if args.first_audio_target is not None and not args.first_audio_target > 0:
+        raise QttsError(f"--first-audio-target must be a positive number of seconds, got {args.first_audio_target:g}")
     if args.shutdown_grace is not None and args.shutdown_grace < 0:
         raise QttsError(f"--shutdown-grace must be 0 or more seconds, got {args.shutdown_grace:g}")
     for name in ("max_queue", "max_voices"):
@@ -239,6 +242,7 @@ def _serve_on_ray(args, model: str) -> None:
 
     given = {"model": model, "device": args.device, "served_model_name": args.served_model_name,
              "voices_dir": args.voices_dir, "max_queue": args.max_queue, "max_batch": args.max_batch,
+             "first_audio_target": args.first_audio_target,
              "replicas": args.replicas,
              "autoscale": args.autoscale}
     try:
@@ -315,6 +319,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-len", type=int, help="cache positions per request, prompt plus frames (default 4096)")
     p.add_argument("--max-queue", type=int,
                    help="requests that may wait for a free engine row before new ones get 503 (default 64)")
+    p.add_argument("--first-audio-target", type=float,
+                   help="seconds a request may be expected to wait for a free engine row before it gets 503 "
+                        "instead (default 1)")
     p.add_argument("--shutdown-grace", type=float,
                    help="seconds open responses get to finish on SIGTERM/SIGINT before they are cancelled (default 10)")
     p.add_argument("--served-model-name", help="model id clients send and /v1/models lists (default: --model)")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from ..server.app import DEFAULT_MAX_QUEUE
+from ..server.app import DEFAULT_MAX_QUEUE, FIRST_AUDIO_TARGET
 
 # Requests in progress per replica that autoscaling aims for: once the engine batches, several requests
 # share each frame, so a replica is busy, not overloaded, with a handful of them.
@@ -27,6 +27,8 @@ class ServeArgs(BaseModel):
     voices_dir: str | None = Field(None, description="voice folder every replica reads (Base models)")
     max_batch: int = Field(64, ge=1, le=1024, description="requests one replica's engine runs at once")
     max_queue: int = Field(DEFAULT_MAX_QUEUE, ge=0, description="requests that may wait in one replica")
+    first_audio_target: float = Field(FIRST_AUDIO_TARGET, gt=0, description="seconds a request may be expected "
+                                      "to wait for a row in its replica before it is answered 503")
     replicas: int = Field(1, ge=1, description="replicas to run (without autoscale)")
     autoscale: str | None = Field(None, description="MIN:MAX replicas, scaled on ongoing requests")
     target_ongoing_requests: float = Field(DEFAULT_TARGET_ONGOING_REQUESTS, gt=0)

@@ -64,7 +64,8 @@ class QttsReplica:
         if not is_base and self.args.voices_dir is not None:
             logger.info("replica %s keeps no voices: voices are for Base models", self.replica)
         app = create_app(self.tts, model_name=self.args.served_model_name or self.args.model,
-                         voices_dir=self.args.voices_dir if is_base else None, max_queue=self.args.max_queue)
+                         voices_dir=self.args.voices_dir if is_base else None, max_queue=self.args.max_queue,
+                         first_audio_target=self.args.first_audio_target)
         app.add_middleware(ReplicaHeader, replica=self.replica)
         return app
 

@@ -56,6 +56,13 @@ DECODE_ROUNDS = 4  # decode calls per request and lane per iteration at most (co
 BULK_PIECES = 2
 LEAD_LOW_S = 0.5
 MIN_ROOM = 16  # frames a prompt must leave in the cache, or the request is refused
+# Admission: a batch may take one more request while its frames, measured, take at most this share of the
+# audio they make (the rest is headroom for prefills and decode bursts)...
+REALTIME_SHARE = 0.8
+FRAME_TIME_WEIGHT = 0.1  # the weight of the newest interval in the running mean of seconds per frame
+# ...and a request that must wait for a row is taken while the queue ahead of it drains, at the rate the
+# last DEPARTURES requests left a full batch, within the caller's first-audio target.
+DEPARTURES = 32
 AUDIO_POLL_S = 0.0002  # while waiting for a frame with audio in flight: how often to look for landed audio
 TEXT_WAIT_POLL_S = 0.005  # while every row waits for text: how often to look for a cancel
 
@@ -120,6 +127,11 @@ class Scheduler:
         self._audio_in_flight: deque = deque()  # (event, request, host audio), each request's in order
         self._stopping = False
         self._thread: threading.Thread | None = None
+        # measured load, for admission: seconds between frames per batch bucket while frames ran back to
+        # back, and when the last requests left
+        self._seconds_per_frame: dict[int, float] = {}
+        self._last_frame: tuple[float, int] | None = None  # (when, bucket) of the previous frame
+        self._departures: deque[float] = deque(maxlen=DEPARTURES)
         # decode calls and the requests they decoded, per lane: rows per call is how well decodes batch
         self.stats = {"frames": 0, "prefills": 0, "prefill_s": 0.0, "reasons": Counter(),
                       "decode_calls": Counter(), "decode_rows": Counter()}
@@ -191,6 +203,57 @@ class Scheduler:
             request.text_open = not final
             self._lock.notify()
 
+    # -- admission ---------------------------------------------------------------------------------------
+    def admission_delay(self, first_audio_target_s: float) -> float | None:
+        """None if one more request can be taken now without harm, else seconds after which to ask again.
+
+        Refused when its row would put the batch in a bucket whose measured frames take more than
+        REALTIME_SHARE of the audio they make while a smaller bucket's keep up (the running streams would
+        fall behind playback; a device slower than real time at any size is not helped by refusing), or
+        when it would wait for a row and the requests ahead of it, leaving at the rate requests have been
+        leaving, would not make room within `first_audio_target_s`. An idle or fresh engine takes it."""
+        with self._lock:
+            running, rows = len(self._running), len(self._running) + len(self._inbox) + 1
+        if running == 0:
+            return None
+        budget = REALTIME_SHARE * self.frame_s
+        bucket = _bucket(min(rows, self.max_batch), self.buckets)
+        per_frame = self.seconds_per_frame(bucket)
+        if per_frame is not None and per_frame > budget and any(
+                seconds <= budget for b, seconds in self._seconds_per_frame.items() if b < bucket):
+            return max(1.0, per_frame / self.frame_s)  # the batch must thin out first: seconds
+        ahead = rows - self.max_batch  # requests that must leave before this one has a row
+        if ahead > 0:
+            rate = self.departure_rate()
+            if rate is not None and ahead / rate > first_audio_target_s:
+                return ahead / rate
+        return None
+
+    def seconds_per_frame(self, rows: int) -> float | None:
+        """Measured seconds between frames of a batch of `rows` rows (the bucket's, else the nearest smaller
+        bucket's: a frame costs about the same for any number of rows); None before any frame ran."""
+        bucket = _bucket(rows, self.buckets)
+        measured = [b for b in self._seconds_per_frame if b <= bucket]
+        return self._seconds_per_frame[max(measured)] if measured else None
+
+    def departure_rate(self) -> float | None:
+        """Requests per second that finished since the batch was last full with nobody waiting for a row
+        (the rate at which rows free up for a queue); None until a few have."""
+        times = list(self._departures)
+        if len(times) < 4 or times[-1] <= times[0]:
+            return None
+        return (len(times) - 1) / (times[-1] - times[0])
+
+    def _measure_frame(self, bucket: int, now: float) -> None:
+        """The interval since the previous frame, when that one ran in the previous iteration: frames
+        back to back are what the batch costs, host and decode included."""
+        if self._last_frame is not None and self._last_frame[1] == bucket:
+            interval = now - self._last_frame[0]
+            mean = self._seconds_per_frame.get(bucket)
+            self._seconds_per_frame[bucket] = interval if mean is None else (
+                mean + FRAME_TIME_WEIGHT * (interval - mean))
+        self._last_frame = (now, bucket)
+
     @property
     def alive(self) -> bool:
         """False once the engine thread has stopped (it starts with the first request)."""
@@ -221,6 +284,9 @@ class Scheduler:
             while True:
                 with self._lock:
                     while not (self._stopping or self._inbox or self._busy()):
+                        self._last_frame = None  # idle: the next frame's interval is not its cost
+                        if not self._running:
+                            self._departures.clear()
                         # rows waiting for text: look again soon for a cancel (text and arrivals notify)
                         self._lock.wait(TEXT_WAIT_POLL_S if self._running else None)
                     if self._stopping:
@@ -243,6 +309,8 @@ class Scheduler:
         advancing = any(_advances(r) for r in self._running)
         if advancing:
             self._enqueue_frame()
+        else:
+            self._last_frame = None  # a pause: the next interval is not a frame's cost
         self._read_frames(wait=len(self._in_flight) > RUN_AHEAD or not advancing)
         # Time to first audio first: a request whose first frame is enqueued gets it read and decoded
         # before more frames are enqueued, rather than behind RUN_AHEAD of them.
@@ -275,6 +343,8 @@ class Scheduler:
             self._inbox.extend(waiting[len(taken):])
         if taken:
             self._prefill(taken)
+        if not self._inbox and len(self._running) < self.max_batch:
+            self._departures.clear()  # nobody waits for a row: how fast rows free up starts anew
 
     def _prefill(self, requests: list[Request]) -> None:
         began = time.perf_counter()
@@ -342,7 +412,9 @@ class Scheduler:
 
     def _enqueue_frame(self) -> None:
         count = len(self._running)
-        self._run_frame[_bucket(count, self.buckets)]()
+        bucket = _bucket(count, self.buckets)
+        self._measure_frame(bucket, time.perf_counter())
+        self._run_frame[bucket]()
         index = self._ring_next
         self._ring_next = (index + 1) % self._ring.shape[0]
         host = self._ring[index]
@@ -552,6 +624,7 @@ class Scheduler:
         request.sink.put(Finished(codes, request.reason, request.started - request.submitted, first_audio,
                                   first_frame))
         self.stats["reasons"][request.reason] += 1
+        self._departures.append(time.perf_counter())
 
     def _finish_unstarted(self, request: Request) -> None:
         request.reason = CANCELLED

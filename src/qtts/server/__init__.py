@@ -9,7 +9,7 @@ import signal
 from collections.abc import Sequence
 from pathlib import Path
 
-from .app import DEFAULT_MAX_QUEUE, create_app
+from .app import DEFAULT_MAX_QUEUE, FIRST_AUDIO_TARGET, create_app
 from .guards import CLIENT_TIMEOUT
 from .voice_store import MAX_VOICES
 
@@ -22,7 +22,8 @@ def serve(model: str, *, host: str = "127.0.0.1", port: int = 8000, device: str 
           voices_dir: str | Path | None = None, max_queue: int = DEFAULT_MAX_QUEUE,
           model_name: str | None = None, max_voices: int = MAX_VOICES, api_key: str | None = None,
           cors_origins: Sequence[str] = (), client_timeout: float = CLIENT_TIMEOUT, max_batch: int | None = None,
-          max_len: int = 4096, shutdown_grace: float = SHUTDOWN_GRACE) -> None:
+          max_len: int = 4096, shutdown_grace: float = SHUTDOWN_GRACE,
+          first_audio_target: float = FIRST_AUDIO_TARGET) -> None:
     """Load `model` and serve it over HTTP until interrupted (options as in `create_app`; `max_batch` and
     `max_len` as in `qtts.load`). On SIGTERM or SIGINT the server stops accepting, gives open responses
     `shutdown_grace` seconds to finish, cancels the rest, stops the engine and returns."""
@@ -35,7 +36,7 @@ def serve(model: str, *, host: str = "127.0.0.1", port: int = 8000, device: str 
     tts = qtts.load(model, device=device, max_batch=max_batch, max_len=max_len)
     app = create_app(tts, model_name=model_name or model, voices_dir=voices_dir, max_queue=max_queue,
                      max_voices=max_voices, api_key=api_key, cors_origins=cors_origins,
-                     client_timeout=client_timeout)
+                     client_timeout=client_timeout, first_audio_target=first_audio_target)
     # uvicorn handles SIGTERM/SIGINT while it runs, then raises the signal again for the handler found
     # before it: with these, that ends in a normal return (exit 0) instead of a kill or a KeyboardInterrupt.
     for number in (signal.SIGTERM, signal.SIGINT):

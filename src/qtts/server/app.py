@@ -53,6 +53,8 @@ logger = logging.getLogger(__name__)
 
 MAX_INPUT_CHARS = 4096  # OpenAI's limit for one speech request
 DEFAULT_MAX_QUEUE = 64  # requests waiting for a free engine row before new ones get 503
+# Seconds a request may be expected to wait for a free engine row before it is refused (503) instead.
+FIRST_AUDIO_TARGET = 1.0
 # Model names OpenAI clients are configured with; they all mean "the model this server runs".
 OPENAI_TTS_MODELS = ("tts-1", "tts-1-hd", "gpt-4o-mini-tts")
 CLIENT_CLOSED = 499  # nginx's status for a client that left before the answer; only logs ever see it
@@ -61,13 +63,14 @@ CLIENT_CLOSED = 499  # nginx's status for a client that left before the answer; 
 def create_app(tts, *, model_name: str | None = None, voices_dir: str | Path | None = None,
                max_queue: int = DEFAULT_MAX_QUEUE, max_input_chars: int = MAX_INPUT_CHARS,
                max_voices: int = MAX_VOICES, api_key: str | None = None, cors_origins: Sequence[str] = (),
-               client_timeout: float = CLIENT_TIMEOUT) -> FastAPI:
+               client_timeout: float = CLIENT_TIMEOUT, first_audio_target: float = FIRST_AUDIO_TARGET) -> FastAPI:
     """A FastAPI app serving `tts` (a `qtts.TTS`): every request runs in its engine, many at once.
 
     `model_name` is the id clients send and `/v1/models` lists (default: the checkpoint's name);
-    `voices_dir` keeps cloned voices across restarts (Base models), at most `max_voices` of them;
-    `max_queue` requests may wait for a free engine row (the engine runs `max_batch` at once) before new
-    ones get 503. With `api_key`, every `/v1/` request must carry it as a Bearer token; `cors_origins` may
+    `voices_dir` keeps cloned voices across restarts (Base models), at most `max_voices` of them.
+    Admission: a request is answered 503 (with Retry-After) when taking it would make the engine's frames
+    fall behind the audio they make, when it would wait for a free row longer than `first_audio_target`
+    seconds (at the rate requests have been finishing), or when `max_queue` requests already wait. With `api_key`, every `/v1/` request must carry it as a Bearer token; `cors_origins` may
     call from browsers; a client gets `client_timeout` seconds for its headers and for each piece of its
     body.
     """
@@ -99,12 +102,15 @@ def create_app(tts, *, model_name: str | None = None, voices_dir: str | Path | N
     _add_error_handlers(app)
 
     def check_room_in_engine() -> None:
-        """Admission: a request starts at once while the engine has a free row; up to `max_queue` wait for
-        one; beyond that, 503 with Retry-After."""
-        if engine.running + engine.queued >= engine.max_batch + max_queue:
+        """Admission (see above): 503 with Retry-After for a request that would harm the running streams,
+        miss its first-audio target, or overflow the queue."""
+        retry_after = engine.admission_delay(first_audio_target)
+        if retry_after is None and engine.running + engine.queued >= engine.max_batch + max_queue:
+            retry_after = RETRY_AFTER_SECONDS
+        if retry_after is not None:
             raise ApiError(503, f"the server is busy ({engine.running} requests running, {engine.queued} "
                            "waiting); retry in a moment", code="server_busy",
-                           headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
+                           headers={"Retry-After": str(max(RETRY_AFTER_SECONDS, math.ceil(retry_after)))})
 
     def submit(arguments: dict) -> Generation:
         check_room_in_engine()
