@@ -166,6 +166,28 @@ def test_a_sentence_is_spoken_while_it_is_still_being_written(custom, session):
     assert_same_audio(session.audio(0), reference(tts, done["sentence_text"], max_new_tokens=40))
 
 
+def test_a_session_runs_at_most_two_requests_however_fast_its_text_comes(custom, session):
+    server, _ = custom
+    configure(session, max_new_tokens=30)
+    sentences = [f"Sentence number {word} is here." for word in
+                 ("one", "two", "three", "four", "five", "six", "seven", "eight")]
+    session.send("input.text", text=" ".join(sentences))
+    session.send("input.done")
+    most = 0
+    deadline = time.monotonic() + RECEIVE_TIMEOUT
+    while not session.events("session.done"):
+        assert time.monotonic() < deadline, "the utterance was never finished"
+        most = max(most, metric(server, "qtts_requests_running") + metric(server, "qtts_queue_depth"))
+        try:
+            message = session.socket.recv(timeout=0.01)
+        except TimeoutError:
+            continue
+        session.received.append(message if isinstance(message, bytes) else json.loads(message))
+    assert 1 <= most <= 2  # the one being spoken and the next
+    assert [d["sentence_text"] for d in session.events("audio.done")] == sentences
+    assert not any(d["error"] for d in session.events("audio.done"))
+
+
 def test_a_refused_delta_changes_nothing_and_the_sentence_goes_on(custom, session):
     _, tts = custom
     configure(session)

@@ -7,7 +7,8 @@ consecutive segments cut at sentence (or clause) ends (`SegmentBuffer`). A segme
 whose text track grows as the text comes (`TextStream`): its speech starts as soon as its first word has
 ended, each later word joins it once the word after it has begun, and the request waits in the batch
 when it has spoken all it has. Segments are spoken one after another, in order, while the client keeps
-sending text; the next segment's speech is made while the current one plays.
+sending text; the next segment's speech is made while the current one plays, and later ones wait for
+their turn (a session holds at most two engine rows, however fast its text comes).
 
     client -> server (JSON text messages)
         {"type": "session.config", "voice": ..., "language": ..., ...}   first; again between utterances
@@ -81,18 +82,27 @@ def add_live_speech(app: FastAPI, prepare: Prepare, check_text: CheckText, open_
     app.add_api_websocket_route(PATH, live_speech, name="live_speech")
 
 
+# Segments of a session whose requests may run at once: the one being spoken and the next (made while the
+# first plays), however fast the text comes.
+RUNNING_SEGMENTS = 2
+
+
 @dataclass(eq=False)
 class _Segment:
-    """One segment of an utterance: its request's text stream, what of its text was given to it, and
-    whether its speech can be awaited (`started`: the request exists, or the segment ended without one)."""
+    """One segment of an utterance: the text received for it, and its request's text stream once it may
+    run. `started`: its speech can be awaited (the request exists, or the segment ended or failed)."""
 
     utterance: int
     index: int
-    stream: TextStream
+    arguments: dict[str, Any]
     response_format: str
-    given: str = ""  # text fed to the stream (the segment's start, perhaps with whitespace after it)
-    text: str | None = None  # the whole segment, once it ended
-    text_at: float | None = None  # when the delta that started its request arrived
+    known: str = ""  # its text received so far: its settled words, or all of it once it ended
+    ended: bool = False
+    stream: TextStream | None = None
+    given: str = ""  # what of `known` the stream has (perhaps with the whitespace after its end)
+    error: ApiError | None = None  # its speech was refused
+    text_at: float | None = None  # when its request started: the delta that ended its first word, or
+    # the end of the segment before the one before it, whichever came last
     started: asyncio.Event = field(default_factory=asyncio.Event)
 
 
@@ -144,7 +154,8 @@ class LiveSession:
             pass
         finally:
             for segment in self.unsaid:  # a client gone mid-utterance: its requests leave the batch
-                segment.stream.cancel()
+                if segment.stream is not None:
+                    segment.stream.cancel()
             speaker.cancel()
             try:
                 await speaker
@@ -258,48 +269,60 @@ class LiveSession:
 
     def _give(self, text: str, final: bool) -> None:
         """`text`: the current segment's text from its start (all of it when `final`)."""
-        segment = self.current or self._open_segment()
-        # What was given is the start of `text`, or (when the segment ended at its last word) `text` and
-        # the whitespace after it, which the stream does not speak.
-        more = text[len(segment.given):]
+        segment = self.current
+        if segment is None:
+            segment = self.current = _Segment(self.utterance, self.segments, self.arguments,
+                                              self.config.response_format)
+            self.segments += 1
+            self.unsaid.append(segment)
+            self.queue.put_nowait(segment)
+        segment.known = text
+        if final:
+            segment.ended = True
+            self.current = None
+        self._run(segment)
+
+    def _run(self, segment: _Segment) -> None:
+        """Bring a segment's request up to date with its text, if it may run (RUNNING_SEGMENTS). A refusal
+        (busy, the engine's limits, shutdown) becomes the segment's error, reported when it is spoken."""
+        if segment.error is not None or segment not in self.unsaid[:RUNNING_SEGMENTS]:
+            return
         try:
+            if segment.stream is None:
+                segment.stream = self.open_text(segment.arguments)
+            # What was given is the start of `known`, or (when the segment ended at its last word) `known`
+            # and the whitespace after it, which the stream does not speak.
+            more = segment.known[len(segment.given):]
             if more:
                 segment.stream.feed(more)
-            if final:
+                segment.given += more
+            if segment.ended:
                 segment.stream.end()
-        except Exception as exc:  # refused after all (the engine's limits, shutdown): this segment is lost
-            segment.stream.cancel()
-            self._close_segment(segment, text)
-            raise api_error(exc) from None
-        segment.given += more
-        if segment.text_at is None and segment.stream.generation is not None:
+        except Exception as exc:
+            segment.error = api_error(exc)
+            if segment.stream is not None:
+                segment.stream.cancel()
+            segment.started.set()
+            return
+        if segment.stream.generation is not None and segment.text_at is None:
             segment.text_at = time.perf_counter()
-        if final:
-            self._close_segment(segment, text)
-        elif segment.stream.generation is not None:
+        if segment.stream.generation is not None or segment.ended:
             segment.started.set()
 
-    def _open_segment(self) -> _Segment:
-        stream = self.open_text(self.arguments)
-        segment = _Segment(self.utterance, self.segments, stream, self.config.response_format)
-        self.segments += 1
-        self.current = segment
-        self.unsaid.append(segment)
-        self.queue.put_nowait(segment)
-        return segment
-
-    def _close_segment(self, segment: _Segment, text: str) -> None:
-        segment.text = text
-        segment.started.set()
-        self.current = None
+    def _run_next(self) -> None:
+        """A segment was spoken: the one after the next may run now."""
+        for segment in self.unsaid[:RUNNING_SEGMENTS]:
+            self._run(segment)
 
     def _end_utterance(self) -> None:
         try:
             self._take(self.buffer.flush())
         finally:  # the utterance ends even when its last segment was refused
-            if self.current is not None:  # given only text with nothing to say
-                self.current.stream.cancel()
-                self._close_segment(self.current, self.current.given.strip())
+            if self.current is not None:  # the buffer held nothing to say after all
+                self.current.ended = True
+                self.current.error = ApiError(400, "this segment had nothing to say", code="invalid_input")
+                self.current.started.set()
+                self.current = None
             self.queue.put_nowait(_UtteranceEnd(self.utterance, self.segments))
             self.utterance += 1
             self.segments = 0
@@ -330,33 +353,36 @@ class LiveSession:
         """Send one segment's audio as it is made; return its sample count."""
         await segment.started.wait()
         where = {"utterance_index": segment.utterance, "sentence_index": segment.index}
-        await self._send_json({"type": "audio.start", **where, "sentence_text": segment.given.strip(),
+        await self._send_json({"type": "audio.start", **where, "sentence_text": segment.known.strip(),
                                "format": segment.response_format, "sample_rate": SAMPLE_RATE})
         samples = sent = 0
-        failed = False
         text_to_audio = None
-        generation = segment.stream.generation
+        generation = None if segment.stream is None else segment.stream.generation
+        error = segment.error
         try:
-            if generation is None:  # cancelled before its first word
-                raise ApiError(400, "this segment was refused before it was spoken", code="invalid_input")
-            async for audio in self.speak(generation):
-                data = encoder.encode(audio.samples)
-                samples += len(audio.samples)
-                sent += len(data)
-                if data:
-                    await self._send_bytes(data)
-                if text_to_audio is None:
-                    text_to_audio = time.perf_counter() - segment.text_at
-                    if self.observe_text_to_audio is not None:
-                        self.observe_text_to_audio(text_to_audio)
+            if error is None and generation is None:  # cancelled before its first word
+                error = ApiError(400, "this segment was cancelled before it was spoken", code="invalid_input")
+            if error is None:
+                async for audio in self.speak(generation):
+                    data = encoder.encode(audio.samples)
+                    samples += len(audio.samples)
+                    sent += len(data)
+                    if data:
+                        await self._send_bytes(data)
+                    if text_to_audio is None:
+                        text_to_audio = time.perf_counter() - segment.text_at
+                        if self.observe_text_to_audio is not None:
+                            self.observe_text_to_audio(text_to_audio)
         except ApiError as exc:
-            failed = True
-            await self._error(exc, **where)
+            error = exc
         finally:
             self.unsaid.remove(segment)
-        await self._send_json({"type": "audio.done", **where, "sentence_text": segment.text,
+            self._run_next()
+        if error is not None:
+            await self._error(error, **where)
+        await self._send_json({"type": "audio.done", **where, "sentence_text": segment.known.strip(),
                                "frames": math.ceil(samples / SAMPLES_PER_FRAME), "samples": samples,
-                               "total_bytes": sent, "error": failed,
+                               "total_bytes": sent, "error": error is not None,
                                "text_to_audio_ms": None if text_to_audio is None else round(text_to_audio * 1e3, 1)})
         return samples
 
