@@ -24,7 +24,8 @@ their turn (a session holds at most two engine rows, however fast its text comes
         {"type": "audio.done", "utterance_index", "sentence_index", "sentence_text", "frames", "samples",
          "total_bytes", "text_to_audio_ms", "error"}
             (sentence_text: the whole segment; text_to_audio_ms: from the text delta that started the
-            segment's speech to its first audio sent)
+            segment's speech, or the end of the segment before it if that came later, to its first audio
+            sent)
         {"type": "session.done", "utterance_index", "total_sentences", "frames", "samples"}   utterance over
         {"type": "error", "error": {"message", "type", "param", "code"}}   the HTTP API's error shape
 
@@ -101,8 +102,8 @@ class _Segment:
     stream: TextStream | None = None
     given: str = ""  # what of `known` the stream has (perhaps with the whitespace after its end)
     error: ApiError | None = None  # its speech was refused
-    text_at: float | None = None  # when its request started: the delta that ended its first word, or
-    # the end of the segment before the one before it, whichever came last
+    text_at: float | None = None  # when its request started (the delta that ended its first word, or
+    # its turn to run, whichever came last)
     started: asyncio.Event = field(default_factory=asyncio.Event)
 
 
@@ -351,6 +352,7 @@ class LiveSession:
 
     async def _say(self, segment: _Segment, encoder: StreamEncoder) -> int:
         """Send one segment's audio as it is made; return its sample count."""
+        reached = time.perf_counter()  # the segment before it is all sent
         await segment.started.wait()
         where = {"utterance_index": segment.utterance, "sentence_index": segment.index}
         await self._send_json({"type": "audio.start", **where, "sentence_text": segment.known.strip(),
@@ -370,7 +372,7 @@ class LiveSession:
                     if data:
                         await self._send_bytes(data)
                     if text_to_audio is None:
-                        text_to_audio = time.perf_counter() - segment.text_at
+                        text_to_audio = time.perf_counter() - max(segment.text_at, reached)
                         if self.observe_text_to_audio is not None:
                             self.observe_text_to_audio(text_to_audio)
         except ApiError as exc:

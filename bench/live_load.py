@@ -1,0 +1,174 @@
+"""Live speech benchmark: concurrent WebSocket sessions (`WS /v1/audio/speech/stream`) that receive their
+text word by word, as from an LLM, against a real `qtts serve`.
+
+Each session speaks utterances back to back for `--duration` seconds. An utterance's first delta is its
+first word and a space (enough text for one certain token); the other words follow at `--words-per-s`
+(15 words/s is about 20 tokens/s of English). Per utterance: first audio after the first delta, a playback
+model that counts underruns (playback starts at the first audio byte, 24 kHz 16-bit; when the bytes
+received fall behind the bytes played, playback stalls), completion (session.done without error events),
+and the server's own text-to-audio figure per segment (`audio.done`'s `text_to_audio_ms`). Segments are
+cut at `--frames` (random weights rarely sample EOS).
+
+    python bench/live_load.py --model CHECKPOINT --sessions 1 16
+    python bench/live_load.py --url http://127.0.0.1:8000 --sessions 4    # a server already running
+Prints one JSON line per session count and a markdown table; JSON lines also to $OUT/live_load.jsonl.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import httpx
+from websockets.asyncio.client import connect
+
+from serve_load import BYTES_PER_SECOND, start_server
+
+TEXT = ("Well, here is the answer you asked for: the morning train to the coast was late again, so Maria "
+        "bought a coffee, found a quiet bench near the platform, and read the first chapter of her new book. "
+        "By the time the train came, she had decided to stay on until the very last stop.")
+
+
+async def utterance(socket, words: list[str], words_per_s: float) -> dict:
+    """Send one utterance word by word while receiving its audio; the figures of it."""
+    result = {"first_audio_s": None, "underruns": 0, "stall_s": 0.0, "audio_s": 0.0, "errors": 0,
+              "text_to_audio_ms": [], "complete": False}
+
+    async def send_words():
+        await socket.send(json.dumps({"type": "input.text", "text": words[0] + " "}))
+        for index, word in enumerate(words[1:], start=1):
+            await asyncio.sleep(max(0.0, sent + index / words_per_s - time.perf_counter()))
+            await socket.send(json.dumps({"type": "input.text", "text": word + " "}))
+        await socket.send(json.dumps({"type": "input.done"}))
+
+    sent = time.perf_counter()
+    sender = asyncio.create_task(send_words())
+    received, play_start = 0, None
+    try:
+        async for message in socket:
+            now = time.perf_counter()
+            if isinstance(message, bytes):
+                if not message:
+                    continue
+                if play_start is None:
+                    play_start = now
+                    result["first_audio_s"] = now - sent
+                else:
+                    played = (now - play_start) * BYTES_PER_SECOND
+                    if played > received:  # the listener ran out of audio before this chunk came
+                        stall = (played - received) / BYTES_PER_SECOND
+                        result["underruns"] += 1
+                        result["stall_s"] += stall
+                        play_start += stall
+                received += len(message)
+                continue
+            event = json.loads(message)
+            if event["type"] == "error":
+                result["errors"] += 1
+            elif event["type"] == "audio.done" and event.get("text_to_audio_ms") is not None:
+                result["text_to_audio_ms"].append(event["text_to_audio_ms"])
+            elif event["type"] == "session.done":
+                result["complete"] = result["errors"] == 0
+                break
+    finally:
+        await sender
+    result["audio_s"] = received / BYTES_PER_SECOND
+    return result
+
+
+async def session(url: str, speaker: str, duration: float, words_per_s: float, frames: int, began: float,
+                  results: list[dict]) -> None:
+    words = TEXT.split()
+    async with connect(url.replace("http://", "ws://") + "/v1/audio/speech/stream", max_size=None) as socket:
+        # Random weights rarely sample EOS: each segment is cut at `frames` (80 = 6.4 s, as serve_load's)
+        await socket.send(json.dumps({"type": "session.config", "voice": speaker, "response_format": "pcm",
+                                      "max_new_tokens": frames}))
+        json.loads(await socket.recv())  # session.started
+        while time.perf_counter() - began < duration:
+            results.append(await utterance(socket, words, words_per_s))
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    values = sorted(values)
+    return round(values[min(len(values) - 1, int(q * len(values)))], 1) if values else None
+
+
+async def run_sessions(url: str, speaker: str, count: int, duration: float, words_per_s: float,
+                       frames: int) -> dict:
+    results: list[dict] = []
+    began = time.perf_counter()
+    await asyncio.gather(*(session(url, speaker, duration, words_per_s, frames, began, results)
+                           for _ in range(count)))
+    wall = time.perf_counter() - began
+    firsts = [r["first_audio_s"] * 1e3 for r in results if r["first_audio_s"] is not None]
+    text_to_audio = [ms for r in results for ms in r["text_to_audio_ms"]]
+    return {"sessions": count, "words_per_s": words_per_s, "frames_per_segment": frames, "duration_s": duration,
+            "utterances": len(results),
+            "complete": sum(r["complete"] for r in results), "errors": sum(r["errors"] for r in results),
+            "first_audio_ms_p50": percentile(firsts, 0.5), "first_audio_ms_p95": percentile(firsts, 0.95),
+            "text_to_audio_ms_p50": percentile(text_to_audio, 0.5),
+            "text_to_audio_ms_p95": percentile(text_to_audio, 0.95),
+            "underrun_utterances": sum(r["underruns"] > 0 for r in results),
+            "stall_s_total": round(sum(r["stall_s"] for r in results), 3),
+            "audio_s_per_s": round(sum(r["audio_s"] for r in results) / wall, 1)}
+
+
+def table(rows: list[dict]) -> str:
+    lines = ["| sessions | words/s | utterances | complete | first audio after first delta p50 / p95 ms | "
+             "segment text to audio p50 / p95 ms | underrun utterances | audio-s/s |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['sessions']} | {r['words_per_s']:g} | {r['utterances']} | {r['complete']} | "
+                     f"{r['first_audio_ms_p50']} / {r['first_audio_ms_p95']} | "
+                     f"{r['text_to_audio_ms_p50']} / {r['text_to_audio_ms_p95']} | {r['underrun_utterances']} | "
+                     f"{r['audio_s_per_s']} |")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    where = parser.add_mutually_exclusive_group(required=True)
+    where.add_argument("--url", help="a running qtts serve")
+    where.add_argument("--model", help="a CustomVoice checkpoint: start `qtts serve` on it")
+    parser.add_argument("--max-batch", type=int, default=64)
+    parser.add_argument("--serve-arg", action="append", default=[], help="extra `qtts serve` argument")
+    parser.add_argument("--speaker", help="default: the model's first speaker")
+    parser.add_argument("--sessions", type=int, nargs="*", default=[1, 16])
+    parser.add_argument("--words-per-s", type=float, default=15.0)
+    parser.add_argument("--duration", type=float, default=20.0)
+    parser.add_argument("--frames", type=int, default=80, help="frames per segment at most (80 = 6.4 s)")
+    parser.add_argument("--label", default="", help="a name for this server in the JSON lines")
+    args = parser.parse_args()
+    process = None
+    url = args.url
+    if args.model:
+        process, url = start_server(args.model, args.max_batch, args.serve_arg)
+    out = Path(os.environ.get("OUT", "live_load_out"))
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    try:
+        models = httpx.get(url + "/v1/models", timeout=30).json()["data"][0]
+        speaker = args.speaker or models["speakers"][0]
+        asyncio.run(run_sessions(url, speaker, 2, 2.0, args.words_per_s, args.frames))  # warm-up
+        for count in args.sessions:
+            row = asyncio.run(run_sessions(url, speaker, count, args.duration, args.words_per_s, args.frames))
+            row["label"] = args.label
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+            with open(out / "live_load.jsonl", "a") as log:
+                log.write(json.dumps(row) + "\n")
+    finally:
+        if process is not None:
+            process.terminate()
+            process.wait(60)
+    print(table(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
