@@ -250,3 +250,14 @@ def test_fused_linear_adds_the_residual_in_place(device):
     assert out is stream
     assert_same_function(stream, expected)
 
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_fused_sampler_never_draws_an_impossible_token_even_at_the_smallest_noise(device):
+    """As the reference does (test_sampling): the fused sampler's noise is the same, bit for bit."""
+    from test_sampling import extreme_draw
+
+    logits, seeds, counters, settings, token = extreme_draw(device)
+    drawn = sample_codes_triton(logits, seeds, counters, settings)
+    assert (drawn != token).all()
+    assert torch.equal(drawn, sample_codes_reference(logits, seeds, counters, settings))

@@ -11,8 +11,8 @@ from oracle import official
 from qtts import sampling
 from qtts.config import GenerationConfig, TalkerConfig
 from qtts.errors import InputError
-from qtts.kernels.sample import sample_codes_reference
-from qtts.sampling import RowSampling, SamplingParams
+from qtts.kernels.sample import exponential_noise, noise_bits, sample_codes_reference
+from qtts.sampling import DrawSettings, RowSampling, SamplingParams
 from qtts.testing.configs import tiny_tts_config
 
 VOCAB = 3072
@@ -161,3 +161,41 @@ def test_from_generation_config_prefers_explicit_values():
     assert (params.max_new_tokens, params.temperature, params.top_k, params.seed) == (8192, 0.5, 50, 3)
     with pytest.raises(InputError, match="unknown sampling option"):
         SamplingParams.from_generation_config(config, temprature=0.5)
+
+
+def largest_hash(vocab: int) -> tuple[int, int]:
+    """(counter, token) where seed 0's noise hash is among the largest 2**-24 of all: where uniforms of
+    24 bits rounded to 1.0, and where the noise is now the smallest the generator makes."""
+    seeds = torch.zeros(4096, dtype=torch.int64)
+    for start in range(0, 1 << 20, 4096):
+        bits = noise_bits(seeds, torch.arange(start, start + 4096), vocab).flatten()
+        at = int(bits.argmax())
+        if bits[at] >> 8 == (1 << 24) - 1:
+            return start + at // vocab, at % vocab
+    raise AssertionError("no draw reached the largest hashes")
+
+
+def extreme_draw(device="cpu"):
+    """A draw whose noise is the smallest the generator makes at one token, which is forbidden in row 0
+    (probability 0) and all but impossible in row 1: (logits, seeds, counters, settings, token)."""
+    vocab = 2048
+    counter, token = largest_hash(vocab)
+    seeds, counters = torch.zeros(2, dtype=torch.int64, device=device), torch.tensor([counter] * 2, device=device)
+    logits = torch.randn(2, vocab, device=device)
+    logits[0, token] = -math.inf
+    logits[1, token] = -60.0  # probability ~1e-27
+    settings = DrawSettings(do_sample=torch.tensor([True, True], device=device),
+                            temperature=torch.ones(2, device=device),
+                            top_k=torch.zeros(2, dtype=torch.int64, device=device), top_p=torch.ones(2, device=device))
+    return logits, seeds, counters, settings, token
+
+
+def test_an_impossible_token_is_never_drawn_even_at_the_smallest_noise():
+    """Where a token's noise is the smallest the generator can make, p / noise must still be about p: 24-bit
+    uniforms rounded to 1.0 there, noise 0, so a token of probability 0 was drawn as 0 / 0 = NaN (argmax
+    picks NaN: a code the decoder has no row for, about once in ten thousand frames) and an improbable one
+    as p / 0 = inf."""
+    logits, seeds, counters, settings, token = extreme_draw()
+    noise = exponential_noise(seeds, counters, logits.shape[-1])
+    assert torch.isfinite(noise).all() and (noise > 0).all()
+    assert (sample_codes_reference(logits, seeds, counters, settings) != token).all()

@@ -33,16 +33,22 @@ def _mix32_reference(x: torch.Tensor) -> torch.Tensor:
     return x ^ (x >> 16)
 
 
-def exponential_noise(seeds: torch.Tensor, counter: torch.Tensor, vocab: int) -> torch.Tensor:
-    """Exp(1) samples [batch, vocab] for request `seeds` [batch] (int64 in [0, 2**63)) at draw `counter`
-    (int64 tensor, 0-d or [batch]). Both halves of the seed key the stream. Uniforms have 24 bits,
-    strictly inside (0, 1), so the log is finite."""
+def noise_bits(seeds: torch.Tensor, counter: torch.Tensor, vocab: int) -> torch.Tensor:
+    """The 32-bit hashes [batch, vocab] (int64) behind `exponential_noise`: request `seeds` [batch] (int64 in
+    [0, 2**63)) at draw `counter` (int64 tensor, 0-d or [batch]); both halves of the seed key the stream."""
     stream = _mix32_reference((seeds & _MASK32) ^ 0x9E3779B9)
     stream = _mix32_reference((stream + ((seeds >> 32) & _MASK32)) & _MASK32)
     stream = _mix32_reference((stream + (counter & _MASK32)) & _MASK32)
     index = torch.arange(vocab, device=seeds.device, dtype=torch.int64)
-    bits = _mix32_reference((stream[:, None] ^ _mix32_reference(index)[None, :]) & _MASK32)
-    uniform = ((bits >> 8).to(torch.float32) + 0.5) * (1.0 / (1 << 24))
+    return _mix32_reference((stream[:, None] ^ _mix32_reference(index)[None, :]) & _MASK32)
+
+
+def exponential_noise(seeds: torch.Tensor, counter: torch.Tensor, vocab: int) -> torch.Tensor:
+    """Exp(1) samples [batch, vocab] for request `seeds` at draw `counter` (see `noise_bits`). Uniforms
+    have 23 bits, so that every one is strictly inside (0, 1) in float32 and the noise is finite and
+    positive (24 bits rounded the largest hashes to 1.0: noise 0, and a token of probability 0 was drawn
+    as 0 / 0 = NaN, which argmax picks)."""
+    uniform = ((noise_bits(seeds, counter, vocab) >> 9).to(torch.float32) + 0.5) * (1.0 / (1 << 23))
     return -torch.log(uniform)
 
 
@@ -157,7 +163,7 @@ def _sample_codes_kernel(
         stream = _mix32((stream + ((seed >> 32) & 0xFFFFFFFF)) & 0xFFFFFFFF)
         stream = _mix32((stream + (counter & 0xFFFFFFFF)) & 0xFFFFFFFF)
         bits = _mix32((stream ^ _mix32(ids.to(tl.int64))) & 0xFFFFFFFF)
-        uniform = ((bits >> 8).to(tl.float32) + 0.5) * (1.0 / 16777216.0)
+        uniform = ((bits >> 9).to(tl.float32) + 0.5) * (1.0 / 8388608.0)
         x = tl.where(in_vocab, p / -tl.log(uniform), -1.0)
     code = tl.argmax(x, axis=0).to(tl.int64)
     tl.store(out_ptr + row, code)
