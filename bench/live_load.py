@@ -27,7 +27,7 @@ from pathlib import Path
 import httpx
 from websockets.asyncio.client import connect
 
-from serve_load import BYTES_PER_SECOND, start_server
+from serve_load import Playback, start_server
 
 TEXT = ("Well, here is the answer you asked for: the morning train to the coast was late again, so Maria "
         "bought a coffee, found a quiet bench near the platform, and read the first chapter of her new book. "
@@ -36,8 +36,7 @@ TEXT = ("Well, here is the answer you asked for: the morning train to the coast 
 
 async def utterance(socket, words: list[str], words_per_s: float) -> dict:
     """Send one utterance word by word while receiving its audio; the figures of it."""
-    result = {"first_audio_s": None, "underruns": 0, "stall_s": 0.0, "audio_s": 0.0, "errors": 0,
-              "text_to_audio_ms": [], "complete": False}
+    result = {"errors": 0, "text_to_audio_ms": [], "complete": False}
 
     async def send_words():
         await socket.send(json.dumps({"type": "input.text", "text": words[0] + " "}))
@@ -47,25 +46,13 @@ async def utterance(socket, words: list[str], words_per_s: float) -> dict:
         await socket.send(json.dumps({"type": "input.done"}))
 
     sent = time.perf_counter()
+    playback = Playback(sent)
     sender = asyncio.create_task(send_words())
-    received, play_start = 0, None
     try:
         async for message in socket:
-            now = time.perf_counter()
             if isinstance(message, bytes):
-                if not message:
-                    continue
-                if play_start is None:
-                    play_start = now
-                    result["first_audio_s"] = now - sent
-                else:
-                    played = (now - play_start) * BYTES_PER_SECOND
-                    if played > received:  # the listener ran out of audio before this chunk came
-                        stall = (played - received) / BYTES_PER_SECOND
-                        result["underruns"] += 1
-                        result["stall_s"] += stall
-                        play_start += stall
-                received += len(message)
+                if message:
+                    playback.arrived(len(message), time.perf_counter())
                 continue
             event = json.loads(message)
             if event["type"] == "error":
@@ -77,7 +64,7 @@ async def utterance(socket, words: list[str], words_per_s: float) -> dict:
                 break
     finally:
         await sender
-    result["audio_s"] = received / BYTES_PER_SECOND
+    result.update(playback.figures())
     return result
 
 

@@ -63,36 +63,53 @@ def start_server(model: str, max_batch: int, extra: list[str]) -> tuple[subproce
     raise RuntimeError("qtts serve did not become healthy")
 
 
+class Playback:
+    """A listener with no buffer: playback starts at the first audio byte and runs in real time; when the
+    bytes received fall behind the bytes played, it stalls (an underrun) and the stall time adds up."""
+
+    def __init__(self, sent: float):
+        self.sent = sent  # when the request (or the text) left
+        self.first_audio_s: float | None = None
+        self.received = 0
+        self.underruns = 0
+        self.stall_s = 0.0
+        self._start: float | None = None
+
+    def arrived(self, size: int, now: float) -> None:
+        if self._start is None:
+            self._start = now
+            self.first_audio_s = now - self.sent
+        else:
+            played = (now - self._start) * BYTES_PER_SECOND
+            if played > self.received:  # the listener ran out of audio before these bytes came
+                stall = (played - self.received) / BYTES_PER_SECOND
+                self.underruns += 1
+                self.stall_s += stall
+                self._start += stall
+        self.received += size
+
+    def figures(self) -> dict:
+        return {"first_audio_s": self.first_audio_s, "underruns": self.underruns, "stall_s": self.stall_s,
+                "audio_s": self.received / BYTES_PER_SECOND}
+
+
 async def one_request(client: httpx.AsyncClient, body: dict, frames: int) -> dict:
     sent = time.perf_counter()
-    result = {"status": None, "first_audio_s": None, "underruns": 0, "stall_s": 0.0, "complete": False}
+    playback = Playback(sent)
+    result = {"status": None, "complete": False}
     try:
         async with client.stream("POST", "/v1/audio/speech", json=body) as response:
             result["status"] = response.status_code
             if response.status_code != 200:
                 await response.aread()
-                return result
-            received = 0
-            play_start = None
-            async for chunk in response.aiter_raw():
-                now = time.perf_counter()
-                if not chunk:
-                    continue
-                if play_start is None:
-                    play_start = now
-                    result["first_audio_s"] = now - sent
-                else:
-                    played = (now - play_start) * BYTES_PER_SECOND
-                    if played > received:  # the listener ran out of audio before this chunk came
-                        stall = (played - received) / BYTES_PER_SECOND
-                        result["underruns"] += 1
-                        result["stall_s"] += stall
-                        play_start += stall
-                received += len(chunk)
-            result["complete"] = received == frames * BYTES_PER_FRAME
-            result["audio_s"] = received / BYTES_PER_SECOND
+            else:
+                async for chunk in response.aiter_raw():
+                    if chunk:
+                        playback.arrived(len(chunk), time.perf_counter())
+                result["complete"] = playback.received == frames * BYTES_PER_FRAME
     except httpx.HTTPError as error:
         result["error"] = repr(error)[:200]
+    result.update(playback.figures())
     result["wall_s"] = time.perf_counter() - sent
     return result
 
