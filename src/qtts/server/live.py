@@ -316,18 +316,16 @@ class LiveSession:
             self._run(segment)
 
     def _end_utterance(self) -> None:
-        try:
-            self._take(self.buffer.flush())
-        finally:  # the utterance ends even when its last segment was refused
-            if self.current is not None:  # the buffer held nothing to say after all
-                self.current.ended = True
-                self.current.error = ApiError(400, "this segment had nothing to say", code="invalid_input")
-                self.current.started.set()
-                self.current = None
-            self.queue.put_nowait(_UtteranceEnd(self.utterance, self.segments))
-            self.utterance += 1
-            self.segments = 0
-            self.open = False
+        self._take(self.buffer.flush())
+        if self.current is not None:  # the buffer held nothing to say after all
+            self.current.ended = True
+            self.current.error = ApiError(400, "this segment had nothing to say", code="invalid_input")
+            self.current.started.set()
+            self.current = None
+        self.queue.put_nowait(_UtteranceEnd(self.utterance, self.segments))
+        self.utterance += 1
+        self.segments = 0
+        self.open = False
 
     # -- speaking -----------------------------------------------------------------------------------------
     async def _speak_queued(self) -> None:
