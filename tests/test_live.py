@@ -26,6 +26,7 @@ websockets_sync = pytest.importorskip("websockets.sync.client")
 
 from qtts.audio import SAMPLES_PER_FRAME  # noqa: E402
 from qtts.server import create_app  # noqa: E402
+from qtts.server.live import MAX_WAITING_CHARS  # noqa: E402
 from qtts.audio_formats import pcm16, wav_header  # noqa: E402
 from servers import Server  # noqa: E402
 
@@ -186,6 +187,18 @@ def test_a_session_runs_at_most_two_requests_however_fast_its_text_comes(custom,
     assert 1 <= most <= 2  # the one being spoken and the next
     assert [d["sentence_text"] for d in session.events("audio.done")] == sentences
     assert not any(d["error"] for d in session.events("audio.done"))
+
+
+def test_text_sent_far_faster_than_it_is_spoken_is_refused_past_a_bound(custom, session):
+    configure(session, max_new_tokens=2)
+    sentence = "A sentence of filler text that takes room. " * 90  # 3870 characters, 13 segments
+    sent = 0
+    while sent + len(sentence) <= MAX_WAITING_CHARS:
+        session.send("input.text", text=sentence)
+        sent += len(sentence)
+    session.send("input.text", text=sentence)
+    error = session.until("error")["error"]
+    assert error["code"] == "input_backlog_full" and str(MAX_WAITING_CHARS) in error["message"]
 
 
 def test_a_refused_delta_changes_nothing_and_the_sentence_goes_on(custom, session):

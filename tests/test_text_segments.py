@@ -168,6 +168,14 @@ def test_with_the_last_rule_each_ended_word_is_settled_at_once():
     assert strongest.settled() == "Hello there, "  # past the limit the cut could still fall at the comma
 
 
+def test_a_preview_is_what_feeding_would_commit_and_changes_nothing():
+    buffer = SegmentBuffer()
+    buffer.feed("First one. Sec")
+    assert buffer.preview("ond one. Thi") == (["Second one."], "Thi")
+    assert buffer.pending == "Sec"
+    assert buffer.feed("ond one. Thi") == ["Second one."] and buffer.pending == "Thi"
+
+
 def test_bad_options_are_refused():
     with pytest.raises(ValueError, match="max_chars"):
         SegmentBuffer(max_chars=0)

@@ -14,6 +14,7 @@ English speech and ~60 s of Chinese (about one token per character), far below t
 
 from __future__ import annotations
 
+import copy
 import re
 from collections.abc import Iterator
 from typing import Literal
@@ -107,6 +108,11 @@ class SegmentBuffer:
         while end < len(text) and text[end].isspace():
             end += 1
         return text[:end]
+
+    def preview(self, delta: str) -> tuple[list[str], str]:
+        """What `feed(delta)` would commit and the text it would then hold, without taking `delta`."""
+        trial = copy.copy(self)
+        return trial.feed(delta), trial.pending
 
     def feed(self, delta: str) -> list[str]:
         """Add text; return the segments whose end is now certain."""

@@ -86,6 +86,9 @@ def add_live_speech(app: FastAPI, prepare: Prepare, check_text: CheckText, open_
 # Segments of a session whose requests may run at once: the one being spoken and the next (made while the
 # first plays), however fast the text comes.
 RUNNING_SEGMENTS = 2
+# Characters a session may have received and not yet spoken (about 20 minutes of English speech): what a
+# client that sends text faster than it is spoken can make the server hold.
+MAX_WAITING_CHARS = 20_000
 
 
 @dataclass(eq=False)
@@ -253,9 +256,16 @@ class LiveSession:
         if len(text) > self.max_input_chars:
             raise ApiError(400, f"input.text is {len(text)} characters; send deltas of at most "
                            f"{self.max_input_chars}", code="input_too_long", param="text")
-        # Checked before anything changes: the held text is the start of the current segment, and no
-        # control token has a segment boundary inside it.
-        self.check_text(self.buffer.pending + text)
+        waiting = len(self.buffer.pending) + sum(len(s.known) for s in self.unsaid if s is not self.current)
+        if waiting + len(text) > MAX_WAITING_CHARS:
+            raise ApiError(400, f"{waiting} characters of this session are waiting to be spoken and it holds at "
+                           f"most {MAX_WAITING_CHARS}: send more once some of it has been spoken",
+                           code="input_backlog_full", param="text")
+        # Checked before anything changes, segment by segment as the text will be spoken (the held text is
+        # the start of the current segment; no control token has a segment boundary inside it).
+        ended, held = self.buffer.preview(text)
+        for part in ended + [held]:
+            self.check_text(part)
         if text:
             self.open = True
         self._take(self.buffer.feed(text))
