@@ -219,8 +219,9 @@ class Scheduler:
         budget = REALTIME_SHARE * self.frame_s
         bucket = _bucket(min(rows, self.max_batch), self.buckets)
         per_frame = self.seconds_per_frame(bucket)
+        measured = dict(self._seconds_per_frame)  # a copy: the engine thread adds buckets as they first run
         if per_frame is not None and per_frame > budget and any(
-                seconds <= budget for b, seconds in self._seconds_per_frame.items() if b < bucket):
+                seconds <= budget for b, seconds in measured.items() if b < bucket):
             return max(1.0, per_frame / self.frame_s)  # the batch must thin out first: seconds
         ahead = rows - self.max_batch  # requests that must leave before this one has a row
         if ahead > 0:
@@ -233,8 +234,9 @@ class Scheduler:
         """Measured seconds between frames of a batch of `rows` rows (the bucket's, else the nearest smaller
         bucket's: a frame costs about the same for any number of rows); None before any frame ran."""
         bucket = _bucket(rows, self.buckets)
-        measured = [b for b in self._seconds_per_frame if b <= bucket]
-        return self._seconds_per_frame[max(measured)] if measured else None
+        measured = dict(self._seconds_per_frame)  # a copy: the engine thread adds buckets as they first run
+        smaller = [b for b in measured if b <= bucket]
+        return measured[max(smaller)] if smaller else None
 
     def departure_rate(self) -> float | None:
         """Requests per second that finished since the batch was last full with nobody waiting for a row
