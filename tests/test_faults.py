@@ -353,6 +353,16 @@ def test_cli_checks_outputs_and_device_before_any_work(tmp_path, args, message):
     assert_one_line_exit_2(cli(*args), message)
 
 
+@pytest.mark.parametrize("flag, value, message", [
+    ("--first-audio-target", 0, "--first-audio-target must be a positive number"),
+    ("--client-timeout", -1, "--client-timeout must be a positive number"),
+    ("--shutdown-grace", -1, "--shutdown-grace must be 0 or more"),
+    ("--max-queue", -1, "--max-queue must be 0 or more"),
+])
+def test_serve_checks_its_flags_before_loading_anything(tmp_path, flag, value, message):
+    assert_one_line_exit_2(cli("serve", "--model", tmp_path / "no-model", flag, value, timeout=60), message)
+
+
 def test_cli_config_errors_are_one_line(tiny_checkpoint, tmp_path):
     import shutil
 
