@@ -16,18 +16,15 @@ Prints one JSON line per session count and a markdown table; JSON lines also to 
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
-import os
 import sys
 import time
-from pathlib import Path
+from collections.abc import Iterator
 
-import httpx
 from websockets.asyncio.client import connect
 
-from serve_load import Playback, start_server
+from serve_load import Playback, run_against_server, server_parser
 
 TEXT = ("Well, here is the answer you asked for: the morning train to the coast was late again, so Maria "
         "bought a coffee, found a quiet bench near the platform, and read the first chapter of her new book. "
@@ -118,43 +115,19 @@ def table(rows: list[dict]) -> str:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    where = parser.add_mutually_exclusive_group(required=True)
-    where.add_argument("--url", help="a running qtts serve")
-    where.add_argument("--model", help="a CustomVoice checkpoint: start `qtts serve` on it")
-    parser.add_argument("--max-batch", type=int, default=64)
-    parser.add_argument("--serve-arg", action="append", default=[], help="extra `qtts serve` argument")
-    parser.add_argument("--speaker", help="default: the model's first speaker")
+    parser = server_parser(__doc__.splitlines()[0])
     parser.add_argument("--sessions", type=int, nargs="*", default=[1, 16])
     parser.add_argument("--words-per-s", type=float, default=15.0)
     parser.add_argument("--duration", type=float, default=20.0)
     parser.add_argument("--frames", type=int, default=80, help="frames per segment at most (80 = 6.4 s)")
-    parser.add_argument("--label", default="", help="a name for this server in the JSON lines")
     args = parser.parse_args()
-    process = None
-    url = args.url
-    if args.model:
-        process, url = start_server(args.model, args.max_batch, args.serve_arg)
-    out = Path(os.environ.get("OUT", "live_load_out"))
-    out.mkdir(parents=True, exist_ok=True)
-    rows = []
-    try:
-        models = httpx.get(url + "/v1/models", timeout=30).json()["data"][0]
-        speaker = args.speaker or models["speakers"][0]
+
+    def steps(url: str, speaker: str) -> Iterator[dict]:
         asyncio.run(run_sessions(url, speaker, 2, 2.0, args.words_per_s, args.frames))  # warm-up
         for count in args.sessions:
-            row = asyncio.run(run_sessions(url, speaker, count, args.duration, args.words_per_s, args.frames))
-            row["label"] = args.label
-            rows.append(row)
-            print(json.dumps(row), flush=True)
-            with open(out / "live_load.jsonl", "a") as log:
-                log.write(json.dumps(row) + "\n")
-    finally:
-        if process is not None:
-            process.terminate()
-            process.wait(60)
-    print(table(rows))
-    return 0
+            yield asyncio.run(run_sessions(url, speaker, count, args.duration, args.words_per_s, args.frames))
+
+    return run_against_server(args, "live_load", steps, table)
 
 
 if __name__ == "__main__":

@@ -22,10 +22,10 @@ import json
 import os
 import random
 import socket
-import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -205,45 +205,37 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def server_parser(description: str) -> argparse.ArgumentParser:
+    """The arguments every serving benchmark takes: which server, its options, the speaker, a label."""
+    parser = argparse.ArgumentParser(description=description)
     where = parser.add_mutually_exclusive_group(required=True)
     where.add_argument("--url", help="a running qtts serve")
     where.add_argument("--model", help="a CustomVoice checkpoint: start `qtts serve` on it")
     parser.add_argument("--max-batch", type=int, default=64)
     parser.add_argument("--serve-arg", action="append", default=[], help="extra `qtts serve` argument")
     parser.add_argument("--speaker", help="default: the model's first speaker")
-    parser.add_argument("--frames", type=int, default=80, help="frames per request (80 = 6.4 s)")
-    parser.add_argument("--rates", type=float, nargs="*", default=[10, 20, 30, 40, 50])
-    parser.add_argument("--concurrency", type=int, nargs="*", default=[1, 8, 16, 32, 64])
-    parser.add_argument("--duration", type=float, default=20.0)
     parser.add_argument("--label", default="", help="a name for this server in the JSON lines")
-    parser.add_argument("--drain", type=float, default=30.0,
-                        help="seconds after an open loop's last arrival before unfinished requests are cut")
-    args = parser.parse_args()
+    return parser
+
+
+def run_against_server(args, name: str, steps: Callable[[str, str], Iterator[dict]],
+                       table: Callable[[list[dict]], str]) -> int:
+    """Start `qtts serve` (or use --url), run `steps(url, speaker)`, print each row as a JSON line as it
+    comes (also appended to $OUT/<name>.jsonl), then the table; stop the server."""
     process = None
     url = args.url
     if args.model:
         process, url = start_server(args.model, args.max_batch, args.serve_arg)
-    out = Path(os.environ.get("OUT", "serve_load_out"))
+    out = Path(os.environ.get("OUT", f"{name}_out"))
     out.mkdir(parents=True, exist_ok=True)
     rows = []
     try:
         models = httpx.get(url + "/v1/models", timeout=30).json()["data"][0]
-        speaker = args.speaker or models["speakers"][0]
-        asyncio.run(closed_loop(url, speaker, 4, 3.0, args.frames))  # warm-up
-        runs = [("open", rate) for rate in args.rates] + [("closed", n) for n in args.concurrency]
-        for mode, value in runs:
-            if mode == "open":
-                row = asyncio.run(open_loop(url, speaker, value, args.duration, args.frames, seed=int(value * 100),
-                                            drain=args.drain))
-            else:
-                row = asyncio.run(closed_loop(url, speaker, value, args.duration, args.frames))
+        for row in steps(url, args.speaker or models["speakers"][0]):
             row["label"] = args.label
-            row["server"] = engine_counters(url)
             rows.append(row)
             print(json.dumps(row), flush=True)
-            with open(out / "serve_load.jsonl", "a") as log:
+            with open(out / f"{name}.jsonl", "a") as log:
                 log.write(json.dumps(row) + "\n")
     finally:
         if process is not None:
@@ -251,6 +243,29 @@ def main() -> int:
             process.wait(60)
     print(table(rows))
     return 0
+
+
+def main() -> int:
+    parser = server_parser(__doc__.splitlines()[0])
+    parser.add_argument("--frames", type=int, default=80, help="frames per request (80 = 6.4 s)")
+    parser.add_argument("--rates", type=float, nargs="*", default=[10, 20, 30, 40, 50])
+    parser.add_argument("--concurrency", type=int, nargs="*", default=[1, 8, 16, 32, 64])
+    parser.add_argument("--duration", type=float, default=20.0)
+    parser.add_argument("--drain", type=float, default=30.0,
+                        help="seconds after an open loop's last arrival before unfinished requests are cut")
+    args = parser.parse_args()
+
+    def steps(url: str, speaker: str) -> Iterator[dict]:
+        asyncio.run(closed_loop(url, speaker, 4, 3.0, args.frames))  # warm-up
+        for rate in args.rates:
+            row = asyncio.run(open_loop(url, speaker, rate, args.duration, args.frames, seed=int(rate * 100),
+                                        drain=args.drain))
+            yield {**row, "server": engine_counters(url)}
+        for count in args.concurrency:
+            row = asyncio.run(closed_loop(url, speaker, count, args.duration, args.frames))
+            yield {**row, "server": engine_counters(url)}
+
+    return run_against_server(args, "serve_load", steps, table)
 
 
 if __name__ == "__main__":
