@@ -93,8 +93,9 @@ class LiveSessionConfig(BaseModel):
         "pcm", description="pcm: 16-bit mono 24 kHz samples; wav: the same after a streaming header per utterance"
     )
     split_granularity: Literal["sentence", "clause", "none"] = Field(
-        "sentence", description="where buffered text is committed to speech before a flush: at every sentence "
-        "end, also at every clause end, or only on input.flush / input.done (long text is cut anyway)"
+        "sentence", description="where an utterance is cut into segments (one engine request each, spoken as "
+        "its text arrives): at every sentence end, also at every clause end, or only on input.flush / "
+        "input.done (long text is cut anyway)"
     )
     seed: int | None = None
     max_new_tokens: int | None = Field(None, description="upper bound on the 80 ms frames of each segment")
