@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import io
+import json
 import os
 import shutil
 import signal
@@ -31,6 +32,7 @@ pytest.importorskip("ray.serve", reason="needs the cluster extra (ray[serve])")
 pytest.importorskip("python_multipart", reason="the server needs python-multipart (the server extra)")
 
 import ray  # noqa: E402
+import websockets.sync.client as websockets_sync  # noqa: E402
 from ray import serve  # noqa: E402
 
 from qtts.cluster import REPLICA_HEADER, ServeArgs, build_app  # noqa: E402
@@ -219,6 +221,32 @@ def test_concurrent_requests_are_served_by_both_replicas_with_the_same_audio(clu
     assert len(served) == REPLICAS, served
     assert served == set(replica_actors())
 
+
+def test_live_speech_runs_through_the_proxy_on_one_replica(cluster, voice, reference):
+    """WS /v1/audio/speech/stream through Ray Serve's proxy: the session is accepted by one replica (named
+    in the accept's header) and its audio, made as the text arrives, is the voice's audio for the text."""
+    client, _, _ = cluster
+    url = str(client.base_url).replace("http://", "ws://") + "/v1/audio/speech/stream"
+    pcm = b""
+    with websockets_sync.connect(url, open_timeout=60, close_timeout=10, max_size=None) as session:
+        assert session.response.headers[REPLICA_HEADER]
+        session.send(json.dumps({"type": "session.config", "voice": voice[0], "seed": 5, "max_new_tokens": FRAMES}))
+        for delta in ("Hello from ", "a repl", "ica."):
+            session.send(json.dumps({"type": "input.text", "text": delta}))
+        session.send(json.dumps({"type": "input.done"}))
+        deadline = time.monotonic() + 120
+        while True:
+            message = session.recv(timeout=max(deadline - time.monotonic(), 0.01))
+            if isinstance(message, bytes):
+                pcm += message
+                continue
+            event = json.loads(message)
+            assert event["type"] != "error", event
+            if event["type"] == "session.done":
+                break
+    got = np.frombuffer(pcm, dtype="<i2")
+    assert len(got) == len(reference) > 0  # a Base model speaks in the streaming layout by default
+    assert np.abs(got.astype(np.int32) - reference).max() <= 1
 
 def test_every_response_names_its_replica(cluster):
     client, _, _ = cluster
