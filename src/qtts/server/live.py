@@ -60,7 +60,7 @@ PATH = "/v1/audio/speech/stream"
 
 # (request of a session, less its text) -> the keywords of its segments; raises ApiError for what is wrong.
 Prepare = Callable[[SpeechRequest], dict[str, Any]]
-# Text that would join an utterance's current segment -> raises ApiError if it may not be spoken.
+# A segment's text, as it will be spoken -> raises ApiError if it may not be (control tokens, limits).
 CheckText = Callable[[str], None]
 # keywords -> a TextStream delivering to the running event loop; raises ApiError (busy, bad request).
 OpenText = Callable[[dict[str, Any]], TextStream]
