@@ -80,8 +80,7 @@ class TextStream:
             return
         if not self._text.strip():
             raise InputError("text to speak must be a non-empty string")
-        self._check(self._text)
-        self._give(self._text.rstrip(), final=True)
+        self._give(self._text.rstrip(), final=True)  # checked by feed() as it came
         self._ended = True
 
     def _give(self, text: str, final: bool) -> None:

@@ -218,8 +218,8 @@ class Scheduler:
             return None
         budget = REALTIME_SHARE * self.frame_s
         bucket = _bucket(min(rows, self.max_batch), self.buckets)
-        per_frame = self.seconds_per_frame(bucket)
         measured = dict(self._seconds_per_frame)  # a copy: the engine thread adds buckets as they first run
+        per_frame = _nearest_below(measured, bucket)
         if per_frame is not None and per_frame > budget and any(
                 seconds <= budget for b, seconds in measured.items() if b < bucket):
             return max(1.0, per_frame / self.frame_s)  # the batch must thin out first: seconds
@@ -233,10 +233,7 @@ class Scheduler:
     def seconds_per_frame(self, rows: int) -> float | None:
         """Measured seconds between frames of a batch of `rows` rows (the bucket's, else the nearest smaller
         bucket's: a frame costs about the same for any number of rows); None before any frame ran."""
-        bucket = _bucket(rows, self.buckets)
-        measured = dict(self._seconds_per_frame)  # a copy: the engine thread adds buckets as they first run
-        smaller = [b for b in measured if b <= bucket]
-        return measured[max(smaller)] if smaller else None
+        return _nearest_below(dict(self._seconds_per_frame), _bucket(rows, self.buckets))
 
     def departure_rate(self) -> float | None:
         """Requests per second that finished since the batch was last full with nobody waiting for a row
@@ -652,6 +649,12 @@ def _advances(request: Request) -> bool:
     """Whether the next frame advances `request`, as the frame decides it on the device: its track is
     closed, or it has text beyond the frames enqueued so far."""
     return request.generating and (not request.text_open_loaded or request.enqueued < request.text_loaded)
+
+
+def _nearest_below(measured: dict[int, float], bucket: int) -> float | None:
+    """The value of `bucket`, else of the largest measured bucket below it; None if there is none."""
+    smaller = [b for b in measured if b <= bucket]
+    return measured[max(smaller)] if smaller else None
 
 
 def _bucket(count: int, buckets: tuple[int, ...]) -> int:

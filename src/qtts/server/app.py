@@ -70,9 +70,9 @@ def create_app(tts, *, model_name: str | None = None, voices_dir: str | Path | N
     `voices_dir` keeps cloned voices across restarts (Base models), at most `max_voices` of them.
     Admission: a request is answered 503 (with Retry-After) when taking it would make the engine's frames
     fall behind the audio they make, when it would wait for a free row longer than `first_audio_target`
-    seconds (at the rate requests have been finishing), or when `max_queue` requests already wait. With `api_key`, every `/v1/` request must carry it as a Bearer token; `cors_origins` may
-    call from browsers; a client gets `client_timeout` seconds for its headers and for each piece of its
-    body.
+    seconds (at the rate requests have been finishing), or when `max_queue` requests already wait. With
+    `api_key`, every `/v1/` request must carry it as a Bearer token; `cors_origins` may call from
+    browsers; a client gets `client_timeout` seconds for its headers and for each piece of its body.
     """
     served_name = model_name or tts.checkpoint.name
     engine = tts.engine
@@ -162,15 +162,17 @@ def create_app(tts, *, model_name: str | None = None, voices_dir: str | Path | N
             raise ApiError(400, f"input is {len(body.input)} characters; the limit is {max_input_chars}. "
                            "Split the text and send the parts one by one.", code="input_too_long", param="input")
         # TTS.plan checks these too; checked here they are named as the request names them.
-        parts = [("input", body.input, tts.limits.input_tokens)]
+        check_field("input", body.input, tts.limits.input_tokens)
         if body.instructions:  # OpenAI clients send "" for none
-            parts.append(("instructions", body.instructions, tts.limits.instructions_tokens))
-        for field, text, max_tokens in parts:
-            try:
-                check_text(tts.tokenizer, field, text, max_tokens)
-            except InputError as exc:
-                raise ApiError(400, str(exc), code="invalid_input", param=field) from None
+            check_field("instructions", body.instructions, tts.limits.instructions_tokens)
         return check_options(body)
+
+    def check_field(field: str, text: str, max_tokens: int) -> None:
+        """Limits and control tokens of a text field, as a 400 naming the field."""
+        try:
+            check_text(tts.tokenizer, field, text, max_tokens)
+        except InputError as exc:
+            raise ApiError(400, str(exc), code="invalid_input", param=field) from None
 
     def check_options(body: SpeechRequest) -> AudioFormat:
         """Everything about a speech request but its text."""
@@ -257,10 +259,7 @@ def create_app(tts, *, model_name: str | None = None, voices_dir: str | Path | N
         return {"language": body.language, **voice_arguments(body), **body.sampling()}
 
     def live_text_check(text: str) -> None:
-        try:
-            check_text(tts.tokenizer, "text", text, tts.limits.input_tokens)
-        except InputError as exc:
-            raise ApiError(400, str(exc), code="invalid_input", param="text") from None
+        check_field("text", text, tts.limits.input_tokens)
 
     def open_live_text(arguments: dict[str, Any]):
         """A live segment's text stream; its request is submitted when its first word has ended."""
@@ -284,8 +283,8 @@ def create_app(tts, *, model_name: str | None = None, voices_dir: str | Path | N
             generation.cancel()  # a no-op when it finished; frees its row when the session ended mid-segment
             done(generation)
 
-    add_live_speech(app, live_arguments, live_text_check, open_live_text, speak_live,
-                    max_input_chars=max_input_chars, observe_text_to_audio=metrics.text_to_audio.observe)
+    add_live_speech(app, live_arguments, live_text_check, open_live_text, speak_live, metrics.text_to_audio.observe,
+                    max_input_chars=max_input_chars)
     add_page(app)
 
     # -- voices -------------------------------------------------------------------------------------------

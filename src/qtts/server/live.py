@@ -69,10 +69,11 @@ OpenText = Callable[[dict[str, Any]], TextStream]
 Speak = Callable[[Generation], AsyncIterator[Audio]]
 
 
-def add_live_speech(app: FastAPI, prepare: Prepare, check_text: CheckText, open_text: OpenText, speak: Speak, *,
-                    max_input_chars: int, max_segment_chars: int = DEFAULT_MAX_CHARS,
-                    observe_text_to_audio: Callable[[float], None] | None = None) -> None:
-    """Serve live speech sessions at PATH on `app`."""
+def add_live_speech(app: FastAPI, prepare: Prepare, check_text: CheckText, open_text: OpenText, speak: Speak,
+                    observe_text_to_audio: Callable[[float], None], *, max_input_chars: int,
+                    max_segment_chars: int = DEFAULT_MAX_CHARS) -> None:
+    """Serve live speech sessions at PATH on `app`; `observe_text_to_audio(seconds)` is told each segment's
+    time from text to first audio."""
 
     async def live_speech(websocket: WebSocket) -> None:
         await websocket.accept()
@@ -125,7 +126,7 @@ class LiveSession:
 
     def __init__(self, websocket: WebSocket, prepare: Prepare, check_text: CheckText, open_text: OpenText,
                  speak: Speak, max_input_chars: int, max_segment_chars: int,
-                 observe_text_to_audio: Callable[[float], None] | None):
+                 observe_text_to_audio: Callable[[float], None]):
         self.websocket = websocket
         self.prepare, self.check_text, self.open_text, self.speak = prepare, check_text, open_text, speak
         self.max_input_chars = max_input_chars
@@ -381,8 +382,7 @@ class LiveSession:
                         await self._send_bytes(data)
                     if text_to_audio is None:
                         text_to_audio = time.perf_counter() - max(segment.text_at, reached)
-                        if self.observe_text_to_audio is not None:
-                            self.observe_text_to_audio(text_to_audio)
+                        self.observe_text_to_audio(text_to_audio)
         except ApiError as exc:
             error = exc
         finally:
