@@ -8,6 +8,9 @@ Parts (each timed with CUDA events, median of `--reps`, after warm-up):
   - `prefill`: ms per captured prefill per (arrivals, prompt length);
   - `invariance`: greedy codes of one request alone and joining a running batch at several frames (must be
     identical), and seeded sampling likewise;
+  - `poisson`: open-loop, in process: Poisson arrivals at each of `--rates` for `--duration` seconds,
+    each request submitted from its own thread (as the server's handlers submit), first audio and
+    underruns by serve_load's playback model: the engine's share of the HTTP serving figures;
   - `load`: closed-loop, in process: N requests of `--frames` frames at once, N in `--concurrency`;
     aggregate audio seconds per wall second, time to first audio (median, p95) and how far each stream's
     audio stays ahead of real-time playback (min over requests of the worst lead, negative = underrun).
@@ -22,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import statistics
 import sys
 import tempfile
@@ -171,6 +175,49 @@ def load(tts, emit, speaker, frames_per_request, concurrency, rounds):
               "decode_rows_per_call": batching})
 
 
+def poisson(tts, emit, speaker, frames_per_request, rates, duration):
+    from serve_load import Playback  # the listener model the HTTP benchmark uses
+
+    rng = random.Random(0)
+    for rate in rates:
+        results, threads = [], []
+        lock = threading.Lock()
+
+        def one_request(index):
+            playback = Playback(time.perf_counter())
+            generation = tts.submit(TEXT, speaker=speaker, max_new_tokens=frames_per_request + 1,
+                                    min_new_tokens=frames_per_request, seed=index)
+            for chunk in generation:
+                playback.arrived(len(chunk) * 2, time.perf_counter())  # 16-bit bytes, as over HTTP
+            with lock:
+                results.append({**playback.figures(), "queued_s": generation.finished.queued_s})
+
+        began = time.perf_counter()
+        at, index = 0.0, 0
+        while True:
+            at += rng.expovariate(rate)
+            if at > duration:
+                break
+            time.sleep(max(0.0, began + at - time.perf_counter()))
+            thread = threading.Thread(target=one_request, args=(index,))
+            thread.start()
+            threads.append(thread)
+            index += 1
+        for thread in threads:
+            thread.join(timeout=max(1.0, began + duration + 60 - time.perf_counter()))
+        wall = time.perf_counter() - began
+        firsts = sorted(r["first_audio_s"] * 1e3 for r in results if r["first_audio_s"] is not None)
+        emit({"part": "poisson", "rate": rate, "requests": index, "finished": len(results),
+              "first_audio_ms_p50": round(firsts[len(firsts) // 2], 1) if firsts else None,
+              "first_audio_ms_p95": round(firsts[min(len(firsts) - 1, int(0.95 * len(firsts)))], 1)
+              if firsts else None,
+              "underrun_requests": sum(r["underruns"] > 0 for r in results),
+              "stall_s_total": round(sum(r["stall_s"] for r in results), 3),
+              "queued_ms_p95": round(sorted(r["queued_s"] for r in results)[int(0.95 * len(results))] * 1e3, 1)
+              if results else None,
+              "audio_s_per_s": round(sum(r["audio_s"] for r in results) / wall, 1)})
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", default="1.7b", choices=["0.6b", "1.7b"])
@@ -181,6 +228,8 @@ def main():
     parser.add_argument("--frames", type=int, default=80)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 16, 32, 64])
     parser.add_argument("--max-batch", type=int, default=64)
+    parser.add_argument("--rates", type=float, nargs="+", default=[20, 30, 40], help="poisson: requests/s")
+    parser.add_argument("--duration", type=float, default=10.0, help="poisson: seconds of arrivals per rate")
     parser.add_argument("--cudnn-benchmark", action="store_true",
                         help="let cuDNN time its convolution algorithms when the decoder graphs are captured")
     args = parser.parse_args()
@@ -216,6 +265,8 @@ def main():
                 prefill(tts, emit, args.reps)
             elif part == "invariance":
                 invariance(tts, emit, speaker)
+            elif part == "poisson":
+                poisson(tts, emit, speaker, args.frames, args.rates, args.duration)
             elif part == "load":
                 load(tts, emit, speaker, args.frames, args.concurrency, rounds=2)
         except Exception as error:  # one failing part must not hide the others' numbers

@@ -430,3 +430,21 @@ def test_shutdown_with_a_stream_and_a_whole_file_request_running_exits_0_within_
         assert "terminate called" not in server.process.stderr.read()
     finally:
         server.close()
+
+
+def test_sigusr1_prints_every_threads_stack_and_the_server_goes_on(tiny_checkpoint):
+    server = ServeProcess(tiny_checkpoint("custom_voice"))
+    try:
+        body = {"input": "A sentence spoken while the stacks are printed.", "voice": "aiden", "response_format": "pcm",
+                "max_new_tokens": 40, "min_new_tokens": 40}
+        with server.client.stream("POST", "/v1/audio/speech", json=body) as stream:
+            chunks = stream.iter_raw()
+            received = len(next(chunks))  # the engine thread is running this request
+            server.process.send_signal(signal.SIGUSR1)
+            received += sum(len(chunk) for chunk in chunks)
+        assert received == 39 * 1920 * 2  # the whole request, after the signal
+        assert server.client.get("/health").status_code == 200
+    finally:
+        server.close()
+    printed = server.process.stderr.read()
+    assert "most recent call first" in printed and "scheduler.py" in printed  # the engine thread's stack

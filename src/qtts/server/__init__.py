@@ -5,6 +5,7 @@ Needs the `server` extra (FastAPI, uvicorn, python-multipart).
 
 from __future__ import annotations
 
+import faulthandler
 import signal
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,7 +27,8 @@ def serve(model: str, *, host: str = "127.0.0.1", port: int = 8000, device: str 
           first_audio_target: float = FIRST_AUDIO_TARGET) -> None:
     """Load `model` and serve it over HTTP until interrupted (options as in `create_app`; `max_batch` and
     `max_len` as in `qtts.load`). On SIGTERM or SIGINT the server stops accepting, gives open responses
-    `shutdown_grace` seconds to finish, cancels the rest, stops the engine and returns."""
+    `shutdown_grace` seconds to finish, cancels the rest, stops the engine and returns. SIGUSR1 prints
+    every thread's stack to stderr."""
     import uvicorn
 
     import qtts
@@ -41,6 +43,9 @@ def serve(model: str, *, host: str = "127.0.0.1", port: int = 8000, device: str 
     # before it: with these, that ends in a normal return (exit 0) instead of a kill or a KeyboardInterrupt.
     for number in (signal.SIGTERM, signal.SIGINT):
         signal.signal(number, _stopped)
+    # `kill -USR1 <pid>` prints every thread's stack to stderr and the server goes on: how to see where a
+    # server that answers slowly spends its time, without stopping it.
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     try:
         uvicorn.run(app, host=host, port=port, http=header_timeout_protocol(client_timeout),
                     timeout_graceful_shutdown=shutdown_grace)
