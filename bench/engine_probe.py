@@ -150,12 +150,14 @@ def load(tts, emit, speaker, frames_per_request, concurrency, rounds):
             before = {lane: (stats["decode_calls"][lane], stats["decode_rows"][lane])
                       for lane in ("urgent", "bulk")} if "decode_calls" in stats else {}
             threads = [threading.Thread(target=one_stream, args=(i,)) for i in range(count)]
+            busy = Busy(tts.engine)
             began = time.perf_counter()
             for thread in threads:
                 thread.start()
             for thread in threads:
                 thread.join()
             wall = time.perf_counter() - began
+            busy = busy.stop(wall)
         firsts = sorted(r[0] * 1e3 for r in results)
         audio = sum(r[1] for r in results)
         first_frames = [r[5] * 1e3 for r in results if r[5] is not None]
@@ -172,7 +174,43 @@ def load(tts, emit, speaker, frames_per_request, concurrency, rounds):
               # where first audio goes: waiting for the prefill, then to the first frame's codes on the host
               "queued_ms_median": round(statistics.median(r[4] * 1e3 for r in results), 2),
               "first_frame_ms_median": round(statistics.median(first_frames), 2) if first_frames else None,
-              "decode_rows_per_call": batching})
+              "decode_rows_per_call": batching, **busy})
+
+
+class Busy:
+    """Who limits a round: the share of its wall time the engine thread spent on a CPU (near 1: the host's
+    Python is the bottleneck) and the GPU's mean utilisation (NVML's share of time a kernel ran, sampled
+    every 20 ms; near 100: the kernels are)."""
+
+    def __init__(self, engine):
+        self.tid = engine._thread.native_id if engine._thread is not None else None
+        self.cpu = self._cpu_s()
+        self.samples: list[int] = []
+        self.running = True
+        self.sampler = threading.Thread(target=self._sample, daemon=True)
+        self.sampler.start()
+
+    def _cpu_s(self) -> float | None:
+        if self.tid is None:
+            return None
+        with open(f"/proc/self/task/{self.tid}/stat") as stat:
+            fields = stat.read().rpartition(")")[2].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+    def _sample(self):
+        while self.running:
+            try:
+                self.samples.append(torch.cuda.utilization())
+            except Exception:  # no NVML here: say nothing rather than a wrong figure
+                return
+            time.sleep(0.02)
+
+    def stop(self, wall: float) -> dict:
+        self.running = False
+        self.sampler.join()
+        cpu = self._cpu_s()
+        return {"engine_thread_cpu_share": None if cpu is None else round((cpu - self.cpu) / wall, 2),
+                "gpu_utilization_mean": round(statistics.mean(self.samples), 1) if self.samples else None}
 
 
 def poisson(tts, emit, speaker, frames_per_request, rates, duration):
