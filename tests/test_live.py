@@ -178,7 +178,8 @@ def test_a_session_runs_at_most_two_requests_however_fast_its_text_comes(custom,
     deadline = time.monotonic() + RECEIVE_TIMEOUT
     while not session.events("session.done"):
         assert time.monotonic() < deadline, "the utterance was never finished"
-        most = max(most, metric(server, "qtts_requests_running") + metric(server, "qtts_queue_depth"))
+        # one scrape: between two, a segment can finish and the next one join the queue
+        most = max(most, sum(metrics(server, "qtts_requests_running", "qtts_queue_depth")))
         try:
             message = session.socket.recv(timeout=0.01)
         except TimeoutError:
@@ -281,12 +282,20 @@ def test_session_close_finishes_the_committed_speech_then_closes(custom, session
 
 
 def metric(server, name, default=None) -> float:
+    return metrics(server, name, default=default)[0]
+
+
+def metrics(server, *names, default=None) -> list[float]:
+    """The values of `names` from one scrape of /metrics (two scrapes would see two moments)."""
+    values = {}
     for line in server.client.get("/metrics").text.splitlines():
-        if line.startswith(name + " "):
-            return float(line.split()[1])
-    if default is None:
-        raise AssertionError(f"{name} not in /metrics")
-    return default
+        name, _, value = line.partition(" ")
+        if name in names:
+            values[name] = float(value)
+    found = [values.get(name, default) for name in names]
+    if None in found:
+        raise AssertionError(f"{names} not all in /metrics")
+    return found
 
 
 CANCELLED = 'qtts_finished_requests_total{reason="cancelled"}'
