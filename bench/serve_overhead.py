@@ -20,7 +20,6 @@ import socket
 import statistics
 import subprocess
 import sys
-import tarfile
 import threading
 import time
 from pathlib import Path
@@ -37,25 +36,16 @@ CLUSTER_PACKAGES = Path("/tmp/qtts-bench/cluster")  # ray[serve] and the server 
 
 def install_cluster_wheels() -> list[str]:
     """Folders to put on PYTHONPATH so that ray[serve] and the server extra import: none if they already do,
-    else the wheels of .whl/cluster.tar.part-* installed into their own folder (as compare.py installs)."""
-    probe = "import ray.serve, fastapi, uvicorn, python_multipart"
+    else the wheels of .whl/cluster (bench/fetch_cluster_wheels.sh) installed into their own folder."""
+    probe = "import ray.serve, fastapi, uvicorn, python_multipart, soundfile"
     if subprocess.run([sys.executable, "-c", probe], capture_output=True).returncode == 0:
         return []
-    parts = sorted(WHEELS.glob("cluster.tar.part-*"))
-    if not parts:
-        raise SystemExit("ray[serve] or the server extra is missing and there is no .whl/cluster.tar.part-*: "
-                         "run bench/fetch_cluster_wheels.sh here and carry the parts (bench/README.md)")
-    wheels = CLUSTER_PACKAGES.with_name("cluster-wheels")
-    wheels.mkdir(parents=True, exist_ok=True)
-    joined = wheels.with_suffix(".tar")
-    with joined.open("wb") as out:
-        for part in parts:
-            out.write(part.read_bytes())
-    with tarfile.open(joined) as archive:
-        archive.extractall(wheels, filter="data")
+    wheels = sorted((WHEELS / "cluster").glob("*.whl"))
+    if not wheels:
+        raise SystemExit("ray[serve] or the server extra is missing and .whl/cluster has no wheels: run "
+                         "bench/fetch_cluster_wheels.sh here and carry .whl/cluster (bench/README.md)")
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--no-compile",
-                    "--no-cache-dir", "--upgrade", "--target", str(CLUSTER_PACKAGES),
-                    *map(str, sorted(wheels.glob("*.whl")))], check=True)
+                    "--no-cache-dir", "--upgrade", "--target", str(CLUSTER_PACKAGES), *map(str, wheels)], check=True)
     return [str(CLUSTER_PACKAGES)]
 
 
@@ -72,7 +62,8 @@ class Server:
         self.port = free_port()
         command = [sys.executable, "-m", "qtts.cli", "serve", "--model", checkpoint, "--port", str(self.port),
                    "--device", device, *MODES[mode]]
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO / "src"), *paths]), PYTHONUNBUFFERED="1",
+        inherited = [os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else []
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO / "src"), *paths, *inherited]), PYTHONUNBUFFERED="1",
                    HF_HUB_OFFLINE="1", RAY_USAGE_STATS_ENABLED="0")
         # A Ray replica (num_cpus=1) gets OMP_NUM_THREADS=1 unless it is set: set it for both servers alike.
         env.setdefault("OMP_NUM_THREADS", "1")
