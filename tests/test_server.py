@@ -432,6 +432,32 @@ def test_a_request_that_would_wait_past_the_first_audio_target_answers_503(tiny_
         server.close()
 
 
+def test_a_stuck_engine_is_unhealthy_and_refuses_requests_until_it_moves_again(tiny_checkpoint):
+    tts = qtts.load(tiny_checkpoint("custom_voice"), device="cpu", max_batch=4)
+    server = Server(create_app(tts, model_name="tiny-custom", stall_limit=0.5))
+    try:
+        running = tts.submit(TEXT, speaker=SPEAKER, max_new_tokens=2000, min_new_tokens=2000)
+        next(iter(running))  # the engine has work in hand and is getting it done
+        assert server.client.get("/health").status_code == 200
+        assert metric(server, "qtts_engine_stalled_seconds") < 0.5
+        with tts.engine._lock:  # the engine thread takes this lock every iteration: it is stuck until released
+            time.sleep(1.0)
+            health, ready = server.client.get("/health"), server.client.get("/ready")
+            refused = speak(server, response_format="wav")
+            stalled = metric(server, "qtts_engine_stalled_seconds")
+        assert health.status_code == 503 and "no progress" in health.json()["message"]
+        assert ready.status_code == 503
+        assert_error(refused, 503, "no progress")
+        assert stalled >= 1.0
+        wait_for(lambda: server.client.get("/health").status_code == 200, "the engine never moved again")
+        running.cancel()
+        running.result()
+        wait_until_idle(server)
+        assert speak(server, response_format="wav").status_code == 200
+    finally:
+        server.close()
+
+
 # -- voices (Base model) ---------------------------------------------------------------------------------
 def reference_wav(seconds=2.0):
     rng = np.random.default_rng(0)

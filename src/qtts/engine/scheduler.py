@@ -132,6 +132,9 @@ class Scheduler:
         self._seconds_per_frame: dict[int, float] = {}
         self._last_frame: tuple[float, int] | None = None  # (when, bucket) of the previous frame
         self._departures: deque[float] = deque(maxlen=DEPARTURES)
+        # when the engine thread last got something done (a frame's codes or audio handed out) or looked
+        # for work and found none: how long it has been stuck, if it is (`stalled_s`)
+        self._progress_at = time.monotonic()
         # decode calls and the requests they decoded, per lane: rows per call is how well decodes batch
         self.stats = {"frames": 0, "prefills": 0, "prefill_s": 0.0, "reasons": Counter(),
                       "decode_calls": Counter(), "decode_rows": Counter()}
@@ -165,6 +168,8 @@ class Scheduler:
         with self._lock:
             if self._stopping:
                 raise EngineStopped("the engine is shut down")
+            if not self._inbox and not self._busy():  # an idle engine: its clock of progress starts now
+                self._progress_at = time.monotonic()
             self._inbox.append(request)
             self._lock.notify()
             if self._thread is None:
@@ -258,6 +263,15 @@ class Scheduler:
         """False once the engine thread has stopped (it starts with the first request)."""
         return not self._stopping and (self._thread is None or self._thread.is_alive())
 
+    def stalled_s(self) -> float:
+        """Seconds the engine thread has had work in hand (requests waiting, rows that can advance, frames or
+        audio in flight) without getting any of it done; 0 while it makes progress or has nothing to do.
+        A frame takes milliseconds, so seconds here mean the thread is stuck (a GPU that stopped answering):
+        the server then says it is unhealthy and refuses new requests rather than queueing them forever."""
+        # Read without the engine's lock: a stuck engine thread may be the one holding it.
+        working = bool(self._inbox) or self._busy()
+        return time.monotonic() - self._progress_at if working else 0.0
+
     @property
     def running(self) -> int:
         return len(self._running)
@@ -283,6 +297,7 @@ class Scheduler:
             while True:
                 with self._lock:
                     while not (self._stopping or self._inbox or self._busy()):
+                        self._progress_at = time.monotonic()  # nothing to do is not being stuck
                         self._last_frame = None  # idle: the next frame's interval is not its cost
                         if not self._running:
                             self._departures.clear()
@@ -441,6 +456,7 @@ class Scheduler:
                 self._wait_for(event)
             wait = False
             self._in_flight.popleft()
+            self._progress_at = time.monotonic()
             codes = self._ring[index][: len(rows)].clone()
             code0 = codes[:, 0].tolist()
             for row, request in enumerate(rows):
@@ -601,6 +617,7 @@ class Scheduler:
         self._complete_decoded()
 
     def _hand_out(self, request: Request, host: torch.Tensor) -> None:
+        self._progress_at = time.monotonic()
         request.audio_in_flight -= 1
         if request.first_audio is None:
             request.first_audio = time.perf_counter()

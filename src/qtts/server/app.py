@@ -55,6 +55,9 @@ MAX_INPUT_CHARS = 4096  # OpenAI's limit for one speech request
 DEFAULT_MAX_QUEUE = 64  # requests waiting for a free engine row before new ones get 503
 # Seconds a request may be expected to wait for a free engine row before it is refused (503) instead.
 FIRST_AUDIO_TARGET = 1.0
+# Seconds an engine with work in hand may go without finishing any of it before the server calls it stuck.
+# Long enough for the slowest legitimate pause (an eager prefill of a full cache takes about a second).
+STALL_LIMIT = 30.0
 # Model names OpenAI clients are configured with; they all mean "the model this server runs".
 OPENAI_TTS_MODELS = ("tts-1", "tts-1-hd", "gpt-4o-mini-tts")
 CLIENT_CLOSED = 499  # nginx's status for a client that left before the answer; only logs ever see it
@@ -63,7 +66,8 @@ CLIENT_CLOSED = 499  # nginx's status for a client that left before the answer; 
 def create_app(tts, *, model_name: str | None = None, voices_dir: str | Path | None = None,
                max_queue: int = DEFAULT_MAX_QUEUE, max_input_chars: int = MAX_INPUT_CHARS,
                max_voices: int = MAX_VOICES, api_key: str | None = None, cors_origins: Sequence[str] = (),
-               client_timeout: float = CLIENT_TIMEOUT, first_audio_target: float = FIRST_AUDIO_TARGET) -> FastAPI:
+               client_timeout: float = CLIENT_TIMEOUT, first_audio_target: float = FIRST_AUDIO_TARGET,
+               stall_limit: float = STALL_LIMIT) -> FastAPI:
     """A FastAPI app serving `tts` (a `qtts.TTS`): every request runs in its engine, many at once.
 
     `model_name` is the id clients send and `/v1/models` lists (default: the checkpoint's name);
@@ -73,6 +77,9 @@ def create_app(tts, *, model_name: str | None = None, voices_dir: str | Path | N
     seconds (at the rate requests have been finishing), or when `max_queue` requests already wait. With
     `api_key`, every `/v1/` request must carry it as a Bearer token; `cors_origins` may call from
     browsers; a client gets `client_timeout` seconds for its headers and for each piece of its body.
+    An engine that has had work in hand for `stall_limit` seconds without getting any done is stuck:
+    `/health` and `/ready` then answer 503 (an orchestrator restarts the server; Ray Serve replaces the
+    replica) and new requests get 503 instead of joining a queue that does not move.
     """
     served_name = model_name or tts.checkpoint.name
     engine = tts.engine
@@ -101,9 +108,19 @@ def create_app(tts, *, model_name: str | None = None, voices_dir: str | Path | N
     app.add_middleware(RequestCounter, metrics=metrics)  # outermost: it counts what the guards refuse too
     _add_error_handlers(app)
 
+    def stalled() -> str | None:
+        """Why the engine cannot take requests, if it has been stuck for `stall_limit` seconds."""
+        seconds = engine.stalled_s()
+        if seconds < stall_limit:
+            return None
+        return f"the engine has made no progress for {seconds:.0f} s with requests in hand"
+
     def check_room_in_engine() -> None:
         """Admission (see above): 503 with Retry-After for a request that would harm the running streams,
-        miss its first-audio target, or overflow the queue."""
+        miss its first-audio target, or overflow the queue, or that a stuck engine would never run."""
+        stuck = stalled()
+        if stuck is not None:
+            raise ApiError(503, f"the server cannot take requests: {stuck}", code="engine_stalled")
         retry_after = engine.admission_delay(first_audio_target)
         if retry_after is None and engine.running + engine.queued >= engine.max_batch + max_queue:
             retry_after = RETRY_AFTER_SECONDS
@@ -354,13 +371,16 @@ def create_app(tts, *, model_name: str | None = None, voices_dir: str | Path | N
     async def health():
         if not engine.alive:
             return JSONResponse({"status": "error", "message": "the engine is not running"}, 503)
+        stuck = stalled()
+        if stuck is not None:
+            return JSONResponse({"status": "error", "message": stuck}, 503)
         return {"status": "ok", "model": served_name, "running": engine.running, "queued": engine.queued}
 
     @app.get("/ready")
     async def ready():
         """200 once requests can run: the engine captured its graphs while the model loaded (before this
         app existed), so ready means its thread is up and the server is not shutting down."""
-        if not engine.alive or shutting_down.is_set():
+        if not engine.alive or shutting_down.is_set() or stalled() is not None:
             return JSONResponse({"status": "not ready"}, 503)
         return {"status": "ready", "model": served_name, "startup_s": round(engine.startup_s, 1)}
 

@@ -85,6 +85,9 @@ class Metrics:
                {"": self.audio_seconds})
         stats = self.engine.stats
         metric("qtts_requests_running", "gauge", "Requests in the engine's batch.", {"": self.engine.running})
+        metric("qtts_engine_stalled_seconds", "gauge",
+               "Seconds the engine has had work in hand without getting any done (0: it is moving).",
+               {"": round(self.engine.stalled_s(), 3)})
         metric("qtts_batch_capacity", "gauge", "Rows of the engine's batch.", {"": self.engine.max_batch})
         metric("qtts_queue_depth", "gauge", "Requests waiting for a free row.", {"": self.engine.queued})
         metric("qtts_queue_capacity", "gauge", "Most requests that may wait; one more is answered 503.",
