@@ -185,6 +185,9 @@ def main() -> None:
     parser.add_argument("--start-timeout-s", type=float, default=300)
     parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "bench-out")))
     args = parser.parse_args()
+    # Killed by `timeout` (SIGTERM), still stop the server (`Server.stop` in a finally): one left running
+    # would share the GPU with whatever runs next.
+    signal.signal(signal.SIGTERM, lambda number, frame: sys.exit(128 + number))
     args.out.mkdir(parents=True, exist_ok=True)
     modes = args.modes.split(",")
     paths = install_cluster_wheels()

@@ -65,6 +65,7 @@ FRAME_TIME_WEIGHT = 0.1  # the weight of the newest interval in the running mean
 DEPARTURES = 32
 AUDIO_POLL_S = 0.0002  # while waiting for a frame with audio in flight: how often to look for landed audio
 TEXT_WAIT_POLL_S = 0.005  # while every row waits for text: how often to look for a cancel
+CLOSE_TIMEOUT_S = 30.0  # how long close() waits for the engine thread (a frame takes milliseconds)
 
 
 def frame_budget(text_tokens: int) -> int | None:
@@ -280,14 +281,19 @@ class Scheduler:
     def queued(self) -> int:
         return len(self._inbox)
 
-    def close(self) -> None:
-        """Cancel everything and stop the engine thread."""
+    def close(self, timeout: float = CLOSE_TIMEOUT_S) -> None:
+        """Cancel everything and stop the engine thread. A thread stuck in a wait on the GPU cannot be
+        stopped: after `timeout` seconds it is left behind (a daemon thread, it does not keep the process
+        alive) and `EngineStopped` is raised, so that a server still shuts down."""
         with self._lock:
             self._stopping = True
             self._lock.notify()
             thread = self._thread
         if thread is not None:
-            thread.join()
+            thread.join(timeout)
+            if thread.is_alive():
+                raise EngineStopped(f"the engine thread did not stop within {timeout:g} s: it is stuck in a "
+                                    f"wait on the device (no progress for {self.stalled_s():.0f} s)")
 
     # -- the engine thread ---------------------------------------------------------------------------------
     def _loop(self) -> None:
