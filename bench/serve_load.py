@@ -190,7 +190,8 @@ def engine_counters(url: str) -> dict:
         return {"error": repr(error)[:200]}
     for line in text.splitlines():
         name, _, value = line.rpartition(" ")
-        if name.startswith(("qtts_frames_total", "qtts_requests_running", "qtts_queue_depth", "qtts_decode_")):
+        if name.startswith(("qtts_frames_total", "qtts_requests_running", "qtts_queue_depth", "qtts_decode_",
+                            "qtts_engine_stalled_seconds")):
             counters[name] = float(value)
     return counters
 
@@ -204,6 +205,29 @@ def table(rows: list[dict]) -> str:
                      f"{r['first_audio_ms_p50']} / {r['first_audio_ms_p95']} / {r['first_audio_ms_p99']} | "
                      f"{r['underrun_requests']} | {r['audio_s_per_s']} |")
     return "\n".join(lines)
+
+
+STUCK_S = 5.0  # an engine with work in hand and nothing done for this long is stuck, not slow
+
+
+def stuck_engine_report(process: subprocess.Popen | None) -> dict:
+    """What a stuck server is doing: the GPU's utilisation over a second (near 100: a kernel that does not
+    end; near 0: a wait for something that never comes), and every thread's stack in the server's stderr
+    (SIGUSR1) when this script started it."""
+    report = {}
+    if process is not None and process.poll() is None:
+        process.send_signal(signal.SIGUSR1)
+        report["stacks"] = "in the server's stderr"
+    try:
+        query = subprocess.run(["nvidia-smi", "--query-gpu=utilization.gpu,clocks.sm,power.draw",
+                                "--format=csv,noheader", "-lms", "250"], capture_output=True, text=True,
+                               timeout=1.2)
+        report["gpu"] = query.stdout.strip().splitlines()
+    except subprocess.TimeoutExpired as expired:  # -lms samples until stopped: the second's samples
+        report["gpu"] = (expired.stdout or b"").decode().strip().splitlines()
+    except OSError:
+        report["gpu"] = "no nvidia-smi here"
+    return report
 
 
 def server_parser(description: str) -> argparse.ArgumentParser:
@@ -237,10 +261,17 @@ def run_against_server(args, name: str, steps: Callable[[str, str], Iterator[dic
         models = httpx.get(url + "/v1/models", timeout=30).json()["data"][0]
         for row in steps(url, args.speaker or models["speakers"][0]):
             row["label"] = args.label
+            stuck = row.get("server", {}).get("qtts_engine_stalled_seconds", 0.0) > STUCK_S
+            if stuck:  # every later step would only be refused: say what the machine is doing instead
+                row["stuck"] = stuck_engine_report(process)
             rows.append(row)
             print(json.dumps(row), flush=True)
             with open(out / f"{name}.jsonl", "a") as log:
                 log.write(json.dumps(row) + "\n")
+            if stuck:
+                print(f"the server's engine is stuck ({row['stuck']}); the remaining steps are skipped",
+                      file=sys.stderr)
+                break
     finally:
         if process is not None:
             process.terminate()

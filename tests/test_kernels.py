@@ -261,3 +261,12 @@ def test_fused_sampler_never_draws_an_impossible_token_even_at_the_smallest_nois
     drawn = sample_codes_triton(logits, seeds, counters, settings)
     assert (drawn != token).all()
     assert torch.equal(drawn, sample_codes_reference(logits, seeds, counters, settings))
+
+
+@pytest.mark.gpu
+def test_qtts_pdl_0_turns_programmatic_dependent_launch_off(monkeypatch):
+    if torch.cuda.get_device_capability()[0] < 9 or kernels.gdc_wait is None:
+        pytest.skip("PDL needs Hopper and a Triton with grid dependency control")
+    assert kernels.pdl_supported("cuda")
+    monkeypatch.setenv("QTTS_PDL", "0")
+    assert not kernels.pdl_supported("cuda")

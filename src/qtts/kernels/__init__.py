@@ -48,8 +48,9 @@ def enabled(device: torch.device | str | None = None) -> bool:
 
 def pdl_supported(device: torch.device | str | None = None) -> bool:
     """True where compiled kernels may use programmatic dependent launch (PDL): Hopper (compute capability
-    9) or later, and a Triton with grid dependency control."""
-    if not enabled(device) or gdc_wait is None:
+    9) or later, and a Triton with grid dependency control, unless `QTTS_PDL=0` turns it off (to rule it
+    out, or for a driver where it misbehaves)."""
+    if not enabled(device) or gdc_wait is None or os.environ.get("QTTS_PDL", "1") == "0":
         return False
     return torch.cuda.get_device_capability(torch.device("cuda" if device is None else device))[0] >= 9
 
