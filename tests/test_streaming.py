@@ -87,6 +87,26 @@ def test_steady_chunks_of_streams_running_together_decode_in_one_call(tts):
         np.testing.assert_allclose(mine, solo, atol=1e-4)
 
 
+def test_a_request_still_decoding_keeps_its_decoder_slot_and_arrivals_wait_for_one(tiny_checkpoint):
+    """A request that has left the batch may still be decoding (its decoder slot held): an arrival that takes
+    its row must not find every decoder slot taken. Here the first of a full batch ends just past a decode
+    window (its last audio needs more decode rounds than one iteration gives) while another request waits."""
+    tts = qtts.load(tiny_checkpoint("custom_voice"), device="cpu", max_batch=4)
+    try:
+        kwargs = dict(speaker="ryan", language="english")
+        # 301 frames: the last cut replays the window's 25 context frames, 7 pieces, two iterations' rounds
+        first = tts.submit("The first one ends just past a window.", seed=0, max_new_tokens=302,
+                           min_new_tokens=302, **kwargs)
+        others = [tts.submit(f"Voice number {i} goes on longer.", seed=i, max_new_tokens=330,
+                             min_new_tokens=330, **kwargs) for i in range(1, 4)]
+        waiting = tts.submit("And one waits for a row.", seed=9, max_new_tokens=11, min_new_tokens=10, **kwargs)
+        results = [handle.result() for handle in [first, *others, waiting]]
+        assert [finished.reason for _, finished in results] == ["length"] * 5
+        assert [sum(len(c) for c in chunks) for chunks, _ in results] == [s * 1920 for s in (301, 329, 329, 329, 10)]
+    finally:
+        tts.close()
+
+
 @pytest.mark.gpu
 def test_on_the_gpu_streams_decoded_in_both_lanes_equal_their_official_decode(tiny_checkpoint):
     """On CUDA the urgent and bulk lanes run on their own streams, concurrently with the frames: requests

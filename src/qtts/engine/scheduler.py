@@ -351,13 +351,17 @@ class Scheduler:
                     self._finish_unstarted(request)
             self._inbox.clear()
             room = min(self.max_batch - len(self._running), max(self.arrival_buckets))
+            # A request that has left the batch keeps its decoder slot until its last audio is decoded:
+            # an arrival with audio needs a free slot as well as a row.
+            slots = len(self.decode_stage.free) if self.decode_stage is not None else 0
             taken, longest = [], 0
             for request in waiting:
                 length = max(longest, request.plan.prefill.shape[0])
                 padded = -(-length // PREFILL_BUCKET) * PREFILL_BUCKET
                 if len(taken) == room or (taken and padded * _bucket(len(taken) + 1, self.arrival_buckets)
-                                          > PREFILL_TOKENS):
+                                          > PREFILL_TOKENS) or (request.audio and slots == 0):
                     break
+                slots -= request.audio
                 taken.append(request)
                 longest = length
             self._inbox.extend(waiting[len(taken):])
