@@ -79,8 +79,8 @@ class _Lane:
         if graphs:
             # The index points at the lane's padding row, so warm-up and capture touch no request's state.
             graph_pool = torch.cuda.graph_pool_handle()
-            for run in self.runs.values():
-                run.graph, run.audio = capture(run.run, warmup=1, pool=graph_pool)
+            for run in self.runs.values():  # on the lane's stream, as they replay (see `capture`)
+                run.graph, run.audio = capture(run.run, warmup=1, stream=self.stream, pool=graph_pool)
 
     def on_stream(self):
         return torch.cuda.stream(self.stream) if self.stream is not None else contextlib.nullcontext()

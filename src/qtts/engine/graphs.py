@@ -15,19 +15,20 @@ from .frame import Frame, prefill
 from .rows import RowStore
 
 
-def capture(fn, *, warmup: int, pool=None):
+def capture(fn, *, warmup: int, stream: torch.cuda.Stream, pool=None):
     """A CUDA graph of `fn()` and what `fn` returned while recorded (the replays' output), after `warmup`
-    eager runs on a side stream (Triton compiles, cuBLAS picks its kernels). `pool` shares a memory pool
-    with other graphs that are never replayed concurrently."""
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side), torch.no_grad():
+    eager runs (Triton compiles, cuBLAS picks its kernels). Warm-up and capture run on `stream`, the stream
+    the graph will be replayed on: PyTorch keys cuBLAS's scratch workspace by stream, and a graph keeps the
+    workspace address it was captured with, so graphs captured on one stream and replayed at the same time
+    on others (frames beside the decode lanes) would share one workspace. `pool` shares a memory pool with
+    other graphs that are never replayed concurrently."""
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream), torch.no_grad():
         for _ in range(warmup):
             fn()
-    torch.cuda.current_stream().wait_stream(side)
     torch.cuda.synchronize()
     graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph, pool=pool), torch.no_grad():
+    with torch.cuda.graph(graph, pool=pool, stream=stream), torch.no_grad():
         output = fn()
     torch.cuda.synchronize()
     return graph, output
@@ -39,12 +40,12 @@ class FrameGraph:
     Capture runs the step a few times first, which advances the rows' state: capture before any request
     is loaded."""
 
-    def __init__(self, frame: Frame, *, warmup: int = 3, pool=None):
+    def __init__(self, frame: Frame, *, stream: torch.cuda.Stream, warmup: int = 3, pool=None):
         if not frame.hidden.is_cuda:
             raise QttsError("CUDA graphs need the talker on a CUDA device; run frame.step() eagerly instead")
         self.frame = frame
         began = time.perf_counter()
-        self.graph, _ = capture(frame.step, warmup=warmup, pool=pool)
+        self.graph, _ = capture(frame.step, warmup=warmup, stream=stream, pool=pool)
         self.capture_s = time.perf_counter() - began
 
     def __call__(self) -> None:
@@ -57,13 +58,14 @@ class PrefillGraph:
 
     Capturing runs the prefill on zeros, which overwrites those staging rows: capture before any request."""
 
-    def __init__(self, talker, ops, store: RowStore, count: int, length: int, pool=None):
+    def __init__(self, talker, ops, store: RowStore, count: int, length: int, *, stream: torch.cuda.Stream,
+                 pool=None):
         hidden = store.hidden
         self.embeds = torch.zeros(count, length, hidden.shape[1], device=hidden.device, dtype=hidden.dtype)
         self.valid = torch.ones(count, length, device=hidden.device, dtype=torch.bool)
         rows = store.staging_rows(count)
         self.graph, _ = capture(lambda: prefill(talker, ops, store, rows, self.embeds, self.valid), warmup=1,
-                                pool=pool)
+                                stream=stream, pool=pool)
 
     def __call__(self, embeds: torch.Tensor, valid: torch.Tensor) -> None:
         self.embeds.copy_(embeds)

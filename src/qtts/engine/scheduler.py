@@ -93,6 +93,10 @@ class Scheduler:
         self.max_batch, self.max_len, self.max_text = max_batch, max_len, max_text
         self.arrival_buckets = tuple(k for k in ARRIVAL_BUCKETS if k <= max_batch)
         self.eos = talker.config.codec_eos_token_id
+        # The engine's own stream: work that callers put on the default stream (building a prompt, a
+        # synchronous copy) neither waits behind the engine's frames nor makes them wait. Frames and prefills
+        # are captured on it, as they are replayed on it.
+        self.stream = torch.cuda.Stream(device, priority=FRAME_PRIORITY) if device.type == "cuda" else None
         began = time.perf_counter()
         with torch.inference_mode():
             self.store = RowStore(talker, self.buckets[-1], max(self.arrival_buckets), max_len, max_text)
@@ -104,17 +108,15 @@ class Scheduler:
             if self.graphs:
                 pool = torch.cuda.graph_pool_handle()
                 for b, frame in self.frames.items():
-                    self._run_frame[b] = FrameGraph(frame, pool=pool)
+                    self._run_frame[b] = FrameGraph(frame, stream=self.stream, pool=pool)
                 for k in self.arrival_buckets:
                     for length in range(PREFILL_BUCKET, PREFILL_GRAPH_MAX + 1, PREFILL_BUCKET):
-                        self._prefills[(k, length)] = PrefillGraph(talker, self.ops, self.store, k, length, pool)
+                        self._prefills[(k, length)] = PrefillGraph(talker, self.ops, self.store, k, length,
+                                                                   stream=self.stream, pool=pool)
                 # capture ran frames over zeroed rows: start every row clean
                 for tensor in self.store.per_row():
                     tensor.zero_()
         self.startup_s = time.perf_counter() - began
-        # The engine's own stream: work that callers put on the default stream (building a prompt, a
-        # synchronous copy) neither waits behind the engine's frames nor makes them wait.
-        self.stream = torch.cuda.Stream(device, priority=FRAME_PRIORITY) if device.type == "cuda" else None
         self.lead_low_s = LEAD_LOW_S
         self.frame_s = (decoder.samples_per_frame if decoder is not None else 1920) / SAMPLE_RATE
         ring = torch.zeros(RUN_AHEAD + 2, self.buckets[-1], talker.config.num_code_groups, dtype=torch.int64)
