@@ -268,9 +268,10 @@ class Scheduler:
 
     def stalled_s(self) -> float:
         """Seconds the engine thread has had work in hand (requests waiting, rows that can advance, frames or
-        audio in flight) without getting any of it done; 0 while it makes progress or has nothing to do.
-        A frame takes milliseconds, so seconds here mean the thread is stuck (a GPU that stopped answering):
-        the server then says it is unhealthy and refuses new requests rather than queueing them forever."""
+        audio in flight) without getting any of it done (a frame's codes, audio, a prefill); 0 while it makes
+        progress or has nothing to do. On a GPU a frame takes milliseconds, so seconds here mean the thread
+        is stuck (a GPU that stopped answering): the server then says it is unhealthy and refuses new
+        requests rather than queueing them forever."""
         # Read without the engine's lock: a stuck engine thread may be the one holding it.
         working = bool(self._inbox) or self._busy()
         return time.monotonic() - self._progress_at if working else 0.0
@@ -417,6 +418,7 @@ class Scheduler:
             self._running.append(request)
         self.stats["prefills"] += 1
         self.stats["prefill_s"] += time.perf_counter() - began
+        self._progress_at = time.monotonic()  # (on CPU the prefill has run by now: a long one is not a stall)
 
     def _take_text(self) -> None:
         """Copy the text that arrived for running requests into their rows (before the next frame)."""
