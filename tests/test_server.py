@@ -448,7 +448,7 @@ def test_a_stuck_engine_is_unhealthy_and_refuses_requests_until_it_moves_again(t
         assert health.status_code == 503 and "no progress" in health.json()["message"]
         assert ready.status_code == 503
         assert_error(refused, 503, "no progress")
-        assert stalled >= 1.0
+        assert stalled >= 0.5  # past the limit (the thread may finish its iteration after the lock is taken)
         wait_for(lambda: server.client.get("/health").status_code == 200, "the engine never moved again")
         running.cancel()
         running.result()
