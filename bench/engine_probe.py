@@ -214,7 +214,7 @@ class Busy:
 
 
 def poisson(tts, emit, speaker, frames_per_request, rates, duration):
-    from serve_load import Playback  # the listener model the HTTP benchmark uses
+    from serve_load import Playback, summary  # the listener model and figures of the HTTP benchmark
 
     rng = random.Random(0)
     for rate in rates:
@@ -225,10 +225,13 @@ def poisson(tts, emit, speaker, frames_per_request, rates, duration):
             playback = Playback(time.perf_counter())
             generation = tts.submit(TEXT, speaker=speaker, max_new_tokens=frames_per_request + 1,
                                     min_new_tokens=frames_per_request, seed=index)
+            samples = 0
             for chunk in generation:
                 playback.arrived(len(chunk) * 2, time.perf_counter())  # 16-bit bytes, as over HTTP
+                samples += len(chunk)
             with lock:
-                results.append({**playback.figures(), "queued_s": generation.finished.queued_s})
+                results.append({"status": 200, "complete": samples == frames_per_request * 1920,
+                                "queued_s": generation.finished.queued_s, **playback.figures()})
 
         began = time.perf_counter()
         at, index = 0.0, 0
@@ -244,16 +247,9 @@ def poisson(tts, emit, speaker, frames_per_request, rates, duration):
         for thread in threads:
             thread.join(timeout=max(1.0, began + duration + 60 - time.perf_counter()))
         wall = time.perf_counter() - began
-        firsts = sorted(r["first_audio_s"] * 1e3 for r in results if r["first_audio_s"] is not None)
-        emit({"part": "poisson", "rate": rate, "requests": index, "finished": len(results),
-              "first_audio_ms_p50": round(firsts[len(firsts) // 2], 1) if firsts else None,
-              "first_audio_ms_p95": round(firsts[min(len(firsts) - 1, int(0.95 * len(firsts)))], 1)
-              if firsts else None,
-              "underrun_requests": sum(r["underruns"] > 0 for r in results),
-              "stall_s_total": round(sum(r["stall_s"] for r in results), 3),
-              "queued_ms_p95": round(sorted(r["queued_s"] for r in results)[int(0.95 * len(results))] * 1e3, 1)
-              if results else None,
-              "audio_s_per_s": round(sum(r["audio_s"] for r in results) / wall, 1)})
+        queued = sorted(r["queued_s"] * 1e3 for r in results)
+        emit({"part": "poisson", "rate": rate, "unfinished": index - len(results), **summary(results, wall),
+              "queued_ms_p95": round(queued[int(0.95 * len(queued))], 1) if queued else None})
 
 
 def main():

@@ -211,22 +211,23 @@ STUCK_S = 5.0  # an engine with work in hand and nothing done for this long is s
 
 
 def stuck_engine_report(process: subprocess.Popen | None) -> dict:
-    """What a stuck server is doing: the GPU's utilisation over a second (near 100: a kernel that does not
-    end; near 0: a wait for something that never comes), and every thread's stack in the server's stderr
-    (SIGUSR1) when this script started it."""
+    """What a stuck server is doing: the GPU's utilisation, four samples over a second (near 100: a kernel
+    that does not end; near 0: a wait for something that never comes), and every thread's stack in the
+    server's stderr (SIGUSR1) when this script started it."""
     report = {}
     if process is not None and process.poll() is None:
         process.send_signal(signal.SIGUSR1)
         report["stacks"] = "in the server's stderr"
-    try:
-        query = subprocess.run(["nvidia-smi", "--query-gpu=utilization.gpu,clocks.sm,power.draw",
-                                "--format=csv,noheader", "-lms", "250"], capture_output=True, text=True,
-                               timeout=1.2)
-        report["gpu"] = query.stdout.strip().splitlines()
-    except subprocess.TimeoutExpired as expired:  # -lms samples until stopped: the second's samples
-        report["gpu"] = (expired.stdout or b"").decode().strip().splitlines()
-    except OSError:
-        report["gpu"] = "no nvidia-smi here"
+    report["gpu"] = []
+    for _ in range(4):
+        try:
+            query = subprocess.run(["nvidia-smi", "--query-gpu=utilization.gpu,clocks.sm,power.draw",
+                                    "--format=csv,noheader"], capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.TimeoutExpired):
+            report["gpu"] = "no answer from nvidia-smi here"
+            break
+        report["gpu"].append(query.stdout.strip())
+        time.sleep(0.25)
     return report
 
 
