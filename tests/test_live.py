@@ -167,6 +167,24 @@ def test_a_sentence_is_spoken_while_it_is_still_being_written(custom, session):
     assert_same_audio(session.audio(0), reference(tts, done["sentence_text"], max_new_tokens=40))
 
 
+def test_a_first_word_ended_by_a_comma_is_spoken_before_the_next_word_comes(custom, session):
+    """An answer that opens with "Well, " starts speaking at once: the comma's boundary is open until the
+    next word, but the words before it belong to the segment whichever way the text goes."""
+    _, tts = custom
+    configure(session, max_new_tokens=40)
+    session.send("input.text", text="Well, ")
+    start = session.until("audio.start")
+    assert start["sentence_text"].strip() == "Well,"
+    while not any(isinstance(m, bytes) for m in session.received):
+        session.received.append(session.socket.recv(timeout=RECEIVE_TIMEOUT))
+    session.send("input.text", text="here it is.")
+    session.send("input.done")
+    session.until("session.done")
+    done, = session.events("audio.done")
+    assert done["sentence_text"] == "Well, here it is."
+    assert_same_audio(session.audio(0), reference(tts, done["sentence_text"], max_new_tokens=40))
+
+
 def test_a_session_runs_at_most_two_requests_however_fast_its_text_comes(custom, session):
     server, _ = custom
     configure(session, max_new_tokens=30)

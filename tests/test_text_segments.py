@@ -168,6 +168,25 @@ def test_with_the_last_rule_each_ended_word_is_settled_at_once():
     assert strongest.settled() == "Hello there, "  # past the limit the cut could still fall at the comma
 
 
+def test_with_the_last_rule_words_before_an_open_mark_are_settled():
+    """A mark whose boundary waits for the next character still ends the words before it, whichever way
+    the text goes: full-width marks, and Latin ones followed by a space. Not a "." that may be a decimal
+    point, and not within the limit's reach of the decision."""
+    settled = {}
+    for text in ("Well, ", "Ask Dr. ", "你好，", "Pi is 3.", "She said: « Oui. "):
+        buffer = SegmentBuffer(max_chars=300, overflow="last")
+        buffer.feed(text)
+        settled[text] = buffer.settled()
+    assert settled == {"Well, ": "Well, ", "Ask Dr. ": "Ask Dr. ", "你好，": "你好，", "Pi is 3.": "Pi is ",
+                       "She said: « Oui. ": "She said: « Oui. "}
+    near_the_limit = SegmentBuffer(max_chars=12, overflow="last")
+    near_the_limit.feed("Well, ")
+    assert near_the_limit.settled() == ""  # a closer could still carry the boundary past 12 characters
+    strongest = SegmentBuffer(max_chars=300)
+    strongest.feed("Well, ")
+    assert strongest.settled() == ""
+
+
 def test_a_preview_is_what_feeding_would_commit_and_changes_nothing():
     buffer = SegmentBuffer()
     buffer.feed("First one. Sec")

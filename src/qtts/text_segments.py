@@ -97,14 +97,22 @@ class SegmentBuffer:
         committing one or, past the limit, at the strongest (or last) one that fits, so the cut is never
         before the last known boundary of the kind the rule picks."""
         text = self._text
-        known = [(end, strength) for end, strength in _boundaries(text, False, self.max_chars + LOOKAHEAD)
-                 if end <= self.max_chars]
-        if not known:
-            return ""
-        if self._overflow == "strongest":
+        found, undecided = _boundaries(text, False, self.max_chars + LOOKAHEAD)
+        known = [(end, strength) for end, strength in found if end <= self.max_chars]
+        if self._overflow == "strongest" and known:
             strongest = max(strength for _, strength in known)
             known = [(end, strength) for end, strength in known if strength == strongest]
-        end = known[-1][0]
+        ends = [end for end, _ in known]
+        # With the last rule, marks whose boundary is still open ("Well, " before the next word) are
+        # settled where every way the text can go makes a boundary at or after them that fits the limit:
+        # the first word of a live answer is spoken at once, not when the second one begins.
+        if self._overflow == "last" and undecided is not None and undecided + LOOKAHEAD <= self.max_chars:
+            least = _least_mark_end(text, undecided)
+            if least is not None and _SPEAKABLE.search(text[:least]):
+                ends.append(least)
+        if not ends:
+            return ""
+        end = ends[-1]
         while end < len(text) and text[end].isspace():
             end += 1
         return text[:end]
@@ -141,7 +149,7 @@ class SegmentBuffer:
         text, limit = self._text, self.max_chars
         if not text:
             return None
-        known = _boundaries(text, final, limit + LOOKAHEAD)
+        known, _ = _boundaries(text, final, limit + LOOKAHEAD)
         commits = [end for end, strength in known if strength >= self._commit]
         if final and (not commits or commits[-1] != len(text)):
             commits.append(len(text))
@@ -158,8 +166,9 @@ class SegmentBuffer:
         return limit  # no boundary at all within the limit: cut anyway
 
 
-def _boundaries(text: str, final: bool, horizon: int) -> list[tuple[int, int]]:
-    """(end, strength) of the boundaries before `horizon`, in order, up to the first one not settled.
+def _boundaries(text: str, final: bool, horizon: int) -> tuple[list[tuple[int, int]], int | None]:
+    """(end, strength) of the boundaries before `horizon`, in order, up to the first one not settled; and
+    where the run of marks of that one starts (None if every boundary before `horizon` is settled).
 
     A segment ends at `end` (exclusive); the text before it must contain something to say, so a run of
     marks or an opening bracket never becomes a segment of its own. Only characters within LOOKAHEAD
@@ -186,11 +195,27 @@ def _boundaries(text: str, final: bool, horizon: int) -> list[tuple[int, int]]:
             continue
         end, strength = _mark(text, index, final)
         if end is None:
-            break  # what this mark means is open, so is every boundary after it
+            return found, index  # what this mark means is open, so is every boundary after it
         if strength and _SPEAKABLE.search(text[:end]):
             found.append((end, strength))
         index = max(end, index + 1)
-    return found
+    return found, None
+
+
+def _least_mark_end(text: str, start: int) -> int | None:
+    """For the run of marks at `start` whose boundary `_mark` left open: where that boundary ends at the
+    least, whatever text comes (a full-width mark, or a Latin one followed by whitespace: a boundary after
+    its closers, or a word boundary there), or None if the run may still turn out to be inside a word
+    ("3." before "14")."""
+    position = start
+    while position < len(text) and text[position] in _MARKS:
+        position += 1
+    last = text[position - 1]
+    while position < len(text) and text[position] in _CLOSERS:
+        position += 1
+    if last in _WIDE_SENTENCE or last in _WIDE_CLAUSE:
+        return position
+    return position if position < len(text) and text[position].isspace() else None
 
 
 def _mark(text: str, start: int, final: bool) -> tuple[int | None, int]:
