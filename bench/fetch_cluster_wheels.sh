@@ -7,12 +7,15 @@ set -euo pipefail
 cd "$(git -C "$(dirname "$0")" rev-parse --show-toplevel)"
 
 folder=.whl/cluster
+# ray imports grpcio-reflection, whose generated code refuses an older grpcio than its own version; grpcio
+# itself comes from the image (1.84.0 on 2026-12-06), so the reflection wheel is pinned to that version.
+IMAGE_GRPCIO=1.84.0
 rm -rf "$folder"
 python3 -m pip download -q --only-binary=:all: --python-version 3.12 --implementation cp \
     --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
     --platform manylinux2014_x86_64 --platform manylinux1_x86_64 --platform any \
     -d "$folder" "ray[serve]==2.60.0" "fastapi>=0.110" "uvicorn>=0.27" "python-multipart>=0.0.13" \
-    soundfile==0.14.0 soxr==1.1.0
+    soundfile==0.14.0 soxr==1.1.0 "grpcio-reflection==$IMAGE_GRPCIO"
 # What the GPU image already has (its package list, /work/.library/device/KINDS.md), and what ray imports
 # only for features qtts does not use (runtime environments, the HAProxy ingress, vSphere, profiling),
 # stays here.

@@ -61,6 +61,29 @@ def test_synthesize_stream_equals_synthesize(tts):
     np.testing.assert_allclose(joined(chunks), whole.samples, atol=1e-4)
 
 
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+def test_a_bfloat16_codec_decoder_streams_its_own_one_pass_audio_as_float32(tiny_checkpoint, device):
+    """`codec_dtype="bfloat16"` (as the official package decodes when loaded in bf16): the decoder's
+    weights and states are bf16, audio comes out float32, and streamed chunks (through the engine's
+    decode stage) join into the one-pass decode of the same codes with the same decoder."""
+    tts = qtts.load(tiny_checkpoint("custom_voice"), device=device, codec_dtype="bfloat16")
+    try:
+        assert next(tts.codec_decoder.parameters()).dtype == torch.bfloat16
+        chunks, finished = tts.submit("A codec in half the bits.", speaker="ryan", max_new_tokens=40,
+                                      min_new_tokens=39, seed=3).result()
+        assert all(chunk.dtype == np.float32 for chunk in chunks)
+        expected = decode_official(tts.codec_decoder, finished.codes[None].to(device))[0].cpu().numpy()
+        assert expected.dtype == np.float32
+        streamed = np.concatenate(chunks)
+        assert streamed.shape == expected.shape
+        # bf16 rounds each layer's output to 8 bits: calls of other batch sizes round other sums, so the
+        # two agree to a few units in the last place of bf16 (2^-8 near full scale), not bit for bit
+        assert np.abs(streamed - expected).max() < 0.1
+        assert np.sqrt(np.mean((streamed - expected) ** 2)) < 0.03 * np.sqrt(np.mean(expected ** 2))
+    finally:
+        tts.close()
+
+
 def test_stream_validates_before_the_first_chunk(tts):
     with pytest.raises(qtts.InputError, match="unknown speaker"):
         tts.synthesize("Hi.", speaker="nobody", stream=True)

@@ -35,11 +35,13 @@ ENGINES = ("auto", "fast", "reference")
 
 def load(model: str | os.PathLike, *, device: str | torch.device | None = None,
          dtype: torch.dtype | None = None, engine: str = "auto", max_batch: int | None = None,
-         max_len: int = 4096) -> "TTS":
+         max_len: int = 4096, codec_dtype: torch.dtype | str | None = None) -> "TTS":
     """Load a Qwen3-TTS 12 Hz checkpoint from a folder or a Hugging Face repo id.
 
     The talker runs in `dtype` (default bf16 on CUDA, float32 on CPU); the speaker encoder and the codec
-    stay in float32, as the official checkpoints store them and as their small cost allows. Every request
+    encoder stay in float32, as the official checkpoints store them and as their small cost allows. The
+    codec decoder runs in `codec_dtype` (torch dtype or its name; default float32); audio is float32
+    either way. Every request
     runs through one continuous-batching engine (`engine.scheduler`) of `max_batch` rows of `max_len`
     cache positions (prompt plus frames). `engine` picks its kernels: "fast" (fused Triton kernels and
     CUDA graphs; eager where there is no GPU), "reference" (plain PyTorch ops, eager), or "auto": fast on
@@ -70,7 +72,8 @@ def load(model: str | os.PathLike, *, device: str | torch.device | None = None,
         device, torch.float32,
     )
     load_weights(codec_encoder, ckpt.speech_tokenizer_file, "encoder.")
-    codec_decoder = build_empty(lambda **kw: CodecDecoder(speech.decoder_config, **kw), device, torch.float32)
+    codec_decoder = build_empty(lambda **kw: CodecDecoder(speech.decoder_config, **kw), device,
+                                resolve_codec_dtype(codec_dtype))
     load_weights(codec_decoder, ckpt.speech_tokenizer_file, "decoder.")
     tokenizer = TextTokenizer.from_folder(ckpt.path)
     fast = engine == "fast" or (engine == "auto" and device.type == "cuda")
@@ -83,6 +86,21 @@ def load(model: str | os.PathLike, *, device: str | torch.device | None = None,
     scheduler = Scheduler(talker, codec_decoder, max_batch=max_batch, max_len=max_len,
                           graphs=fast and device.type == "cuda", fused=None if fast else False)
     return TTS(ckpt, talker, speaker_encoder, codec_encoder, codec_decoder, tokenizer, scheduler)
+
+
+CODEC_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+def resolve_codec_dtype(codec_dtype: torch.dtype | str | None) -> torch.dtype:
+    if codec_dtype is None:
+        return torch.float32
+    if isinstance(codec_dtype, str):
+        if codec_dtype not in CODEC_DTYPES:
+            raise InputError(f"unknown codec dtype {codec_dtype!r}; choose one of: {', '.join(CODEC_DTYPES)}")
+        return CODEC_DTYPES[codec_dtype]
+    if codec_dtype not in CODEC_DTYPES.values():
+        raise InputError(f"the codec decoder runs in float32 or bfloat16, not {codec_dtype}")
+    return codec_dtype
 
 
 def default_max_batch(talker_config, device: torch.device, dtype: torch.dtype, max_len: int) -> int:

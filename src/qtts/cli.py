@@ -213,7 +213,7 @@ def cmd_serve(args) -> None:
     options = {"max_queue": args.max_queue, "voices_dir": args.voices_dir, "model_name": args.served_model_name,
                "max_voices": args.max_voices, "client_timeout": args.client_timeout,
                "max_batch": args.max_batch, "max_len": args.max_len, "shutdown_grace": args.shutdown_grace,
-               "first_audio_target": args.first_audio_target,
+               "first_audio_target": args.first_audio_target, "codec_dtype": args.codec_dtype,
                "api_key": args.api_key or os.environ.get(API_KEY_VARIABLE) or None,
                "cors_origins": [origin.strip() for origin in args.cors_origins.split(",") if origin.strip()]
                if args.cors_origins else None}
@@ -242,7 +242,7 @@ def _serve_on_ray(args, model: str) -> None:
 
     given = {"model": model, "device": args.device, "served_model_name": args.served_model_name,
              "voices_dir": args.voices_dir, "max_queue": args.max_queue, "max_batch": args.max_batch,
-             "first_audio_target": args.first_audio_target,
+             "first_audio_target": args.first_audio_target, "codec_dtype": args.codec_dtype,
              "replicas": args.replicas,
              "autoscale": args.autoscale}
     try:
@@ -317,6 +317,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-batch", type=int,
                    help="requests the engine runs at once (default 64, fewer where the GPU has less free memory)")
     p.add_argument("--max-len", type=int, help="cache positions per request, prompt plus frames (default 4096)")
+    p.add_argument("--codec-dtype", choices=["float32", "bfloat16"],
+                   help="what the codec decoder computes in (default float32)")
     p.add_argument("--max-queue", type=int,
                    help="requests that may wait for a free engine row before new ones get 503 (default 64)")
     p.add_argument("--first-audio-target", type=float,

@@ -6,6 +6,8 @@ very same application.
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from ..server.app import DEFAULT_MAX_QUEUE, FIRST_AUDIO_TARGET
@@ -26,6 +28,8 @@ class ServeArgs(BaseModel):
     served_model_name: str | None = Field(None, description="model id clients send (default: model)")
     voices_dir: str | None = Field(None, description="voice folder every replica reads (Base models)")
     max_batch: int = Field(64, ge=1, le=1024, description="requests one replica's engine runs at once")
+    codec_dtype: Literal["float32", "bfloat16"] | None = Field(
+        None, description="what the codec decoder computes in (default float32)")
     max_queue: int = Field(DEFAULT_MAX_QUEUE, ge=0, description="requests that may wait in one replica")
     first_audio_target: float = Field(FIRST_AUDIO_TARGET, gt=0, description="seconds a request may be expected "
                                       "to wait for a row in its replica before it is answered 503")

@@ -55,7 +55,8 @@ class QttsReplica:
         # Ray sets CUDA_VISIBLE_DEVICES to the GPU it reserved for this replica: "cuda" is that GPU.
         device = args.device or ("cuda" if ray.get_gpu_ids() else "cpu")
         # Off the event loop: Ray keeps talking to the replica (health, metadata) while the model loads.
-        self.tts = await asyncio.to_thread(qtts.load, args.model, device=device, max_batch=args.max_batch)
+        self.tts = await asyncio.to_thread(qtts.load, args.model, device=device, max_batch=args.max_batch,
+                                           codec_dtype=args.codec_dtype)
         logger.info("replica %s loaded %s on %s", self.replica, args.model, device)
 
     def __serve_build_asgi_app__(self):

@@ -357,7 +357,7 @@ class CodecDecoder(nn.Module):
         h = conv_in(h, state)
         for block in blocks:
             h = block(h, state)
-        return conv_out(activation(h), state).squeeze(1).clamp(-1.0, 1.0)
+        return conv_out(activation(h), state).squeeze(1).clamp(-1.0, 1.0).float()
 
 
 @torch.no_grad()
@@ -383,6 +383,6 @@ def decode_official(decoder: CodecDecoder, codes: torch.Tensor, chunk_frames: in
         wav = decoder(codes[:, start - context: start + chunk_frames])
         pieces.append(wav[:, context * decoder.samples_per_frame:])
     if not pieces:
-        return [codes.new_zeros(0, dtype=next(decoder.parameters()).dtype) for _ in lengths]
+        return [codes.new_zeros(0, dtype=torch.float32) for _ in lengths]
     wav = torch.cat(pieces, dim=-1)
     return [item[:length] for item, length in zip(wav, lengths)]

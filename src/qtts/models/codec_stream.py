@@ -50,5 +50,5 @@ class CodecStream:
             raise InputError(f"this stream decodes codes [{self.batch_size}, frames, "
                              f"{self.decoder.config.num_quantizers}], got shape {tuple(codes.shape)}")
         if codes.shape[1] == 0:
-            return codes.new_zeros(self.batch_size, 0, dtype=next(self.decoder.parameters()).dtype)
+            return codes.new_zeros(self.batch_size, 0, dtype=torch.float32)
         return self.decoder(codes, self.state)

@@ -24,9 +24,9 @@ def serve(model: str, *, host: str = "127.0.0.1", port: int = 8000, device: str 
           model_name: str | None = None, max_voices: int = MAX_VOICES, api_key: str | None = None,
           cors_origins: Sequence[str] = (), client_timeout: float = CLIENT_TIMEOUT, max_batch: int | None = None,
           max_len: int = 4096, shutdown_grace: float = SHUTDOWN_GRACE,
-          first_audio_target: float = FIRST_AUDIO_TARGET) -> None:
-    """Load `model` and serve it over HTTP until interrupted (options as in `create_app`; `max_batch` and
-    `max_len` as in `qtts.load`). On SIGTERM or SIGINT the server stops accepting, gives open responses
+          first_audio_target: float = FIRST_AUDIO_TARGET, codec_dtype: str | None = None) -> None:
+    """Load `model` and serve it over HTTP until interrupted (options as in `create_app`; `max_batch`,
+    `max_len` and `codec_dtype` as in `qtts.load`). On SIGTERM or SIGINT the server stops accepting, gives open responses
     `shutdown_grace` seconds to finish, cancels the rest, stops the engine and returns. SIGUSR1 prints
     every thread's stack to stderr."""
     import uvicorn
@@ -35,7 +35,7 @@ def serve(model: str, *, host: str = "127.0.0.1", port: int = 8000, device: str 
 
     from .connections import header_timeout_protocol
 
-    tts = qtts.load(model, device=device, max_batch=max_batch, max_len=max_len)
+    tts = qtts.load(model, device=device, max_batch=max_batch, max_len=max_len, codec_dtype=codec_dtype)
     app = create_app(tts, model_name=model_name or model, voices_dir=voices_dir, max_queue=max_queue,
                      max_voices=max_voices, api_key=api_key, cors_origins=cors_origins,
                      client_timeout=client_timeout, first_audio_target=first_audio_target)
