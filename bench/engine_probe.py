@@ -11,6 +11,9 @@ Parts (each timed with CUDA events, median of `--reps`, after warm-up):
   - `poisson`: open-loop, in process: Poisson arrivals at each of `--rates` for `--duration` seconds,
     each request submitted from its own thread (as the server's handlers submit), first audio and
     underruns by serve_load's playback model: the engine's share of the HTTP serving figures;
+  - `timeline`: one request alone, `--reps` times: when the engine thread finished each step on the way
+    to its first audio (prefill, first frame, its codes on the host, decode, audio copy, hand-out) and
+    when the caller got the chunk, in ms from `submit`;
   - `load`: closed-loop, in process: N requests of `--frames` frames at once, N in `--concurrency`;
     aggregate audio seconds per wall second, time to first audio (median, p95) and how far each stream's
     audio stays ahead of real-time playback (min over requests of the worst lead, negative = underrun).
@@ -213,6 +216,48 @@ class Busy:
                 "gpu_utilization_mean": round(statistics.mean(self.samples), 1) if self.samples else None}
 
 
+def timeline(tts, emit, speaker, runs):
+    """Where one request's first audio goes, alone on the engine: host times (ms from the `submit` call)
+    at which the engine thread finished each step of its way, the first time in the request, median of
+    `runs`. The engine's methods are wrapped for the probe only; the wrappers cost the same each run."""
+    engine = tts.engine
+    marks: dict[str, float] = {}
+    steps = {"prefill enqueued": (engine, "_prefill"), "frame 1 enqueued": (engine, "_enqueue_frame"),
+             "frame 1 codes read": (engine, "_read_frames"), "decode enqueued": (engine.decode_stage, "decode"),
+             "audio copy enqueued": (engine, "_send_audio"), "audio handed out": (engine, "_hand_out")}
+    originals = {}
+    for label, (owner, name) in steps.items():
+        original = originals[label] = getattr(owner, name)
+
+        def wrapped(*args, _original=original, _label=label, **kwargs):
+            result = _original(*args, **kwargs)
+            if _label == "frame 1 codes read" and not any(r.frames for r in engine._running + engine._decoding):
+                return result  # not yet: the read found no frame of the request
+            marks.setdefault(_label, time.perf_counter())
+            return result
+
+        setattr(owner, name, wrapped)
+    rows = []
+    try:
+        for run in range(runs + 2):  # two warm-up runs
+            marks.clear()
+            began = time.perf_counter()
+            generation = tts.submit(TEXT, speaker=speaker, max_new_tokens=9, min_new_tokens=8, seed=run)
+            marks["submit returned"] = time.perf_counter()
+            for _ in generation:
+                marks.setdefault("first chunk in the caller", time.perf_counter())
+            if run >= 2:
+                rows.append({label: (at - began) * 1e3 for label, at in marks.items()})
+            time.sleep(0.05)  # the engine goes idle between runs, as between a user's requests
+    finally:
+        for label, (owner, name) in steps.items():
+            setattr(owner, name, originals[label])
+    order = ["submit returned", *steps, "first chunk in the caller"]
+    emit({"part": "timeline", "runs": runs, "ms_from_submit": {
+        label: round(statistics.median(row[label] for row in rows), 2) for label in order
+        if all(label in row for row in rows)}})
+
+
 def poisson(tts, emit, speaker, frames_per_request, rates, duration):
     from serve_load import Playback, summary  # the listener model and figures of the HTTP benchmark
 
@@ -262,6 +307,7 @@ def main():
     parser.add_argument("--frames", type=int, default=80)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 16, 32, 64])
     parser.add_argument("--max-batch", type=int, default=64)
+    parser.add_argument("--codec-dtype", choices=["float32", "bfloat16"], default="float32")
     parser.add_argument("--rates", type=float, nargs="+", default=[20, 30, 40], help="poisson: requests/s")
     parser.add_argument("--duration", type=float, default=10.0, help="poisson: seconds of arrivals per rate")
     parser.add_argument("--cudnn-benchmark", action="store_true",
@@ -272,7 +318,8 @@ def main():
     log = open(out / f"engine_probe_{args.size}.jsonl", "a")
 
     def emit(record):
-        record = {"size": args.size, **({"cudnn_benchmark": True} if args.cudnn_benchmark else {}), **record}
+        record = {"size": args.size, "codec_dtype": args.codec_dtype,
+                  **({"cudnn_benchmark": True} if args.cudnn_benchmark else {}), **record}
         print(json.dumps(record), flush=True)
         log.write(json.dumps(record) + "\n")
         log.flush()
@@ -284,7 +331,7 @@ def main():
                          seed=0, dtype=torch.bfloat16, device="cuda")
     torch.backends.cudnn.benchmark = args.cudnn_benchmark
     began = time.perf_counter()
-    tts = qtts.load(folder, max_batch=args.max_batch)
+    tts = qtts.load(folder, max_batch=args.max_batch, codec_dtype=args.codec_dtype)
     emit({"part": "startup", "load_s": round(time.perf_counter() - began, 1),
           "engine_startup_s": round(tts.engine.startup_s, 1),
           "gpu_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 1)})
@@ -301,6 +348,8 @@ def main():
                 invariance(tts, emit, speaker)
             elif part == "poisson":
                 poisson(tts, emit, speaker, args.frames, args.rates, args.duration)
+            elif part == "timeline":
+                timeline(tts, emit, speaker, args.reps)
             elif part == "load":
                 load(tts, emit, speaker, args.frames, args.concurrency, rounds=2)
         except Exception as error:  # one failing part must not hide the others' numbers
