@@ -14,6 +14,8 @@ Parts (each timed with CUDA events, median of `--reps`, after warm-up):
   - `timeline`: one request alone, `--reps` times: when the engine thread finished each step on the way
     to its first audio (prefill, first frame, its codes on the host, decode, audio copy, hand-out) and
     when the caller got the chunk, in ms from `submit`;
+  - `steady`: closed loop in steady state: N clients each sending its next request when the last ends,
+    for `--duration` seconds (serve_load's closed-loop step without HTTP), with the engine's counters;
   - `load`: closed-loop, in process: N requests of `--frames` frames at once, N in `--concurrency`;
     aggregate audio seconds per wall second, time to first audio (median, p95) and how far each stream's
     audio stays ahead of real-time playback (min over requests of the worst lead, negative = underrun).
@@ -180,6 +182,60 @@ def load(tts, emit, speaker, frames_per_request, concurrency, rounds):
               "decode_rows_per_call": batching, **busy})
 
 
+def steady(tts, emit, speaker, frames_per_request, concurrency, duration):
+    """Closed loop in steady state, in process: N clients, each submitting its next request as soon as the
+    last one ended, for `duration` seconds; as serve_load's closed-loop step without HTTP. Besides the
+    figures, the engine's counters over the round (frames, rows a frame, prefills and their arrivals,
+    decode calls per lane) and who was busy: the inputs of "where the time goes"."""
+    engine = tts.engine
+    for count in concurrency:
+        results = []
+        lock = threading.Lock()
+        stop = time.perf_counter() + duration
+
+        def client(index):
+            number = 0
+            while time.perf_counter() < stop:
+                began = time.perf_counter()
+                generation = tts.submit(TEXT, speaker=speaker, max_new_tokens=frames_per_request + 1,
+                                        min_new_tokens=frames_per_request, seed=index * 1000 + number)
+                first, received = None, 0.0
+                for chunk in generation:
+                    first = first or time.perf_counter()
+                    received += len(chunk) / 24000
+                with lock:
+                    results.append((first - began, received))
+                number += 1
+
+        stats = engine.stats
+        before = (stats["frames"], stats["prefills"], stats["prefill_s"], dict(stats["decode_calls"]),
+                  dict(stats["decode_rows"]))
+        busy = Busy(engine)
+        began = time.perf_counter()
+        threads = [threading.Thread(target=client, args=(i,)) for i in range(count)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        wall = time.perf_counter() - began
+        busy = busy.stop(wall)
+        frames = stats["frames"] - before[0]
+        firsts = sorted(r[0] * 1e3 for r in results)
+        audio = sum(r[1] for r in results)
+        emit({"part": "steady", "concurrent": count, "frames_per_request": frames_per_request,
+              "requests": len(results), "wall_s": round(wall, 2), "audio_s_per_s": round(audio / wall, 1),
+              "first_audio_ms_p50": round(statistics.median(firsts), 1),
+              "first_audio_ms_p95": round(firsts[int(0.95 * (len(firsts) - 1))], 1),
+              "frames": frames, "ms_per_frame": round(wall / max(frames, 1) * 1e3, 2),
+              "rows_per_frame": round(audio / FRAME_S / max(frames, 1), 1),
+              "prefills": stats["prefills"] - before[1],
+              "prefill_host_s": round(stats["prefill_s"] - before[2], 3),
+              "decode_calls": {lane: stats["decode_calls"][lane] - before[3].get(lane, 0)
+                               for lane in ("urgent", "bulk")},
+              "decode_rows": {lane: stats["decode_rows"][lane] - before[4].get(lane, 0)
+                              for lane in ("urgent", "bulk")}, **busy})
+
+
 class Busy:
     """Who limits a round: the share of its wall time the engine thread spent on a CPU (near 1: the host's
     Python is the bottleneck) and the GPU's mean utilisation (NVML's share of time a kernel ran, sampled
@@ -309,7 +365,8 @@ def main():
     parser.add_argument("--max-batch", type=int, default=64)
     parser.add_argument("--codec-dtype", choices=["float32", "bfloat16"], default="float32")
     parser.add_argument("--rates", type=float, nargs="+", default=[20, 30, 40], help="poisson: requests/s")
-    parser.add_argument("--duration", type=float, default=10.0, help="poisson: seconds of arrivals per rate")
+    parser.add_argument("--duration", type=float, default=10.0,
+                        help="poisson: seconds of arrivals per rate; steady: seconds of each round")
     parser.add_argument("--cudnn-benchmark", action="store_true",
                         help="let cuDNN time its convolution algorithms when the decoder graphs are captured")
     args = parser.parse_args()
@@ -350,6 +407,8 @@ def main():
                 poisson(tts, emit, speaker, args.frames, args.rates, args.duration)
             elif part == "timeline":
                 timeline(tts, emit, speaker, args.reps)
+            elif part == "steady":
+                steady(tts, emit, speaker, args.frames, args.concurrency, args.duration)
             elif part == "load":
                 load(tts, emit, speaker, args.frames, args.concurrency, rounds=2)
         except Exception as error:  # one failing part must not hide the others' numbers
