@@ -28,7 +28,10 @@ REPO = Path(__file__).resolve().parents[1]
 WHEELS = REPO / ".whl"
 TEXT = ("The quick brown fox jumps over the lazy dog, and then it runs far across the quiet field "
         "while the evening light fades behind the hills.")
-MODES = {"plain": [], "ray": ["--replicas", "1"]}
+# mode -> (qtts serve arguments, environment): "ray-throughput" is Ray Serve's throughput-optimized
+# settings (Ray >= 2.56: gRPC between proxy and replicas, direct ingress, user code on the replica's loop)
+MODES = {"plain": ([], {}), "ray": (["--replicas", "1"], {}),
+         "ray-throughput": (["--replicas", "1"], {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"})}
 
 
 CLUSTER_PACKAGES = Path("/tmp/qtts-bench/cluster")  # ray[serve] and the server extra, when the image lacks them
@@ -61,10 +64,10 @@ class Server:
     def __init__(self, mode: str, checkpoint: str, device: str, log: Path, timeout_s: float, paths: list[str]):
         self.port = free_port()
         command = [sys.executable, "-m", "qtts.cli", "serve", "--model", checkpoint, "--port", str(self.port),
-                   "--device", device, *MODES[mode]]
+                   "--device", device, *MODES[mode][0]]
         inherited = [os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else []
         env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO / "src"), *paths, *inherited]), PYTHONUNBUFFERED="1",
-                   HF_HUB_OFFLINE="1", RAY_USAGE_STATS_ENABLED="0")
+                   HF_HUB_OFFLINE="1", RAY_USAGE_STATS_ENABLED="0", **MODES[mode][1])
         # A Ray replica (num_cpus=1) gets OMP_NUM_THREADS=1 unless it is set: set it for both servers alike.
         env.setdefault("OMP_NUM_THREADS", "1")
         self.log = log.open("w")
@@ -175,7 +178,7 @@ def main() -> None:
     parser.add_argument("--checkpoint", help="CustomVoice checkpoint folder; else a real-size random one is built")
     parser.add_argument("--size", choices=["0.6b", "1.7b"], default="0.6b")
     parser.add_argument("--device", default="cuda", help="cpu only for dry runs of the harness")
-    parser.add_argument("--modes", default="plain,ray", help="comma list of plain, ray")
+    parser.add_argument("--modes", default="plain,ray", help="comma list of plain, ray, ray-throughput")
     parser.add_argument("--rounds", type=int, default=2, help="each mode runs this many times, alternating")
     parser.add_argument("--requests", type=int, default=48, help="measured requests per run")
     parser.add_argument("--warmup", type=int, default=8, help="requests before each run's measurement")

@@ -199,6 +199,22 @@ def test_unusable_devices_are_input_errors(tiny_checkpoint, device, message):
         qtts.load(tiny_checkpoint("custom_voice"), device=device)
 
 
+def test_the_codec_decoder_follows_the_talker_dtype_unless_told():
+    """As the official package, which decodes in the dtype it is loaded in: bf16 beside a bf16 talker (the
+    GPU default), float32 beside float32 (and beside a dtype the codec does not run in)."""
+    from qtts.api import resolve_codec_dtype
+
+    assert resolve_codec_dtype(None, torch.bfloat16) == torch.bfloat16
+    assert resolve_codec_dtype(None, torch.float32) == torch.float32
+    assert resolve_codec_dtype(None, torch.float16) == torch.float32
+    assert resolve_codec_dtype("float32", torch.bfloat16) == torch.float32
+    assert resolve_codec_dtype(torch.bfloat16, torch.float32) == torch.bfloat16
+    with pytest.raises(InputError, match="unknown codec dtype 'float16'"):
+        resolve_codec_dtype("float16", torch.bfloat16)
+    with pytest.raises(InputError, match="float32 or bfloat16, not torch.float64"):
+        resolve_codec_dtype(torch.float64, torch.bfloat16)
+
+
 def test_mode_mismatches_are_input_errors(custom, base, design):
     _, cv, _ = custom
     _, b, _ = base

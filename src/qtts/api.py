@@ -40,8 +40,10 @@ def load(model: str | os.PathLike, *, device: str | torch.device | None = None,
 
     The talker runs in `dtype` (default bf16 on CUDA, float32 on CPU); the speaker encoder and the codec
     encoder stay in float32, as the official checkpoints store them and as their small cost allows. The
-    codec decoder runs in `codec_dtype` (torch dtype or its name; default float32); audio is float32
-    either way. Every request
+    codec decoder runs in `codec_dtype` (a torch dtype or its name, float32 or bfloat16; default: the
+    talker's, as the official package decodes in the dtype it is loaded in); audio is float32 either way.
+    At many streams at once the decoder is a large share of the GPU's work, and bf16 makes it cheaper.
+    Every request
     runs through one continuous-batching engine (`engine.scheduler`) of `max_batch` rows of `max_len`
     cache positions (prompt plus frames). `engine` picks its kernels: "fast" (fused Triton kernels and
     CUDA graphs; eager where there is no GPU), "reference" (plain PyTorch ops, eager), or "auto": fast on
@@ -73,7 +75,7 @@ def load(model: str | os.PathLike, *, device: str | torch.device | None = None,
     )
     load_weights(codec_encoder, ckpt.speech_tokenizer_file, "encoder.")
     codec_decoder = build_empty(lambda **kw: CodecDecoder(speech.decoder_config, **kw), device,
-                                resolve_codec_dtype(codec_dtype))
+                                resolve_codec_dtype(codec_dtype, dtype))
     load_weights(codec_decoder, ckpt.speech_tokenizer_file, "decoder.")
     tokenizer = TextTokenizer.from_folder(ckpt.path)
     fast = engine == "fast" or (engine == "auto" and device.type == "cuda")
@@ -91,9 +93,9 @@ def load(model: str | os.PathLike, *, device: str | torch.device | None = None,
 CODEC_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
-def resolve_codec_dtype(codec_dtype: torch.dtype | str | None) -> torch.dtype:
+def resolve_codec_dtype(codec_dtype: torch.dtype | str | None, talker_dtype: torch.dtype) -> torch.dtype:
     if codec_dtype is None:
-        return torch.float32
+        return talker_dtype if talker_dtype in CODEC_DTYPES.values() else torch.float32
     if isinstance(codec_dtype, str):
         if codec_dtype not in CODEC_DTYPES:
             raise InputError(f"unknown codec dtype {codec_dtype!r}; choose one of: {', '.join(CODEC_DTYPES)}")

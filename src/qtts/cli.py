@@ -318,7 +318,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="requests the engine runs at once (default 64, fewer where the GPU has less free memory)")
     p.add_argument("--max-len", type=int, help="cache positions per request, prompt plus frames (default 4096)")
     p.add_argument("--codec-dtype", choices=["float32", "bfloat16"],
-                   help="what the codec decoder computes in (default float32)")
+                   help="what the codec decoder computes in (default: the talker's, bfloat16 on a GPU)")
     p.add_argument("--max-queue", type=int,
                    help="requests that may wait for a free engine row before new ones get 503 (default 64)")
     p.add_argument("--first-audio-target", type=float,

@@ -29,7 +29,7 @@ class ServeArgs(BaseModel):
     voices_dir: str | None = Field(None, description="voice folder every replica reads (Base models)")
     max_batch: int = Field(64, ge=1, le=1024, description="requests one replica's engine runs at once")
     codec_dtype: Literal["float32", "bfloat16"] | None = Field(
-        None, description="what the codec decoder computes in (default float32)")
+        None, description="what the codec decoder computes in (default: the talker's, bfloat16 on a GPU)")
     max_queue: int = Field(DEFAULT_MAX_QUEUE, ge=0, description="requests that may wait in one replica")
     first_audio_target: float = Field(FIRST_AUDIO_TARGET, gt=0, description="seconds a request may be expected "
                                       "to wait for a row in its replica before it is answered 503")
