@@ -154,15 +154,7 @@ def load(tts, emit, speaker, frames_per_request, concurrency, rounds):
             stats = tts.engine.stats
             before = {lane: (stats["decode_calls"][lane], stats["decode_rows"][lane])
                       for lane in ("urgent", "bulk")} if "decode_calls" in stats else {}
-            threads = [threading.Thread(target=one_stream, args=(i,)) for i in range(count)]
-            busy = Busy(tts.engine)
-            began = time.perf_counter()
-            for thread in threads:
-                thread.start()
-            for thread in threads:
-                thread.join()
-            wall = time.perf_counter() - began
-            busy = busy.stop(wall)
+            wall, busy = run_clients(tts.engine, one_stream, count)
         firsts = sorted(r[0] * 1e3 for r in results)
         audio = sum(r[1] for r in results)
         first_frames = [r[5] * 1e3 for r in results if r[5] is not None]
@@ -210,15 +202,7 @@ def steady(tts, emit, speaker, frames_per_request, concurrency, duration):
         stats = engine.stats
         before = (stats["frames"], stats["prefills"], stats["prefill_s"], dict(stats["decode_calls"]),
                   dict(stats["decode_rows"]))
-        busy = Busy(engine)
-        began = time.perf_counter()
-        threads = [threading.Thread(target=client, args=(i,)) for i in range(count)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-        wall = time.perf_counter() - began
-        busy = busy.stop(wall)
+        wall, busy = run_clients(engine, client, count)
         frames = stats["frames"] - before[0]
         firsts = sorted(r[0] * 1e3 for r in results)
         audio = sum(r[1] for r in results)
@@ -234,6 +218,19 @@ def steady(tts, emit, speaker, frames_per_request, concurrency, duration):
                                for lane in ("urgent", "bulk")},
               "decode_rows": {lane: stats["decode_rows"][lane] - before[4].get(lane, 0)
                               for lane in ("urgent", "bulk")}, **busy})
+
+
+def run_clients(engine, client, count: int) -> tuple[float, dict]:
+    """Run `client(index)` on `count` threads at once; the wall time and who was busy meanwhile."""
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(count)]
+    busy = Busy(engine)
+    began = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    wall = time.perf_counter() - began
+    return wall, busy.stop(wall)
 
 
 class Busy:

@@ -77,6 +77,12 @@ class Session:
                     all(message.get(key) == value for key, value in match.items()):
                 return message
 
+    def until_audio(self) -> None:
+        """Receive until some audio has arrived."""
+        while not any(isinstance(m, bytes) for m in self.received):
+            message = self.socket.recv(timeout=RECEIVE_TIMEOUT)
+            self.received.append(message if isinstance(message, bytes) else json.loads(message))
+
     def events(self, kind: str) -> list[dict]:
         return [m for m in self.received if isinstance(m, dict) and m["type"] == kind]
 
@@ -156,8 +162,7 @@ def test_a_sentence_is_spoken_while_it_is_still_being_written(custom, session):
     session.send("input.text", text="Words arrive one by")
     start = session.until("audio.start")
     assert start["sentence_text"] == "Words arrive one"  # "by" may still grow: only ended words are given
-    while not any(isinstance(m, bytes) for m in session.received):
-        session.received.append(session.socket.recv(timeout=RECEIVE_TIMEOUT))
+    session.until_audio()
     assert not session.events("audio.done")  # audio of an unfinished sentence
     session.send("input.text", text=" one, as a model writes them.")
     session.send("input.done")
@@ -175,8 +180,7 @@ def test_a_first_word_ended_by_a_comma_is_spoken_before_the_next_word_comes(cust
     session.send("input.text", text="Well, ")
     start = session.until("audio.start")
     assert start["sentence_text"].strip() == "Well,"
-    while not any(isinstance(m, bytes) for m in session.received):
-        session.received.append(session.socket.recv(timeout=RECEIVE_TIMEOUT))
+    session.until_audio()
     session.send("input.text", text="here it is.")
     session.send("input.done")
     session.until("session.done")
