@@ -43,11 +43,11 @@ def load(model: str | os.PathLike, *, device: str | torch.device | None = None,
     codec decoder runs in `codec_dtype` (a torch dtype or its name, float32 or bfloat16; default: the
     talker's, as the official package decodes in the dtype it is loaded in); audio is float32 either way.
     At many streams at once the decoder is a large share of the GPU's work, and bf16 makes it cheaper.
-    Every request
-    runs through one continuous-batching engine (`engine.scheduler`) of `max_batch` rows of `max_len`
-    cache positions (prompt plus frames). `engine` picks its kernels: "fast" (fused Triton kernels and
-    CUDA graphs; eager where there is no GPU), "reference" (plain PyTorch ops, eager), or "auto": fast on
-    CUDA, reference on CPU.
+
+    Every request runs through one continuous-batching engine (`engine.scheduler`) of `max_batch` rows of
+    `max_len` cache positions (prompt plus frames). `engine` picks its kernels: "fast" (fused Triton
+    kernels and CUDA graphs; eager where there is no GPU), "reference" (plain PyTorch ops, eager), or
+    "auto": fast on CUDA, reference on CPU.
     """
     if engine not in ENGINES:
         raise InputError(f"unknown engine {engine!r}; choose one of: {', '.join(ENGINES)}")

@@ -26,9 +26,9 @@ def serve(model: str, *, host: str = "127.0.0.1", port: int = 8000, device: str 
           max_len: int = 4096, shutdown_grace: float = SHUTDOWN_GRACE,
           first_audio_target: float = FIRST_AUDIO_TARGET, codec_dtype: str | None = None) -> None:
     """Load `model` and serve it over HTTP until interrupted (options as in `create_app`; `max_batch`,
-    `max_len` and `codec_dtype` as in `qtts.load`). On SIGTERM or SIGINT the server stops accepting, gives open responses
-    `shutdown_grace` seconds to finish, cancels the rest, stops the engine and returns. SIGUSR1 prints
-    every thread's stack to stderr."""
+    `max_len` and `codec_dtype` as in `qtts.load`). On SIGTERM or SIGINT the server stops accepting, gives
+    open responses `shutdown_grace` seconds to finish, cancels the rest, stops the engine and returns.
+    SIGUSR1 prints every thread's stack to stderr."""
     import uvicorn
 
     import qtts
