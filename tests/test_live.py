@@ -154,38 +154,26 @@ def test_each_sentence_is_spoken_once_it_ends_while_the_rest_is_still_being_writ
     assert done["frames"] == sum(d["frames"] for d in dones)
 
 
-def test_a_sentence_is_spoken_while_it_is_still_being_written(custom, session):
+@pytest.mark.parametrize("first, spoken, rest", [
+    ("Words arrive one by", "Words arrive one", " one, as a model writes them."),  # "by" may still grow
+    # the comma's boundary is open until the next word, but "Well," belongs to the segment either way
+    ("Well, ", "Well,", "here it is."),
+], ids=["ended-words", "first-word-before-a-comma"])
+def test_a_sentence_is_spoken_while_it_is_still_being_written(custom, session, first, spoken, rest):
     """True incremental text: the words that have ended are spoken before the sentence ends (the request
     then waits in the batch for more), and the whole sentence's audio is that of the whole text."""
     _, tts = custom
     configure(session, max_new_tokens=40)
-    session.send("input.text", text="Words arrive one by")
+    session.send("input.text", text=first)
     start = session.until("audio.start")
-    assert start["sentence_text"] == "Words arrive one"  # "by" may still grow: only ended words are given
+    assert start["sentence_text"] == spoken  # only what is certain to begin the sentence is given
     session.until_audio()
     assert not session.events("audio.done")  # audio of an unfinished sentence
-    session.send("input.text", text=" one, as a model writes them.")
+    session.send("input.text", text=rest)
     session.send("input.done")
     session.until("session.done")
     done, = session.events("audio.done")
-    assert done["sentence_text"] == "Words arrive one by one, as a model writes them."
-    assert_same_audio(session.audio(0), reference(tts, done["sentence_text"], max_new_tokens=40))
-
-
-def test_a_first_word_ended_by_a_comma_is_spoken_before_the_next_word_comes(custom, session):
-    """An answer that opens with "Well, " starts speaking at once: the comma's boundary is open until the
-    next word, but the words before it belong to the segment whichever way the text goes."""
-    _, tts = custom
-    configure(session, max_new_tokens=40)
-    session.send("input.text", text="Well, ")
-    start = session.until("audio.start")
-    assert start["sentence_text"].strip() == "Well,"
-    session.until_audio()
-    session.send("input.text", text="here it is.")
-    session.send("input.done")
-    session.until("session.done")
-    done, = session.events("audio.done")
-    assert done["sentence_text"] == "Well, here it is."
+    assert done["sentence_text"] == first + rest
     assert_same_audio(session.audio(0), reference(tts, done["sentence_text"], max_new_tokens=40))
 
 

@@ -97,7 +97,7 @@ class SegmentBuffer:
         committing one or, past the limit, at the strongest (or last) one that fits, so the cut is never
         before the last known boundary of the kind the rule picks."""
         text = self._text
-        found, undecided = _boundaries(text, False, self.max_chars + LOOKAHEAD)
+        found, open_mark = _boundaries(text, False, self.max_chars + LOOKAHEAD)
         known = [(end, strength) for end, strength in found if end <= self.max_chars]
         if self._overflow == "strongest" and known:
             strongest = max(strength for _, strength in known)
@@ -106,9 +106,9 @@ class SegmentBuffer:
         # With the last rule, marks whose boundary is still open ("Well, " before the next word) are
         # settled where every way the text can go makes a boundary at or after them that fits the limit:
         # the first word of a live answer is spoken at once, not when the second one begins.
-        if self._overflow == "last" and undecided is not None and undecided + LOOKAHEAD <= self.max_chars:
-            least = _least_mark_end(text, undecided)
-            if least is not None and _SPEAKABLE.search(text[:least]):
+        if self._overflow == "last" and open_mark is not None:
+            start, least = open_mark
+            if least and start + LOOKAHEAD <= self.max_chars and _SPEAKABLE.search(text[:least]):
                 ends.append(least)
         if not ends:
             return ""
@@ -166,9 +166,10 @@ class SegmentBuffer:
         return limit  # no boundary at all within the limit: cut anyway
 
 
-def _boundaries(text: str, final: bool, horizon: int) -> tuple[list[tuple[int, int]], int | None]:
+def _boundaries(text: str, final: bool, horizon: int) -> tuple[list[tuple[int, int]], tuple[int, int] | None]:
     """(end, strength) of the boundaries before `horizon`, in order, up to the first one not settled; and
-    where the run of marks of that one starts (None if every boundary before `horizon` is settled).
+    that one as (where its run of marks starts, the least end its boundary can have, 0 if it may be no
+    boundary at all), or None if every boundary before `horizon` is settled.
 
     A segment ends at `end` (exclusive); the text before it must contain something to say, so a run of
     marks or an opening bracket never becomes a segment of its own. Only characters within LOOKAHEAD
@@ -195,32 +196,19 @@ def _boundaries(text: str, final: bool, horizon: int) -> tuple[list[tuple[int, i
             continue
         end, strength = _mark(text, index, final)
         if end is None:
-            return found, index  # what this mark means is open, so is every boundary after it
+            return found, (index, strength)  # what this mark means is open, so is every boundary after it
         if strength and _SPEAKABLE.search(text[:end]):
             found.append((end, strength))
         index = max(end, index + 1)
     return found, None
 
 
-def _least_mark_end(text: str, start: int) -> int | None:
-    """For the run of marks at `start` whose boundary `_mark` left open: where that boundary ends at the
-    least, whatever text comes (a full-width mark, or a Latin one followed by whitespace: a boundary after
-    its closers, or a word boundary there), or None if the run may still turn out to be inside a word
-    ("3." before "14")."""
-    position = start
-    while position < len(text) and text[position] in _MARKS:
-        position += 1
-    last = text[position - 1]
-    while position < len(text) and text[position] in _CLOSERS:
-        position += 1
-    if last in _WIDE_SENTENCE or last in _WIDE_CLAUSE:
-        return position
-    return position if position < len(text) and text[position].isspace() else None
-
-
 def _mark(text: str, start: int, final: bool) -> tuple[int | None, int]:
     """The boundary made by the run of marks at `start`: (end, strength); strength 0 is no boundary
-    (but the run is skipped); end None means the text after it is not known yet."""
+    (but the run is skipped). End None means the text after it is not known yet; the second value is then
+    the least end the boundary can have whatever text comes (after a full-width mark, or a Latin one
+    followed by whitespace: a boundary after its closers, or a word boundary there), or 0 when the run may
+    still turn out to be inside a word ("3." before "14")."""
     window = text[start:start + LOOKAHEAD]
     settled = final or len(window) == LOOKAHEAD  # the window is all this decision will ever see
     run = 0
@@ -234,7 +222,7 @@ def _mark(text: str, start: int, final: bool) -> tuple[int | None, int]:
         position += 1
     if marks[-1] in _WIDE_SENTENCE or marks[-1] in _WIDE_CLAUSE:
         if position == len(window) and not settled:
-            return None, 0  # a closing quote may still follow
+            return None, start + position  # a closing quote may still follow
         if position > run and strength == SENTENCE:
             strength = CLAUSE  # 「はい。」と言った / “好。”他说: a quoted sentence inside a sentence
         return start + position, strength
@@ -249,9 +237,9 @@ def _mark(text: str, start: int, final: bool) -> tuple[int | None, int]:
     if after < len(window) and window[after] in _SPACED_CLOSERS:
         # « Oui. » : the closer belongs to this sentence; decide after it.
         end, closed = _mark_after_closer(text, start, start + after, strength, final)
-        return end, closed
+        return (end, closed) if end is not None else (None, start + position)
     if after == len(window):
-        return (start + position, strength) if settled else (None, 0)
+        return (start + position, strength) if settled else (None, start + position)
     if strength == SENTENCE and _continues(text, start, marks, window[after]):
         return start + position, 0
     return start + position, strength

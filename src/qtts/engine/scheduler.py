@@ -227,7 +227,7 @@ class Scheduler:
         budget = REALTIME_SHARE * self.frame_s
         bucket = _bucket(min(rows, self.max_batch), self.buckets)
         measured = dict(self._seconds_per_frame)  # a copy: the engine thread adds buckets as they first run
-        per_frame = self.seconds_per_frame(bucket)
+        per_frame = _nearest_below(measured, bucket)
         if per_frame is not None and per_frame > budget and any(
                 seconds <= budget for b, seconds in measured.items() if b < bucket):
             return max(1.0, per_frame / self.frame_s)  # the batch must thin out first: seconds
