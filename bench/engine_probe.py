@@ -16,6 +16,9 @@ Parts (each timed with CUDA events, median of `--reps`, after warm-up):
     when the caller got the chunk, in ms from `submit`;
   - `steady`: closed loop in steady state: N clients each sending its next request when the last ends,
     for `--duration` seconds (serve_load's closed-loop step without HTTP), with the engine's counters;
+  - `profile`: the kernels of one captured frame (buckets 1, 16, 64) and of one bulk decode call (16 and 64
+    requests x 16 frames), by name, from the profiler (CUPTI sees the kernels a graph replays): what to
+    make cheaper, with each kernel's share of the step;
   - `load`: closed-loop, in process: N requests of `--frames` frames at once, N in `--concurrency`;
     aggregate audio seconds per wall second, time to first audio (median, p95) and how far each stream's
     audio stays ahead of real-time playback (min over requests of the worst lead, negative = underrun).
@@ -28,6 +31,7 @@ Prints one JSON line per measurement; writes engine_probe_<size>.jsonl to $OUT (
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
@@ -103,6 +107,46 @@ def prefill(tts, emit, reps):
         valid = torch.ones(count, length, device="cuda", dtype=torch.bool)
         emit({"part": "prefill", "arrivals": count, "length": length,
               "ms": round(cuda_ms(lambda: graph(embeds, valid), reps), 3)})
+
+
+@torch.inference_mode()
+def profile(tts, emit, reps, context, top=25):
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile as profiler
+
+    engine, stage = tts.engine, tts.engine.decode_stage
+    store = engine.store
+    store.slot.fill_(context)
+    store.position.fill_(context)
+    store.first_row.zero_()
+    steps = [(f"frame x{b}", engine._run_frame[b], None) for b in (1, 16, 64) if b in engine._run_frame]
+    for bucket in (16, 64):
+        if bucket in stage.lanes[BULK].buckets:
+            codes = torch.randint(0, 2048, (bucket, 16, 16))
+            steps.append((f"decode {bucket}x16", lambda b=bucket, c=codes: stage.decode(BULK, list(range(b)), c),
+                          BULK))
+    for name, run, lane in steps:
+        with stage.on_stream(lane) if lane else contextlib.nullcontext():
+            for _ in range(3):
+                run()
+            torch.cuda.synchronize()
+            with profiler(activities=[ProfilerActivity.CUDA]) as prof:
+                for _ in range(reps):
+                    run()
+                torch.cuda.synchronize()
+        kernels = [e for e in prof.key_averages() if e.device_type == DeviceType.CUDA]
+        total = sum(e.self_device_time_total for e in kernels)
+        by_time = sorted(kernels, key=lambda e: -e.self_device_time_total)
+        emit({"part": "profile", "step": name, "kernel_ms": round(total / reps / 1e3, 3),
+              "kernels": round(sum(e.count for e in kernels) / reps, 1),
+              "top": [{"name": e.key[:90], "ms": round(e.self_device_time_total / reps / 1e3, 4),
+                       "calls": round(e.count / reps, 1), "share": round(e.self_device_time_total / max(total, 1), 3)}
+                      for e in by_time[:top]]})
+    for tensor in store.per_row():
+        tensor.zero_()
+    with stage.on_stream(BULK):
+        for slot in range(max(stage.buckets)):
+            stage.reset(slot, BULK)
 
 
 def invariance(tts, emit, speaker):
@@ -360,7 +404,8 @@ def main():
     parser.add_argument("--frames", type=int, default=80)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 16, 32, 64])
     parser.add_argument("--max-batch", type=int, default=64)
-    parser.add_argument("--codec-dtype", choices=["float32", "bfloat16"], default="float32")
+    parser.add_argument("--codec-dtype", choices=["float32", "bfloat16"],
+                        help="the codec decoder's dtype (default: qtts.load's, the talker's)")
     parser.add_argument("--rates", type=float, nargs="+", default=[20, 30, 40], help="poisson: requests/s")
     parser.add_argument("--duration", type=float, default=10.0,
                         help="poisson: seconds of arrivals per rate; steady: seconds of each round")
@@ -372,7 +417,7 @@ def main():
     log = open(out / f"engine_probe_{args.size}.jsonl", "a")
 
     def emit(record):
-        record = {"size": args.size, "codec_dtype": args.codec_dtype,
+        record = {"size": args.size, "codec_dtype": args.codec_dtype or "default",
                   **({"cudnn_benchmark": True} if args.cudnn_benchmark else {}), **record}
         print(json.dumps(record), flush=True)
         log.write(json.dumps(record) + "\n")
@@ -398,6 +443,8 @@ def main():
                 decode(tts, emit, args.reps)
             elif part == "prefill":
                 prefill(tts, emit, args.reps)
+            elif part == "profile":
+                profile(tts, emit, args.reps, args.context)
             elif part == "invariance":
                 invariance(tts, emit, speaker)
             elif part == "poisson":
