@@ -409,6 +409,9 @@ def main():
     parser.add_argument("--rates", type=float, nargs="+", default=[20, 30, 40], help="poisson: requests/s")
     parser.add_argument("--duration", type=float, default=10.0,
                         help="poisson: seconds of arrivals per rate; steady: seconds of each round")
+    parser.add_argument("--tile-rows-max", type=int,
+                        help="products of up to this many rows in the tensor-core tile kernel (0: cuBLAS from "
+                             "3 rows on; default: kernels/linear.py's)")
     parser.add_argument("--cudnn-benchmark", action="store_true",
                         help="let cuDNN time its convolution algorithms when the decoder graphs are captured")
     args = parser.parse_args()
@@ -418,7 +421,8 @@ def main():
 
     def emit(record):
         record = {"size": args.size, "codec_dtype": args.codec_dtype or "default",
-                  **({"cudnn_benchmark": True} if args.cudnn_benchmark else {}), **record}
+                  **({"cudnn_benchmark": True} if args.cudnn_benchmark else {}),
+                  **({"tile_rows_max": args.tile_rows_max} if args.tile_rows_max is not None else {}), **record}
         print(json.dumps(record), flush=True)
         log.write(json.dumps(record) + "\n")
         log.flush()
@@ -429,6 +433,10 @@ def main():
         write_checkpoint(folder, real_tts_config("custom_voice", args.size), real_speech_tokenizer_config(),
                          seed=0, dtype=torch.bfloat16, device="cuda")
     torch.backends.cudnn.benchmark = args.cudnn_benchmark
+    if args.tile_rows_max is not None:  # before load: the frames are captured with it
+        from qtts.kernels import linear
+
+        linear.TILE_ROWS_MAX = args.tile_rows_max
     began = time.perf_counter()
     tts = qtts.load(folder, max_batch=args.max_batch, codec_dtype=args.codec_dtype)
     emit({"part": "startup", "load_s": round(time.perf_counter() - began, 1),

@@ -11,6 +11,8 @@ launch (PDL).
    kernels (norm, F.linear, gate, add) vs fused vs fused with PDL.
 3. `launch`: 1000 empty dependent kernels in one graph, with and without PDL: the cost of one launch.
 4. `sample`: the fused sampler per top-k digit width.
+5. `tiles`: the batch products (16, 64 and 128 rows) of the 1.7B talker and predictor: the tensor-core tile
+   kernel's block configurations against cuBLAS with the norm, gate and add as separate kernels.
 
     python bench/kernel_probe.py --parts sweep layers launch sample
 Writes kernel_probe.jsonl and prints a summary; results go to $OUT (or ./kernel_probe_out).
@@ -132,6 +134,43 @@ def sweep(emit):
                   "weight_MB": round(bytes_ / 1e6, 2), "fused_GBps": round(bytes_ / best[0] / 1e6, 1)})
 
 
+TILE_SHAPES = [("talker", *shape) for shape in SHAPES["1.7b"][:4]] + [
+    ("predictor", *shape) for shape in SHAPES["0.6b"][:4]]
+TILE_CONFIGS = [(bn, bk, w, st) for bn in (16, 32, 64) for bk in (64, 128, 256) for w, st in ((4, 4),)] + [
+    (16, 128, 2, 4), (32, 128, 8, 3), (32, 256, 4, 3)]
+
+
+def tiles(emit):
+    calls = 40
+    for rows in (16, 64, 128):
+        for model, name, n, k, kind in TILE_SHAPES:
+            weights, _, norm, _ = operands(n, k, kind, copies=max(2, int(160e6 // (n * k * 2 * (2 if kind == "gated" else 1)))))
+            x = torch.randn(rows, k, device="cuda", dtype=torch.bfloat16)
+            residual = torch.randn(rows, n, device="cuda", dtype=torch.bfloat16)
+            ws = [weights[i % len(weights)] for i in range(calls)]
+            ref = eager_call(x, ws[0], norm, residual, kind)
+            eager_ms = graph_ms(lambda: [eager_call(x, w, norm, residual, kind) for w in ws]) / calls
+            best = None
+            for bn, bk, warps, stages in TILE_CONFIGS:
+                config = (min(64, max(16, next_power_of_2(rows))), bn, bk, warps, stages)
+                try:
+                    err = (fused_call(x, ws[0], norm, residual, kind, config).float() - ref.float()).abs().max().item()
+                    ms = graph_ms(lambda: [fused_call(x, w, norm, residual, kind, config, pdl=True) for w in ws]) / calls
+                except Exception as error:
+                    emit({"part": "tiles", "rows": rows, "shape": f"{model} {name}", "config": config,
+                          "error": repr(error)[:300]})
+                    continue
+                emit({"part": "tiles", "rows": rows, "shape": f"{model} {name}", "config": config,
+                      "us": round(ms * 1e3, 2), "max_err": err})
+                if best is None or ms < best[0]:
+                    best = (ms, config)
+            bytes_ = ws[0].numel() * 2
+            emit({"part": "tiles_best", "rows": rows, "shape": f"{model} {name}", "N": n, "K": k, "kind": kind,
+                  "best_config": best and best[1], "tile_pdl_us": best and round(best[0] * 1e3, 2),
+                  "eager_us": round(eager_ms * 1e3, 2), "weight_MB": round(bytes_ / 1e6, 2),
+                  "tile_GBps": best and round(bytes_ / best[0] / 1e6, 1)})
+
+
 def layers(emit, configs):
     """75 predictor layers' four products with distinct weights: the frame's product pattern."""
     k, n_qkv, n_o_in, f = 1024, 4096, 2048, 3072
@@ -236,7 +275,7 @@ def main():
 
     def emit(record):
         line = json.dumps(record)
-        if record.get("part") != "sweep":
+        if record.get("part") not in ("sweep", "tiles"):
             print(line, flush=True)
         log.write(line + "\n")
         log.flush()
@@ -246,7 +285,7 @@ def main():
     print(f"torch {torch.__version__}, {torch.cuda.get_device_name()}", flush=True)
     for part in args.parts:
         try:
-            {"sweep": sweep, "launch": launch, "sample": sample,
+            {"sweep": sweep, "launch": launch, "sample": sample, "tiles": tiles,
              "layers": lambda e: layers(e, best)}[part](emit)
         except Exception as error:
             emit({"part": part, "error": repr(error)[:500]})

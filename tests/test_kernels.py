@@ -11,7 +11,7 @@ import torch
 
 from qtts import kernels
 from qtts.kernels.decode_attention import decode_attention_reference, decode_attention_triton
-from qtts.kernels.linear import fused_linear_reference, fused_linear_triton
+from qtts.kernels.linear import ROWS_PER_PROGRAM_MAX, fused_linear_reference, fused_linear_triton
 from qtts.kernels.qk_norm_rope import qk_norm_rope_cache_reference, qk_norm_rope_cache_triton
 from qtts.kernels.rms_norm import add_rms_norm, add_rms_norm_reference, add_rms_norm_triton
 from qtts.kernels.sample import exponential_noise, sample_codes_reference, sample_codes_triton
@@ -219,7 +219,7 @@ def test_silu_mul_halves_matches_reference(device, dtype):
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("rows", [1, 3, 5])
+@pytest.mark.parametrize("rows", [1, 2, 3, 5, 17, 70])
 @pytest.mark.parametrize("kind", ["plain", "norm", "gated", "residual", "bias"])
 def test_fused_linear_matches_reference(device, dtype, rows, kind):
     # Widths that are not multiples of the blocks, so the masked edges are exercised too.
@@ -236,7 +236,9 @@ def test_fused_linear_matches_reference(device, dtype, rows, kind):
     if kind == "bias":
         options["bias"] = torch.randn(n, device=device).to(dtype)
     ref = fused_linear_reference(x, weight, **options)
-    for config in [(16, 32, 4), None]:
+    # small blocks: several output blocks and K steps with masked edges (a row kernel's, or a tile's)
+    small = (16, 32, 4) if rows <= ROWS_PER_PROGRAM_MAX else (16, 16, 32, 4, 1)
+    for config in [small, None]:
         assert_same_function(fused_linear_triton(x, weight, config=config, **options), ref)
 
 

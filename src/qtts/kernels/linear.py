@@ -1,9 +1,11 @@
 """The decode step's matrix products with their neighbours fused in: the RMSNorm in front, and behind either
 the residual add or the SwiGLU gate.
 
-At decode a weight matrix meets a handful of rows, so each product reads the whole matrix once and is bound
-by memory and launch latency, not arithmetic. Fusing the norm, the residual add and the gate into the
-product removes three launches per layer and the activation round trips between them.
+At decode a weight matrix meets a handful of rows (one per request in the batch), so each product reads the
+whole matrix once and is bound by memory and launch latency, not arithmetic. Fusing the norm, the residual
+add and the gate into the product removes three launches per layer and the activation round trips between
+them. One or two rows take a matrix-vector kernel; a batch's rows (up to 64) go through the tensor cores in
+tiles.
 
 With `pdl` (Hopper and later, CUDA graphs included), the kernel is launched as a programmatic dependent of
 the kernel before it: it starts while that one finishes, loads its first weight tile (weights are never
@@ -120,11 +122,14 @@ DECODE_CONFIGS = {
 
 
 # Up to this many rows, each row gets its own programs; their programs run together, so the weights come
-# from L2 after the first row (the predictor's first step has 2 rows). More rows (batches, prefill) go to
-# cuBLAS: on the H100 its tensor-core products beat Triton tiles with the norm and gate fused in
-# (batch 16 frame 6.18 ms against 6.89 ms). On the H200 the 1.7B frame of 4 rows cost 7.47 ms this way
-# against 5.49 ms for 8 rows through cuBLAS (bench/engine_probe.py), so from 3 rows on cuBLAS takes them.
+# from L2 after the first row (the predictor's first step has 2 rows). On the H200 the 1.7B frame of 4 rows
+# cost 7.47 ms this way against 5.49 ms for 8 rows through cuBLAS (bench/engine_probe.py).
 ROWS_PER_PROGRAM_MAX = 2
+# From 3 rows up to this many (a frame's batch; the predictor's first step has 2 rows per request), tiles
+# of rows go through the tensor cores, with the norm, the gate and the residual add still fused in; more
+# rows (prefill) go to cuBLAS between the Triton norm and gate. 0 sends every batch to cuBLAS (the probes
+# compare the two).
+TILE_ROWS_MAX = 128
 
 
 def linear_config(rows: int, n: int, k: int, gated: bool) -> tuple[int, int, int]:
@@ -138,14 +143,86 @@ def linear_config(rows: int, n: int, k: int, gated: bool) -> tuple[int, int, int
     return max(2, min(8, 16384 // (block_k * (2 if gated else 1)))), block_k, 4
 
 
+@jit
+def _fused_linear_tile_kernel(
+    x_ptr, w_ptr, norm_ptr, res_ptr, bias_ptr, out_ptr, M, K, N, eps,
+    NORM: tl.constexpr, GATED: tl.constexpr, RESIDUAL: tl.constexpr, BIAS: tl.constexpr, IEEE: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr,
+):
+    """Programs (output block, row block): BLOCK_N outputs of BLOCK_M rows as tensor-core products, walking K
+    in BLOCK_K steps. Each row's sums are the same whatever rows share its tile. IEEE: float32 products in
+    float32 (not TF32), for float32 activations and for the interpreter, whose bfloat16 dot is wrong (the
+    products of bfloat16 values are exact in float32, so the result is the tensor cores' up to order)."""
+    dtype = x_ptr.dtype.element_ty
+    m = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
+    n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    m_ok, n_ok = m < M, n < N
+    kk = tl.arange(0, BLOCK_K)
+    x_rows = x_ptr + m.to(tl.int64)[:, None] * K
+    w_cols = w_ptr + n.to(tl.int64)[None, :] * K  # the weight's rows, read as the columns of a [K, N] tile
+    wait_for_previous(PDL)
+
+    if NORM:
+        squares = tl.zeros([BLOCK_M, BLOCK_K], dtype=tl.float32)
+        for k in range(0, K, BLOCK_K):
+            xs = tl.load(x_rows + k + kk[None, :], mask=m_ok[:, None] & (k + kk[None, :] < K), other=0.0)
+            squares += xs.to(tl.float32) * xs.to(tl.float32)
+        inv_rms = tl.math.rsqrt(tl.sum(squares, axis=1) / K + eps)
+
+    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    acc_up = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    for k in range(0, K, BLOCK_K):
+        k_ok = k + kk < K
+        h = tl.load(x_rows + k + kk[None, :], mask=m_ok[:, None] & k_ok[None, :], other=0.0)
+        if NORM:
+            g = tl.load(norm_ptr + k + kk, mask=k_ok, other=0.0).to(tl.float32)[None, :]
+            h = round_to(round_to(h.to(tl.float32) * inv_rms[:, None], dtype).to(tl.float32) * g, dtype)
+        w_ok = k_ok[:, None] & n_ok[None, :]
+        w = tl.load(w_cols + k + kk[:, None], mask=w_ok, other=0.0)
+        if IEEE:
+            acc = tl.dot(h.to(tl.float32), w.to(tl.float32), acc, input_precision="ieee")
+        else:
+            acc = tl.dot(h, w, acc)
+        if GATED:
+            w_up = tl.load(w_cols + N * K + k + kk[:, None], mask=w_ok, other=0.0)
+            if IEEE:
+                acc_up = tl.dot(h.to(tl.float32), w_up.to(tl.float32), acc_up, input_precision="ieee")
+            else:
+                acc_up = tl.dot(h, w_up, acc_up)
+
+    if BIAS:
+        acc += tl.load(bias_ptr + n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
+    y = round_to(acc, dtype).to(tl.float32)
+    if GATED:  # silu rounded to the activation dtype before the product, as the eager ops round
+        silu = round_to(y / (1.0 + tl.exp(-y)), dtype).to(tl.float32)
+        y = round_to(silu * round_to(acc_up, dtype).to(tl.float32), dtype).to(tl.float32)
+    at = m.to(tl.int64)[:, None] * N + n[None, :]
+    ok = m_ok[:, None] & n_ok[None, :]
+    if RESIDUAL:
+        y += tl.load(res_ptr + at, mask=ok, other=0.0).to(tl.float32)
+    tl.store(out_ptr + at, round_to(y, dtype), mask=ok)
+
+
+def tile_config(rows: int, n: int, k: int, gated: bool) -> tuple[int, int, int, int, int]:
+    """(BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages) for a product of 3..TILE_ROWS_MAX rows: row blocks
+    of up to 64, and output blocks narrow enough that the products of a layer (1024 outputs and up) spread
+    over every SM."""
+    block_m = min(64, max(16, next_power_of_2(rows)))
+    if interpreted():
+        return block_m, 64, next_power_of_2(k), 4, 1
+    block_n = 16 if n <= 2048 else 32
+    return block_m, block_n, 128, 4, 4
+
+
 def fused_linear_triton(
     x: torch.Tensor, weight: torch.Tensor, *, norm_weight: torch.Tensor | None = None, eps: float = 1e-6,
     residual: torch.Tensor | None = None, gated: bool = False, bias: torch.Tensor | None = None,
     out: torch.Tensor | None = None, pdl: bool = False, config: tuple[int, int, int] | None = None,
 ) -> torch.Tensor:
-    """`fused_linear_reference`: in one launch up to `ROWS_PER_PROGRAM_MAX` rows, else cuBLAS between the
-    Triton norm and gate. `out` may be `residual` itself (each program reads its own residual elements
-    before it writes them). `config` overrides `linear_config` (the probe sweeps it)."""
+    """`fused_linear_reference` in one launch: a program per row up to `ROWS_PER_PROGRAM_MAX` rows, tiles of
+    rows up to `TILE_ROWS_MAX`; more rows go to cuBLAS between the Triton norm and gate. `out` may be
+    `residual` itself (each program reads its own residual elements before it writes them). `config`
+    overrides `linear_config` or `tile_config` (the probe sweeps it)."""
     k = x.shape[-1]
     n = weight.shape[0] // 2 if gated else weight.shape[0]
     if (weight.shape[1] != k or (gated and weight.shape[0] % 2) or (gated and residual is not None)
@@ -158,7 +235,7 @@ def fused_linear_triton(
     for name, t in (("residual", residual), ("out", out)):
         if t is not None and (t.shape != shape or not t.is_contiguous()):
             raise InputError(f"{name} {tuple(t.shape)} must be contiguous and shaped like the output {shape}")
-    if rows > ROWS_PER_PROGRAM_MAX:
+    if rows > max(ROWS_PER_PROGRAM_MAX, TILE_ROWS_MAX):
         h = add_rms_norm_triton(x2, norm_weight, eps)[0] if norm_weight is not None else x2
         y = F.linear(h, weight, bias)
         y = (silu_mul_halves_triton(y) if gated else y).view(shape)
@@ -166,11 +243,23 @@ def fused_linear_triton(
         return y if out is None else out.copy_(y)
     if out is None:
         out = x.new_empty(shape)
+    weight = weight.contiguous()
+    norm = norm_weight is not None
+    norm_weight = norm_weight if norm else weight  # a pointer the kernel does not read
+    if rows > ROWS_PER_PROGRAM_MAX:
+        block_m, block_n, block_k, warps, stages = config or tile_config(rows, n, k, gated)
+        _fused_linear_tile_kernel[(cdiv(n, block_n), cdiv(rows, block_m))](
+            x2, weight, norm_weight, residual if residual is not None else out, bias if bias is not None else weight,
+            out, rows, k, n, eps, NORM=norm, GATED=gated, RESIDUAL=residual is not None,
+            BIAS=bias is not None, IEEE=x.dtype == torch.float32 or interpreted(), BLOCK_M=block_m, BLOCK_N=block_n,
+            BLOCK_K=block_k, PDL=pdl, num_warps=warps, num_stages=stages, **pdl_launch(pdl),
+        )
+        return out
     block_n, block_k, warps = config or linear_config(rows, n, k, gated)
     _fused_linear_kernel[(cdiv(n, block_n), rows)](
-        x2, weight.contiguous(), norm_weight if norm_weight is not None else weight,
+        x2, weight, norm_weight,
         residual if residual is not None else out, bias if bias is not None else weight, out, k, n, eps,
-        NORM=norm_weight is not None, GATED=gated, RESIDUAL=residual is not None, BIAS=bias is not None,
+        NORM=norm, GATED=gated, RESIDUAL=residual is not None, BIAS=bias is not None,
         BLOCK_N=block_n, BLOCK_K=block_k, PDL=pdl, num_warps=warps, **pdl_launch(pdl),
     )
     return out
