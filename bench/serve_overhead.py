@@ -31,7 +31,10 @@ TEXT = ("The quick brown fox jumps over the lazy dog, and then it runs far acros
 # mode -> (qtts serve arguments, environment): "ray-throughput" is Ray Serve's throughput-optimized
 # settings (Ray >= 2.56: gRPC between proxy and replicas, direct ingress, user code on the replica's loop)
 MODES = {"plain": ([], {}), "ray": (["--replicas", "1"], {}),
-         "ray-throughput": (["--replicas", "1"], {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"})}
+         "ray-throughput": (["--replicas", "1"], {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}),
+         "ray-haproxy": (["--replicas", "1"], {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "1"}),
+         "ray-inline": (["--replicas", "1"], {"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0", "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0"}),
+         "ray-grpc": (["--replicas", "1"], {"RAY_SERVE_PROXY_USE_GRPC": "1"})}
 
 
 CLUSTER_PACKAGES = Path("/tmp/qtts-bench/cluster")  # ray[serve] and the server extra, when the image lacks them

@@ -55,6 +55,10 @@ DECODE_ROUNDS = 4  # decode calls per request and lane per iteration at most (co
 # generating; every request with a piece waiting joins that call.
 BULK_PIECES = 2
 LEAD_LOW_S = 0.5
+# A playing stream whose audio leads playback by less than this decodes its next piece on the urgent lane,
+# ahead of frames, instead of behind them on the bulk lane: a live session's next word (its audio arrives
+# word by word, so its lead stays thin) or a stream about to run dry under load.
+LEAD_URGENT_S = 0.25
 MIN_ROOM = 16  # frames a prompt must leave in the cache, or the request is refused
 # Admission: a batch may take one more request while its frames, measured, take at most this share of the
 # audio they make (the rest is headroom for prefills and decode bursts)...
@@ -524,7 +528,8 @@ class Scheduler:
 
     def _decode(self) -> None:
         """Decode the chunks that are due, requests with pieces of the same size together: urgent pieces
-        at once, steady ones when `_bulk_due` says so for any request."""
+        (first audio, the ramp, a stream whose lead is thin) at once, steady ones when `_bulk_due` says so
+        for any request."""
         for request in self._running:
             if request.cursor is not None:  # a row waiting for text: all its audio so far goes out now
                 request.cursor.cut(final=not _advances(request))
@@ -532,10 +537,13 @@ class Scheduler:
             if request.cancelled.is_set():
                 request.cursor.pieces.clear()
         active = [r for r in self._running + self._decoding if r.cursor is not None and r.cursor.pieces]
+        now = time.perf_counter()
+        for request in active:
+            if request.first_audio is not None and self._lead(request, now) < LEAD_URGENT_S:
+                request.cursor.pieces[0].urgent = True
         if any(r.cursor.pieces[0].urgent for r in active):
             self._decode_rounds(URGENT, active)
         bulk = [r for r in active if r.cursor.pieces and not r.cursor.pieces[0].urgent]
-        now = time.perf_counter()
         if any(self._bulk_due(r, now) for r in bulk):
             self._decode_rounds(BULK, bulk)
         self._complete_decoded()
