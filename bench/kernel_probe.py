@@ -144,7 +144,8 @@ def tiles(emit):
     calls = 40
     for rows in (16, 64, 128):
         for model, name, n, k, kind in TILE_SHAPES:
-            weights, _, norm, _ = operands(n, k, kind, copies=max(2, int(160e6 // (n * k * 2 * (2 if kind == "gated" else 1)))))
+            copies = max(2, int(160e6 // (n * k * 2 * (2 if kind == "gated" else 1))))
+            weights, _, norm, _ = operands(n, k, kind, copies)
             x = torch.randn(rows, k, device="cuda", dtype=torch.bfloat16)
             residual = torch.randn(rows, n, device="cuda", dtype=torch.bfloat16)
             ws = [weights[i % len(weights)] for i in range(calls)]
@@ -155,7 +156,8 @@ def tiles(emit):
                 config = (min(64, max(16, next_power_of_2(rows))), bn, bk, warps, stages)
                 try:
                     err = (fused_call(x, ws[0], norm, residual, kind, config).float() - ref.float()).abs().max().item()
-                    ms = graph_ms(lambda: [fused_call(x, w, norm, residual, kind, config, pdl=True) for w in ws]) / calls
+                    ms = graph_ms(lambda: [fused_call(x, w, norm, residual, kind, config, pdl=True)
+                                           for w in ws]) / calls
                 except Exception as error:
                     emit({"part": "tiles", "rows": rows, "shape": f"{model} {name}", "config": config,
                           "error": repr(error)[:300]})

@@ -126,9 +126,10 @@ DECODE_CONFIGS = {
 # cost 7.47 ms this way against 5.49 ms for 8 rows through cuBLAS (bench/engine_probe.py).
 ROWS_PER_PROGRAM_MAX = 2
 # From 3 rows up to this many (a frame's batch; the predictor's first step has 2 rows per request), tiles
-# of rows go through the tensor cores, with the norm, the gate and the residual add still fused in; more
-# rows (prefill) go to cuBLAS between the Triton norm and gate. 0 sends every batch to cuBLAS (the probes
-# compare the two).
+# of rows go through the tensor cores behind the Triton norm, with the gate or the residual add fused in
+# (one launch fewer than cuBLAS: H100, 64 rows, the talker's o product with its residual add 6.2 us
+# against 8.2 us); more rows (prefill) go to cuBLAS between the Triton norm and gate. 0 sends every batch
+# to cuBLAS (the probes compare the two).
 TILE_ROWS_MAX = 128
 
 
@@ -145,14 +146,18 @@ def linear_config(rows: int, n: int, k: int, gated: bool) -> tuple[int, int, int
 
 @jit
 def _fused_linear_tile_kernel(
-    x_ptr, w_ptr, norm_ptr, res_ptr, bias_ptr, out_ptr, M, K, N, eps,
-    NORM: tl.constexpr, GATED: tl.constexpr, RESIDUAL: tl.constexpr, BIAS: tl.constexpr, IEEE: tl.constexpr,
+    x_ptr, w_ptr, res_ptr, bias_ptr, out_ptr, M, K, N,
+    GATED: tl.constexpr, RESIDUAL: tl.constexpr, BIAS: tl.constexpr, IEEE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr,
 ):
     """Programs (output block, row block): BLOCK_N outputs of BLOCK_M rows as tensor-core products, walking K
-    in BLOCK_K steps. Each row's sums are the same whatever rows share its tile. IEEE: float32 products in
-    float32 (not TF32), for float32 activations and for the interpreter, whose bfloat16 dot is wrong (the
-    products of bfloat16 values are exact in float32, so the result is the tensor cores' up to order)."""
+    in BLOCK_K steps. Each row's sums are the same whatever rows share its tile. The pre-norm is not fused
+    here: every program would normalise all the rows again (H100, 64 rows: the talker's q/k/v product took
+    31 us so, against 11 us for the norm kernel and cuBLAS; bench/kernel_probe.py --parts tiles).
+
+    IEEE: float32 products in float32 (not TF32), for float32 activations and for the interpreter, whose
+    bfloat16 dot is wrong (products of bfloat16 values are exact in float32, so the result is the tensor
+    cores' up to the order of the sum)."""
     dtype = x_ptr.dtype.element_ty
     m = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
     n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -162,21 +167,11 @@ def _fused_linear_tile_kernel(
     w_cols = w_ptr + n.to(tl.int64)[None, :] * K  # the weight's rows, read as the columns of a [K, N] tile
     wait_for_previous(PDL)
 
-    if NORM:
-        squares = tl.zeros([BLOCK_M, BLOCK_K], dtype=tl.float32)
-        for k in range(0, K, BLOCK_K):
-            xs = tl.load(x_rows + k + kk[None, :], mask=m_ok[:, None] & (k + kk[None, :] < K), other=0.0)
-            squares += xs.to(tl.float32) * xs.to(tl.float32)
-        inv_rms = tl.math.rsqrt(tl.sum(squares, axis=1) / K + eps)
-
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     acc_up = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     for k in range(0, K, BLOCK_K):
         k_ok = k + kk < K
         h = tl.load(x_rows + k + kk[None, :], mask=m_ok[:, None] & k_ok[None, :], other=0.0)
-        if NORM:
-            g = tl.load(norm_ptr + k + kk, mask=k_ok, other=0.0).to(tl.float32)[None, :]
-            h = round_to(round_to(h.to(tl.float32) * inv_rms[:, None], dtype).to(tl.float32) * g, dtype)
         w_ok = k_ok[:, None] & n_ok[None, :]
         w = tl.load(w_cols + k + kk[:, None], mask=w_ok, other=0.0)
         if IEEE:
@@ -210,19 +205,20 @@ def tile_config(rows: int, n: int, k: int, gated: bool) -> tuple[int, int, int, 
     block_m = min(64, max(16, next_power_of_2(rows)))
     if interpreted():
         return block_m, 64, next_power_of_2(k), 4, 1
-    block_n = 16 if n <= 2048 else 32
-    return block_m, block_n, 128, 4, 4
+    # the fastest measured (H100, 16-128 rows, bench/kernel_probe.py --parts tiles) for the 1024-2048-wide
+    # residual products; the wider ones took 32 outputs per program
+    return (block_m, 16, 256, 4, 4) if n <= 2048 else (block_m, 32, 256, 4, 3)
 
 
 def fused_linear_triton(
     x: torch.Tensor, weight: torch.Tensor, *, norm_weight: torch.Tensor | None = None, eps: float = 1e-6,
     residual: torch.Tensor | None = None, gated: bool = False, bias: torch.Tensor | None = None,
-    out: torch.Tensor | None = None, pdl: bool = False, config: tuple[int, int, int] | None = None,
+    out: torch.Tensor | None = None, pdl: bool = False, config: tuple[int, ...] | None = None,
 ) -> torch.Tensor:
-    """`fused_linear_reference` in one launch: a program per row up to `ROWS_PER_PROGRAM_MAX` rows, tiles of
-    rows up to `TILE_ROWS_MAX`; more rows go to cuBLAS between the Triton norm and gate. `out` may be
-    `residual` itself (each program reads its own residual elements before it writes them). `config`
-    overrides `linear_config` or `tile_config` (the probe sweeps it)."""
+    """`fused_linear_reference`: in one launch up to `ROWS_PER_PROGRAM_MAX` rows (a program per row), up to
+    `TILE_ROWS_MAX` in tiles behind the norm kernel; more rows go to cuBLAS between the Triton norm and
+    gate. `out` may be `residual` itself (each program reads its own residual elements before it writes
+    them). `config` overrides `linear_config` or `tile_config` (the probe sweeps it)."""
     k = x.shape[-1]
     n = weight.shape[0] // 2 if gated else weight.shape[0]
     if (weight.shape[1] != k or (gated and weight.shape[0] % 2) or (gated and residual is not None)
@@ -247,10 +243,11 @@ def fused_linear_triton(
     norm = norm_weight is not None
     norm_weight = norm_weight if norm else weight  # a pointer the kernel does not read
     if rows > ROWS_PER_PROGRAM_MAX:
+        h = add_rms_norm_triton(x2, norm_weight, eps)[0] if norm else x2
         block_m, block_n, block_k, warps, stages = config or tile_config(rows, n, k, gated)
         _fused_linear_tile_kernel[(cdiv(n, block_n), cdiv(rows, block_m))](
-            x2, weight, norm_weight, residual if residual is not None else out, bias if bias is not None else weight,
-            out, rows, k, n, eps, NORM=norm, GATED=gated, RESIDUAL=residual is not None,
+            h, weight, residual if residual is not None else out, bias if bias is not None else weight,
+            out, rows, k, n, GATED=gated, RESIDUAL=residual is not None,
             BIAS=bias is not None, IEEE=x.dtype == torch.float32 or interpreted(), BLOCK_M=block_m, BLOCK_N=block_n,
             BLOCK_K=block_k, PDL=pdl, num_warps=warps, num_stages=stages, **pdl_launch(pdl),
         )
