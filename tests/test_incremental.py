@@ -111,6 +111,29 @@ def test_the_request_waits_for_text_and_resumes_where_it_stopped(tts):
     assert torch.equal(stream.result()[1].codes, expected)
 
 
+def test_a_live_stream_with_a_thin_lead_decodes_on_the_urgent_lane_and_keeps_its_audio(tts):
+    """Words that come slower than they are spoken leave the stream's audio barely ahead of playback: each
+    word's piece decodes on the urgent lane (ahead of frames on a GPU), past the ramp too, and the audio is
+    still that of the whole text."""
+    whole_chunks, whole_finished = tts.submit(TEXT, non_streaming_mode=False, **KWARGS).result()
+    words = TEXT.split(" ")
+    stats = tts.engine.stats
+    bulk = stats["decode_calls"]["bulk"]
+    urgent = stats["decode_calls"]["urgent"]
+    stream = tts.open_text(**KWARGS)
+    for word in words[:10]:  # about 13 tokens: 1 s of audio fed over 2 s, past the ramp's 4 chunks
+        stream.feed(word + " ")
+        waiting(stream, tts.engine)
+        time.sleep(0.2)
+    assert stats["decode_calls"]["urgent"] - urgent > 4
+    assert stats["decode_calls"]["bulk"] == bulk
+    stream.feed(" ".join(words[10:]))
+    stream.end()
+    chunks, finished = stream.result()
+    assert torch.equal(finished.codes, whole_finished.codes)
+    np.testing.assert_allclose(np.concatenate(chunks), np.concatenate(whole_chunks), atol=1e-5)
+
+
 def test_control_tokens_in_a_later_piece_are_refused(tts):
     stream = tts.open_text(**KWARGS)
     stream.feed("A fine start ")
