@@ -430,3 +430,24 @@ def test_synthesize_batch_rejects_mismatched_lists(custom):
         tts.synthesize_batch(["a", "b", "c"], speaker=["ryan", "eric"])
     with pytest.raises(InputError, match="non-empty list"):
         tts.synthesize_batch("just one text", speaker="ryan")
+
+
+def test_a_script_that_exits_without_closing_the_engine_exits_cleanly(tiny_checkpoint):
+    """The engine thread is stopped at interpreter exit, here with a stream still half read: exit status
+    0, at once, nothing on stderr about threads."""
+    import subprocess
+    import sys
+
+    script = (
+        "import qtts\n"
+        f"tts = qtts.load({str(tiny_checkpoint('custom_voice'))!r}, device='cpu')\n"
+        "tts.synthesize('Hello there.', speaker='ryan', max_new_tokens=6)\n"
+        "stream = tts.synthesize('A longer sentence that is still being spoken.', speaker='ryan', stream=True,\n"
+        "                        max_new_tokens=200, min_new_tokens=199)\n"
+        "next(iter(stream))\n"
+    )
+    began = time.monotonic()
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "Thread" not in result.stderr and "terminate" not in result.stderr, result.stderr[-2000:]
+    assert time.monotonic() - began < 100

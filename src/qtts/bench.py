@@ -286,6 +286,17 @@ def bench_qtts(checkpoint: str, texts: Sequence[str], frames: int, runs: int, mo
     dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
     tts = qtts.load(checkpoint, device=device, dtype=dtype)
     streams = "stream" in inspect.signature(tts.synthesize).parameters
+    try:
+        return _measure(tts, texts, frames, runs, model, streams)
+    finally:
+        tts.close()
+
+
+def _measure(tts, texts: Sequence[str], frames: int, runs: int, model: str, streams: bool) -> list[Result]:
+    import torch
+
+    import qtts
+
     short = max(frames // 5, 2)
 
     def synthesize(text: str, n: int, seed: int, **extra):

@@ -14,9 +14,11 @@ chunks that are due, deliver landed audio. On CPU the same loop runs eagerly (no
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import threading
 import time
+import weakref
 from collections import Counter, deque
 
 import torch
@@ -185,6 +187,9 @@ class Scheduler:
             if self._thread is None:
                 self._thread = threading.Thread(target=self._loop, name="qtts-engine", daemon=True)
                 self._thread.start()
+                # A script that exits without close() stops the engine thread before the interpreter
+                # tears down under it (a daemon thread woken mid-finalisation aborts the process).
+                atexit.register(_close_at_exit, weakref.ref(self))
         return Generation(request)
 
     def _set_limit(self, request: Request) -> None:
@@ -687,6 +692,15 @@ class Scheduler:
         self._running, self._decoding = [], []
         self._in_flight.clear()
         self._audio_in_flight.clear()
+
+
+def _close_at_exit(engine_ref: weakref.ref) -> None:
+    engine = engine_ref()
+    if engine is not None:
+        try:
+            engine.close(timeout=5.0)
+        except EngineStopped:  # stuck on the device: the process exits regardless
+            pass
 
 
 def _advances(request: Request) -> bool:
