@@ -18,7 +18,8 @@ Parts (each timed with CUDA events, median of `--reps`, after warm-up):
     for `--duration` seconds (serve_load's closed-loop step without HTTP), with the engine's counters;
   - `profile`: the kernels of one captured frame (buckets 1, 16, 64) and of one bulk decode call (16 and 64
     requests x 16 frames), by name, from the profiler (CUPTI sees the kernels a graph replays): what to
-    make cheaper, with each kernel's share of the step;
+    make cheaper, with each kernel's share of the step (under PDL a kernel starts while the one before it
+    finishes, so durations overlap: set QTTS_PDL=0 for kernel times that add up);
   - `load`: closed-loop, in process: N requests of `--frames` frames at once, N in `--concurrency`;
     aggregate audio seconds per wall second, time to first audio (median, p95) and how far each stream's
     audio stays ahead of real-time playback (min over requests of the worst lead, negative = underrun).
