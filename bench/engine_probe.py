@@ -19,7 +19,8 @@ Parts (each timed with CUDA events, median of `--reps`, after warm-up):
   - `profile`: the kernels of one captured frame (buckets 1, 16, 64) and of one bulk decode call (16 and 64
     requests x 16 frames), by name, from the profiler (CUPTI sees the kernels a graph replays): what to
     make cheaper, with each kernel's share of the step (under PDL a kernel starts while the one before it
-    finishes, so durations overlap: set QTTS_PDL=0 for kernel times that add up);
+    finishes, so durations overlap: set QTTS_PDL=0 for kernel times that add up), and the decode calls run
+    eagerly with each kernel charged to the PyTorch op (and input shapes) that launched it;
   - `load`: closed-loop, in process: N requests of `--frames` frames at once, N in `--concurrency`;
     aggregate audio seconds per wall second, time to first audio (median, p95) and how far each stream's
     audio stays ahead of real-time playback (min over requests of the worst lead, negative = underrun).
@@ -143,6 +144,27 @@ def profile(tts, emit, reps, context, top=25):
               "top": [{"name": e.key[:90], "ms": round(e.self_device_time_total / reps / 1e3, 4),
                        "calls": round(e.count / reps, 1), "share": round(e.self_device_time_total / max(total, 1), 3)}
                       for e in by_time[:top]]})
+    # The same decode calls run eagerly, kernels charged to the PyTorch op that launched them, by input
+    # shapes: which convolution a kernel of the graph's list belongs to.
+    for bucket in (16, 64):
+        chunk_run = stage.lanes[BULK].runs.get((bucket, 16))
+        if chunk_run is None:
+            continue
+        with stage.on_stream(BULK):
+            chunk_run.run()
+            torch.cuda.synchronize()
+            with profiler(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA], record_shapes=True) as prof:
+                for _ in range(reps):
+                    chunk_run.run()
+                torch.cuda.synchronize()
+        ops = [e for e in prof.key_averages(group_by_input_shape=True)
+               if e.device_type == DeviceType.CPU and e.self_device_time_total > 0]
+        total = sum(e.self_device_time_total for e in ops)
+        emit({"part": "profile_ops", "step": f"decode {bucket}x16 eager", "device_ms": round(total / reps / 1e3, 3),
+              "top": [{"op": e.key, "shapes": str(e.input_shapes)[:160],
+                       "ms": round(e.self_device_time_total / reps / 1e3, 4), "calls": round(e.count / reps, 1),
+                       "share": round(e.self_device_time_total / max(total, 1), 3)}
+                      for e in sorted(ops, key=lambda e: -e.self_device_time_total)[:top]]})
     for tensor in store.per_row():
         tensor.zero_()
     with stage.on_stream(BULK):
