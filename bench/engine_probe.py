@@ -306,8 +306,10 @@ class Busy:
     every 20 ms; near 100: the kernels are)."""
 
     def __init__(self, engine):
+        self.engine = engine
         self.tid = engine._thread.native_id if engine._thread is not None else None
-        self.cpu = self._cpu_s()
+        # an engine thread that starts during the round (at its first request) has used no CPU before it
+        self.cpu = self._cpu_s() if self.tid is not None else 0.0
         self.samples: list[int] = []
         self.running = True
         self.sampler = threading.Thread(target=self._sample, daemon=True)
@@ -316,8 +318,11 @@ class Busy:
     def _cpu_s(self) -> float | None:
         if self.tid is None:
             return None
-        with open(f"/proc/self/task/{self.tid}/stat") as stat:
-            fields = stat.read().rpartition(")")[2].split()
+        try:
+            with open(f"/proc/self/task/{self.tid}/stat") as stat:
+                fields = stat.read().rpartition(")")[2].split()
+        except FileNotFoundError:  # the thread has ended
+            return None
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
 
     def _sample(self):
@@ -331,8 +336,11 @@ class Busy:
     def stop(self, wall: float) -> dict:
         self.running = False
         self.sampler.join()
+        if self.tid is None and self.engine._thread is not None:
+            self.tid = self.engine._thread.native_id
         cpu = self._cpu_s()
-        return {"engine_thread_cpu_share": None if cpu is None else round((cpu - self.cpu) / wall, 2),
+        return {"engine_thread_cpu_share": None if cpu is None or self.cpu is None
+                else round((cpu - self.cpu) / wall, 2),
                 "gpu_utilization_mean": round(statistics.mean(self.samples), 1) if self.samples else None}
 
 
