@@ -11,7 +11,9 @@ import torch
 
 from qtts import kernels
 from qtts.kernels.decode_attention import decode_attention_reference, decode_attention_triton
-from qtts.kernels.linear import ROWS_PER_PROGRAM_MAX, fused_linear_reference, fused_linear_triton
+from qtts.kernels.linear import (
+    ROWS_PER_PROGRAM_MAX, TILE_SCRATCH_BYTES, fused_linear_reference, fused_linear_triton, tile_config,
+)
 from qtts.kernels.qk_norm_rope import qk_norm_rope_cache_reference, qk_norm_rope_cache_triton
 from qtts.kernels.rms_norm import add_rms_norm, add_rms_norm_reference, add_rms_norm_triton
 from qtts.kernels.sample import exponential_noise, sample_codes_reference, sample_codes_triton
@@ -240,6 +242,27 @@ def test_fused_linear_matches_reference(device, dtype, rows, kind):
     small = (16, 32, 4) if rows <= ROWS_PER_PROGRAM_MAX else (16, 16, 32, 4, 1)
     for config in [small, None]:
         assert_same_function(fused_linear_triton(x, weight, config=config, **options), ref)
+
+
+# every batch product of the 0.6B and 1.7B models: (N, K, gated)
+MODEL_PRODUCTS = [(4096, 1024, False), (1024, 2048, False), (3072, 1024, True), (1024, 3072, False),
+                  (2048, 1024, False), (3072, 1024, False), (4096, 2048, False), (2048, 2048, False),
+                  (6144, 2048, True), (2048, 6144, False)]
+
+
+@pytest.mark.parametrize("shared_memory", [232448, 167936, 101376, 65536])  # H100/H200, A100, L4/RTX, small
+@pytest.mark.parametrize("element_size", [2, 4])
+def test_tile_configurations_fit_the_gpus_shared_memory(monkeypatch, shared_memory, element_size):
+    """A tile program's pipelined loads must fit the GPU's shared memory, or the launch fails: on Hopper in
+    bf16 the configurations are the measured ones; elsewhere, and in float32, they shrink to fit."""
+    monkeypatch.setattr("qtts.kernels.linear.interpreted", lambda: False)
+    for rows in (3, 16, 64, 128):
+        for n, k, gated in MODEL_PRODUCTS:
+            block_m, block_n, block_k, _, stages = tile_config(rows, n, k, gated, element_size, shared_memory)
+            stage = (block_m + (2 if gated else 1) * block_n) * block_k * element_size
+            assert stages >= 1 and block_k >= 32 and stage * stages + TILE_SCRATCH_BYTES <= shared_memory
+            if shared_memory == 232448 and element_size == 2:
+                assert (block_k, stages) == ((256, 4) if n <= 2048 else (256, 3))
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -18,12 +18,14 @@ and is rounded to the activation dtype, then the gate or the residual add round 
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch.nn import functional as F
 
 from qtts.errors import InputError
 from qtts.kernels import (
-    cdiv, enabled, interpreted, jit, next_power_of_2, pdl_launch, round_to, tl, wait_for_previous,
+    cdiv, enabled, interpreted, jit, next_power_of_2, pdl_launch, round_to, tl, triton, wait_for_previous,
 )
 from qtts.kernels.rms_norm import add_rms_norm_reference, add_rms_norm_triton
 from qtts.kernels.swiglu import silu_mul_halves_reference, silu_mul_halves_triton
@@ -198,16 +200,41 @@ def _fused_linear_tile_kernel(
     tl.store(out_ptr + at, round_to(y, dtype), mask=ok)
 
 
-def tile_config(rows: int, n: int, k: int, gated: bool) -> tuple[int, int, int, int, int]:
+# Shared memory a tile program keeps beside its pipelined loads (the epilogue's layout change, at most a
+# [64, 64] float32 block, and Triton's own scratch).
+TILE_SCRATCH_BYTES = 16384
+
+
+def tile_config(rows: int, n: int, k: int, gated: bool, element_size: int = 2,
+                shared_memory: int = 232448) -> tuple[int, int, int, int, int]:
     """(BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages) for a product of 3..TILE_ROWS_MAX rows: row blocks
     of up to 64, and output blocks narrow enough that the products of a layer (1024 outputs and up) spread
-    over every SM."""
+    over every SM. Each pipeline stage holds a row tile and one weight tile (two when gated); the stages
+    are cut, and then the K step, until they fit the GPU's `shared_memory` per program (232448 bytes on
+    Hopper, 167936 on an A100, about 100 KB on smaller GPUs)."""
     block_m = min(64, max(16, next_power_of_2(rows)))
     if interpreted():
         return block_m, 64, next_power_of_2(k), 4, 1
-    # the fastest measured (H100, 16-128 rows, bench/kernel_probe.py --parts tiles) for the 1024-2048-wide
-    # residual products; the wider ones took 32 outputs per program
-    return (block_m, 16, 256, 4, 4) if n <= 2048 else (block_m, 32, 256, 4, 3)
+    # the fastest measured (H100, bf16, 16-128 rows, bench/kernel_probe.py --parts tiles) for the
+    # 1024-2048-wide residual products; the wider ones took 32 outputs per program
+    block_n, block_k, stages = (16, 256, 4) if n <= 2048 else (32, 256, 3)
+    if element_size > 2:  # float32 operands: a quarter of the K step, about the bytes of a bf16 stage
+        block_k = 64
+    room = shared_memory - TILE_SCRATCH_BYTES
+    tiles = block_m + (2 if gated else 1) * block_n
+
+    def stage_bytes() -> int:
+        return tiles * block_k * element_size
+
+    while block_k > 32 and 2 * stage_bytes() > room:  # room for at least two stages
+        block_k //= 2
+    return block_m, block_n, block_k, 4, max(1, min(stages, room // stage_bytes()))
+
+
+@functools.cache
+def shared_memory_bytes(device_index: int) -> int:
+    """The most shared memory one program may use on this GPU, as Triton checks it at launch."""
+    return triton.runtime.driver.active.utils.get_device_properties(device_index)["max_shared_mem"]
 
 
 def fused_linear_triton(
@@ -244,7 +271,8 @@ def fused_linear_triton(
     norm_weight = norm_weight if norm else weight  # a pointer the kernel does not read
     if rows > ROWS_PER_PROGRAM_MAX:
         h = add_rms_norm_triton(x2, norm_weight, eps)[0] if norm else x2
-        block_m, block_n, block_k, warps, stages = config or tile_config(rows, n, k, gated)
+        block_m, block_n, block_k, warps, stages = config or tile_config(
+            rows, n, k, gated, x.element_size(), shared_memory_bytes(x.device.index or 0) if x.is_cuda else 0)
         _fused_linear_tile_kernel[(cdiv(n, block_n), cdiv(rows, block_m))](
             h, weight, residual if residual is not None else out, bias if bias is not None else weight,
             out, rows, k, n, GATED=gated, RESIDUAL=residual is not None,
