@@ -295,3 +295,12 @@ def test_qtts_pdl_0_turns_programmatic_dependent_launch_off(monkeypatch):
     assert kernels.pdl_supported("cuda")
     monkeypatch.setenv("QTTS_PDL", "0")
     assert not kernels.pdl_supported("cuda")
+
+
+def test_batch_products_use_tiles_only_where_bf16_tensor_cores_exist(monkeypatch):
+    from qtts.kernels import linear
+
+    for capability, tiles in (((7, 5), False), ((8, 0), True), ((9, 0), True)):
+        monkeypatch.setattr(linear, "_compute_capability", lambda index, c=capability: c)
+        assert linear.bf16_tensor_cores(torch.device("cuda", 0)) is tiles
+    assert linear.bf16_tensor_cores(torch.device("cpu"))  # the interpreter runs them

@@ -231,6 +231,17 @@ def tile_config(rows: int, n: int, k: int, gated: bool, element_size: int = 2,
     return block_m, block_n, block_k, 4, max(1, min(stages, room // stage_bytes()))
 
 
+def bf16_tensor_cores(device: torch.device) -> bool:
+    """Whether the tile kernel's products compile here: Ampere (compute capability 8) or later, or the
+    interpreter."""
+    return device.type != "cuda" or _compute_capability(device.index or 0) >= (8, 0)
+
+
+@functools.cache
+def _compute_capability(device_index: int) -> tuple[int, int]:
+    return torch.cuda.get_device_capability(device_index)
+
+
 @functools.cache
 def shared_memory_bytes(device_index: int) -> int:
     """The most shared memory one program may use on this GPU, as Triton checks it at launch."""
@@ -243,9 +254,10 @@ def fused_linear_triton(
     out: torch.Tensor | None = None, pdl: bool = False, config: tuple[int, ...] | None = None,
 ) -> torch.Tensor:
     """`fused_linear_reference`: in one launch up to `ROWS_PER_PROGRAM_MAX` rows (a program per row), up to
-    `TILE_ROWS_MAX` in tiles behind the norm kernel; more rows go to cuBLAS between the Triton norm and
-    gate. `out` may be `residual` itself (each program reads its own residual elements before it writes
-    them). `config` overrides `linear_config` or `tile_config` (the probe sweeps it)."""
+    `TILE_ROWS_MAX` in tiles behind the norm kernel (on GPUs with bf16 tensor cores); more rows go to
+    cuBLAS between the Triton norm and gate. `out` may be `residual` itself (each program reads its own
+    residual elements before it writes them). `config` overrides `linear_config` or `tile_config` (the
+    probe sweeps it)."""
     k = x.shape[-1]
     n = weight.shape[0] // 2 if gated else weight.shape[0]
     if (weight.shape[1] != k or (gated and weight.shape[0] % 2) or (gated and residual is not None)
@@ -258,7 +270,8 @@ def fused_linear_triton(
     for name, t in (("residual", residual), ("out", out)):
         if t is not None and (t.shape != shape or not t.is_contiguous()):
             raise InputError(f"{name} {tuple(t.shape)} must be contiguous and shaped like the output {shape}")
-    if rows > max(ROWS_PER_PROGRAM_MAX, TILE_ROWS_MAX):
+    tiles = ROWS_PER_PROGRAM_MAX < rows <= TILE_ROWS_MAX and bf16_tensor_cores(x.device)
+    if rows > ROWS_PER_PROGRAM_MAX and not tiles:
         h = add_rms_norm_triton(x2, norm_weight, eps)[0] if norm_weight is not None else x2
         y = F.linear(h, weight, bias)
         y = (silu_mul_halves_triton(y) if gated else y).view(shape)
@@ -269,15 +282,16 @@ def fused_linear_triton(
     weight = weight.contiguous()
     norm = norm_weight is not None
     norm_weight = norm_weight if norm else weight  # a pointer the kernel does not read
-    if rows > ROWS_PER_PROGRAM_MAX:
+    if tiles:
         h = add_rms_norm_triton(x2, norm_weight, eps)[0] if norm else x2
+        shared_memory = shared_memory_bytes(x.device.index or 0) if x.is_cuda else 0
         block_m, block_n, block_k, warps, stages = config or tile_config(
-            rows, n, k, gated, x.element_size(), shared_memory_bytes(x.device.index or 0) if x.is_cuda else 0)
+            rows, n, k, gated, x.element_size(), shared_memory)
         _fused_linear_tile_kernel[(cdiv(n, block_n), cdiv(rows, block_m))](
-            h, weight, residual if residual is not None else out, bias if bias is not None else weight,
-            out, rows, k, n, GATED=gated, RESIDUAL=residual is not None,
-            BIAS=bias is not None, IEEE=x.dtype == torch.float32 or interpreted(), BLOCK_M=block_m, BLOCK_N=block_n,
-            BLOCK_K=block_k, PDL=pdl, num_warps=warps, num_stages=stages, **pdl_launch(pdl),
+            h, weight, residual if residual is not None else out, bias if bias is not None else weight, out,
+            rows, k, n, GATED=gated, RESIDUAL=residual is not None, BIAS=bias is not None,
+            IEEE=x.dtype == torch.float32 or interpreted(), BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k,
+            PDL=pdl, num_warps=warps, num_stages=stages, **pdl_launch(pdl),
         )
         return out
     block_n, block_k, warps = config or linear_config(rows, n, k, gated)
