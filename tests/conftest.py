@@ -22,6 +22,16 @@ def tiny_checkpoint(tmp_path_factory):
     return get
 
 
+@pytest.fixture
+def one_thread():
+    """Tiny matmuls run many times faster on one thread than on two contended ones (modules that run tiny
+    models use it for every test: `pytestmark = pytest.mark.usefixtures("one_thread")`)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available():
         return

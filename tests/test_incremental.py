@@ -18,12 +18,7 @@ KWARGS = dict(speaker="ryan", language="english", do_sample=False, subtalker_dos
               max_new_tokens=40, min_new_tokens=39)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,6 @@ import time
 
 import numpy as np
 import pytest
-import torch
 
 import qtts
 from qtts.audio_formats import pcm16
@@ -30,12 +29,7 @@ LONG = " ".join(SENTENCES)
 KWARGS = dict(speaker="ryan", language="english", max_new_tokens=7, min_new_tokens=6)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

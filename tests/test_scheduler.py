@@ -12,7 +12,7 @@ import torch
 from qtts import kernels
 from qtts.config import TTSConfig
 from qtts.engine import reference
-from qtts.engine.frame import Frame, LayerOps, prefill
+from qtts.engine.frame import LayerOps, prefill
 from qtts.engine.rows import RowStore
 from qtts.engine.scheduler import Scheduler
 from qtts.errors import InputError
@@ -24,13 +24,7 @@ from qtts.testing.configs import tiny_tts_config
 GREEDY = SamplingParams(do_sample=False, subtalker_dosample=False)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny matmuls run ~10x faster on one thread than on two contended ones."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_talker(seed: int = 0, mtp_projection: bool = True, device="cpu", dtype=torch.float32) -> Talker:

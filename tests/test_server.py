@@ -13,7 +13,6 @@ import json
 import math
 import socket
 import struct
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
