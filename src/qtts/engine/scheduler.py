@@ -536,8 +536,8 @@ class Scheduler:
 
     def _decode(self) -> None:
         """Decode the chunks that are due, requests with pieces of the same size together: urgent pieces
-        (first audio, the ramp, a live stream whose lead is thin) at once, steady ones when `_bulk_due` says so
-        for any request."""
+        (first audio, the ramp, a live stream whose lead is thin) at once, steady ones when `_bulk_due` says
+        so for any request."""
         for request in self._running:
             if request.cursor is not None:  # a row waiting for text: all its audio so far goes out now
                 request.cursor.cut(final=not _advances(request))
@@ -546,8 +546,8 @@ class Scheduler:
                 request.cursor.pieces.clear()
         active = [r for r in self._running + self._decoding if r.cursor is not None and r.cursor.pieces]
         now = time.perf_counter()
-        for request in active:
-            if (request.text_open_loaded and request.first_audio is not None
+        for request in active:  # a live stream (still generating, its text not all in) with a thin lead
+            if (request.generating and request.text_open_loaded and request.first_audio is not None
                     and self._lead(request, now) < LEAD_URGENT_S):
                 for piece in request.cursor.pieces:
                     piece.urgent = True

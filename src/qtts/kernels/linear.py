@@ -270,20 +270,15 @@ def fused_linear_triton(
     for name, t in (("residual", residual), ("out", out)):
         if t is not None and (t.shape != shape or not t.is_contiguous()):
             raise InputError(f"{name} {tuple(t.shape)} must be contiguous and shaped like the output {shape}")
-    tiles = ROWS_PER_PROGRAM_MAX < rows <= TILE_ROWS_MAX and bf16_tensor_cores(x.device)
-    if rows > ROWS_PER_PROGRAM_MAX and not tiles:
-        h = add_rms_norm_triton(x2, norm_weight, eps)[0] if norm_weight is not None else x2
-        y = F.linear(h, weight, bias)
-        y = (silu_mul_halves_triton(y) if gated else y).view(shape)
-        y = y if residual is None else residual + y
-        return y if out is None else out.copy_(y)
-    if out is None:
-        out = x.new_empty(shape)
     weight = weight.contiguous()
-    norm = norm_weight is not None
-    norm_weight = norm_weight if norm else weight  # a pointer the kernel does not read
-    if tiles:
-        h = add_rms_norm_triton(x2, norm_weight, eps)[0] if norm else x2
+    if rows > ROWS_PER_PROGRAM_MAX:  # a batch: the norm in its own kernel, then tiles or cuBLAS
+        h = add_rms_norm_triton(x2, norm_weight, eps)[0] if norm_weight is not None else x2
+        if not (rows <= TILE_ROWS_MAX and bf16_tensor_cores(x.device)):
+            y = F.linear(h, weight, bias)
+            y = (silu_mul_halves_triton(y) if gated else y).view(shape)
+            y = y if residual is None else residual + y
+            return y if out is None else out.copy_(y)
+        out = x.new_empty(shape) if out is None else out
         shared_memory = shared_memory_bytes(x.device.index or 0) if x.is_cuda else 0
         block_m, block_n, block_k, warps, stages = config or tile_config(
             rows, n, k, gated, x.element_size(), shared_memory)
@@ -294,9 +289,11 @@ def fused_linear_triton(
             PDL=pdl, num_warps=warps, num_stages=stages, **pdl_launch(pdl),
         )
         return out
+    out = x.new_empty(shape) if out is None else out
     block_n, block_k, warps = config or linear_config(rows, n, k, gated)
+    norm = norm_weight is not None
     _fused_linear_kernel[(cdiv(n, block_n), rows)](
-        x2, weight, norm_weight,
+        x2, weight, norm_weight if norm else weight,  # (a pointer the kernel does not read)
         residual if residual is not None else out, bias if bias is not None else weight, out, k, n, eps,
         NORM=norm, GATED=gated, RESIDUAL=residual is not None, BIAS=bias is not None,
         BLOCK_N=block_n, BLOCK_K=block_k, PDL=pdl, num_warps=warps, **pdl_launch(pdl),
