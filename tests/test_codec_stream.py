@@ -5,8 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from qtts import kernels
 from qtts.errors import InputError
-from qtts.models.codec_decoder import CodecDecoder
+from qtts.models import codec_decoder
+from qtts.models.codec_decoder import CodecDecoder, unbiased_conv
 from qtts.models.codec_stream import CodecStream
 from test_codec_decoder import decoder_config, one_thread, random_codes, randomize_decoder  # noqa: F401
 
@@ -88,3 +90,37 @@ def test_resetting_one_row_restarts_only_that_stream(decoder):
 def test_wrong_batch_size_is_an_input_error(decoder):
     with pytest.raises(InputError, match="decodes codes"):
         CodecStream(decoder, batch_size=2).decode(random_codes(1, 1, seed=16))
+
+
+@pytest.mark.parametrize("dilation, length", [(3, 40), (9, 63), (9, 60)])
+def test_a_dilated_conv_folded_into_the_batch_is_the_same_conv(dilation, length):
+    torch.manual_seed(0)
+    conv = torch.nn.Conv1d(5, 4, 7, dilation=dilation)
+    x = torch.randn(2, 5, length)
+    padded = torch.cat((x, torch.full((2, 5, -length % dilation), float("nan"))), dim=-1)  # never read
+    want = torch.nn.functional.conv1d(x, conv.weight, dilation=dilation)
+    torch.testing.assert_close(unbiased_conv(conv, padded, length), want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.skipif(not kernels.available(), reason="Triton is not installed")
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+def test_the_fused_path_decodes_as_the_plain_one(decoder, monkeypatch, device):
+    """The GPU's decoder path (activations written into the causal convs' padded inputs, each conv bias in
+    the kernel behind it, dilations folded into the batch, the 1x1 convs as products), on CPU through
+    Triton's interpreter: the same audio, one pass and streamed, in float32; in bfloat16 no further from
+    the float32 decode than the plain path's bfloat16 decode."""
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)  # float32 means float32 on a GPU too
+    codes = random_codes(2, 21, seed=19).to(device)
+    full = CodecDecoder(decoder_config(), device=device).eval()
+    half = CodecDecoder(decoder_config(), device=device, dtype=torch.bfloat16).eval()
+    full.load_state_dict(decoder.state_dict())
+    half.load_state_dict(decoder.state_dict())
+    runs = {}
+    for path in (False, True):
+        monkeypatch.setattr(codec_decoder, "fused", lambda x, path=path: path)
+        runs[path] = full(codes), stream(full, codes, ramp(21)), half(codes)
+    (plain, plain_streamed, plain_half), (one_pass, streamed, fused_half) = runs[False], runs[True]
+    assert (one_pass - plain).abs().max().item() <= TOLERANCE
+    assert (streamed - plain_streamed).abs().max().item() <= TOLERANCE
+    fused_error = (fused_half - plain).abs().max().item()
+    assert 0 < fused_error <= 1.5 * (plain_half - plain).abs().max().item()

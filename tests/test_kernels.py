@@ -18,7 +18,9 @@ from qtts.kernels.qk_norm_rope import qk_norm_rope_cache_reference, qk_norm_rope
 from qtts.kernels.rms_norm import add_rms_norm, add_rms_norm_reference, add_rms_norm_triton
 from qtts.kernels.sample import exponential_noise, sample_codes_reference, sample_codes_triton
 from qtts.sampling import DrawSettings
-from qtts.kernels.snake import snake_beta_reference, snake_beta_triton
+from qtts.kernels.snake import (
+    residual_add_reference, residual_add_triton, snake_beta_reference, snake_beta_triton,
+)
 from qtts.kernels.swiglu import (
     silu_mul_halves_reference, silu_mul_halves_triton, silu_mul_reference, silu_mul_triton,
 )
@@ -115,6 +117,31 @@ def test_snake_beta_matches_reference(device, dtype):
     alpha = 0.5 * torch.randn(6, device=device)
     beta = 0.5 * torch.randn(6, device=device)
     assert_same_function(snake_beta_triton(x, alpha, beta), snake_beta_reference(x, alpha, beta).to(dtype))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_snake_beta_with_a_bias_into_a_padded_buffer(device, dtype):
+    """The decoder's fused form: a conv output cut to its valid samples (read in place), its bias added
+    first, the activation written behind the left context of the next conv's input."""
+    conv_out = (2 * torch.randn(2, 6, 1600, device=device)).to(dtype)
+    x = conv_out[..., :1500]
+    alpha, beta, bias = (0.5 * torch.randn(6, device=device) for _ in range(3))
+    buffer = torch.full((2, 6, 1510), 7.0, device=device, dtype=dtype)
+    out = snake_beta_triton(x, alpha, beta, bias, out=buffer[..., 4:1504])
+    biased = (x.float() + bias[:, None]).to(dtype)
+    assert_same_function(out, snake_beta_reference(biased, alpha, beta).to(dtype))
+    assert out.data_ptr() == buffer[..., 4:].data_ptr()
+    assert buffer[..., :4].eq(7).all() and buffer[..., 1504:].eq(7).all()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_residual_add_matches_reference(device, dtype):
+    x, update = ((2 * torch.randn(2, 6, 1500, device=device)).to(dtype) for _ in range(2))
+    bias = torch.randn(6, device=device)
+    want = residual_add_reference(x.float(), update.float(), bias).to(dtype)  # one rounding, as fused
+    assert_same_function(residual_add_triton(x, update, bias), want)
 
 
 @pytest.mark.parametrize("device", DEVICES)
