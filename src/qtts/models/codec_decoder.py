@@ -73,6 +73,9 @@ def fused(x: torch.Tensor) -> bool:
     return kernels.enabled(x.device)
 
 
+FOLD_DILATED = True  # measured against cuDNN's own choice in bench/decoder_probe.py
+
+
 def unbiased_conv(conv: nn.Conv1d, padded: torch.Tensor, valid: int) -> torch.Tensor:
     """`conv` without its bias over the first `valid` samples of `padded` (left context included; any
     samples after them are never read by an output that is kept).
@@ -82,8 +85,8 @@ def unbiased_conv(conv: nn.Conv1d, padded: torch.Tensor, valid: int) -> torch.Te
     384 channels, dilation 9 ran in its generic kernel: 20 % of a bulk decode call, H100 profile,
     2026-12-06). Output t = q * dilation + r reads sequence r at q..q + k - 1."""
     dilation, taps = conv.dilation[0], conv.kernel_size[0]
-    if dilation == 1:
-        return F.conv1d(padded[..., :valid], conv.weight, groups=conv.groups)
+    if dilation == 1 or not FOLD_DILATED:
+        return F.conv1d(padded[..., :valid], conv.weight, dilation=dilation, groups=conv.groups)
     batch, channels, length = padded.shape
     if length % dilation:
         raise InputError(f"a folded dilated convolution needs a multiple of {dilation} samples, got {length}")
@@ -345,11 +348,12 @@ class ResidualUnit(nn.Module):
     def forward(self, x: torch.Tensor, state: dict | None = None) -> torch.Tensor:
         if not fused(x):
             return x + self.conv2(self.act2(self.conv1(self.act1(x), state)))
-        # Each conv's bias goes into the kernel behind it; the 1x1 conv is a matrix product (cuBLAS reads
-        # [C, T] rows as they are; cuDNN would change their layout there and back).
+        # Each conv's bias goes into the kernel behind it; the 1x1 conv is a batched matrix product (cuBLAS
+        # reads each [C, T] item as it lies; cuDNN changes the layout there and back, and torch.matmul of
+        # a matrix and a batch copies the batch transposed).
         update = activated_conv(self.conv1, self.act1, x, state)
         hidden = snake.snake_beta_triton(update, self.act2.alpha, self.act2.beta, self.conv1.conv.bias)
-        update = torch.matmul(self.conv2.conv.weight[..., 0], hidden)
+        update = torch.bmm(self.conv2.conv.weight[..., 0].expand(x.shape[0], -1, -1), hidden)
         return snake.residual_add_triton(x, update, self.conv2.conv.bias)
 
 
