@@ -103,7 +103,7 @@ def test_a_dilated_conv_folded_into_the_batch_is_the_same_conv(dilation, length)
 
 
 @pytest.mark.skipif(not kernels.available(), reason="Triton is not installed")
-@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+@pytest.mark.parametrize("device", ["cpu"] if kernels.interpreted() else [pytest.param("cuda", marks=pytest.mark.gpu)])
 def test_the_fused_path_decodes_as_the_plain_one(decoder, monkeypatch, device):
     """The GPU's decoder path (activations written into the causal convs' padded inputs, each conv bias in
     the kernel behind it, dilations folded into the batch, the 1x1 convs as products), on CPU through
