@@ -9,6 +9,7 @@ decodes are the same modules running the same code.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import NamedTuple
 
@@ -73,20 +74,30 @@ def fused(x: torch.Tensor) -> bool:
     return kernels.enabled(x.device)
 
 
-FOLD_DILATED = True  # measured against cuDNN's own choice in bench/decoder_probe.py
+# Whether a dilated convolution runs folded into the batch: None times both ways once per shape on a GPU
+# (see `unbiased_conv`); True or False forces one way (bench/decoder_probe.py compares them).
+FOLD_DILATED: bool | None = None
+_fold_pays: dict[tuple, bool] = {}
+FOLD_TIMINGS_MAX = 1024  # shapes timed per process; later new ones fold (one-pass decodes vary in length)
 
 
 def unbiased_conv(conv: nn.Conv1d, padded: torch.Tensor, valid: int) -> torch.Tensor:
     """`conv` without its bias over the first `valid` samples of `padded` (left context included; any
     samples after them are never read by an output that is kept).
 
-    A dilated convolution runs as an undilated one over the `dilation` interleaved sequences, folded into
-    the batch: cuDNN has fast kernels for every undilated shape here but not for every dilated one (at
-    384 channels, dilation 9 ran in its generic kernel: 20 % of a bulk decode call, H100 profile,
-    2026-12-06). Output t = q * dilation + r reads sequence r at q..q + k - 1."""
+    A dilated convolution can run as an undilated one over the `dilation` interleaved sequences, folded
+    into the batch. cuDNN has fast kernels for every undilated shape here but not for every dilated one:
+    at 384 channels, dilation 9 ran in its generic kernel, 20 % of a 64 x 16 bulk decode call (H100
+    profile, 2026-12-06). Elsewhere the fold's two transposing copies cost more than they save, so each
+    shape is timed both ways once (`_fold_is_faster`). Output t = q * dilation + r reads sequence r at
+    q..q + k - 1."""
+    dilation = conv.dilation[0]
+    fold = dilation > 1 and (_fold_is_faster(conv, padded, valid) if FOLD_DILATED is None else FOLD_DILATED)
+    return (_folded_conv if fold else _plain_conv)(conv, padded, valid)
+
+
+def _folded_conv(conv: nn.Conv1d, padded: torch.Tensor, valid: int) -> torch.Tensor:
     dilation, taps = conv.dilation[0], conv.kernel_size[0]
-    if dilation == 1 or not FOLD_DILATED:
-        return F.conv1d(padded[..., :valid], conv.weight, dilation=dilation, groups=conv.groups)
     batch, channels, length = padded.shape
     if length % dilation:
         raise InputError(f"a folded dilated convolution needs a multiple of {dilation} samples, got {length}")
@@ -95,6 +106,34 @@ def unbiased_conv(conv: nn.Conv1d, padded: torch.Tensor, valid: int) -> torch.Te
     out = F.conv1d(folded.reshape(batch * dilation, channels, per_sequence), conv.weight, groups=conv.groups)
     out = out.view(batch, dilation, -1, per_sequence - taps + 1).permute(0, 2, 3, 1)
     return out.reshape(batch, out.shape[1], -1)[..., : valid - (taps - 1) * dilation]
+
+
+def _fold_is_faster(conv: nn.Conv1d, padded: torch.Tensor, valid: int, reps: int = 3) -> bool:
+    """Times this shape both ways on its GPU the first time it is seen (the decode stage's graphs warm up
+    before they capture, so serving never times); CPU (the tests), capture without a timing, and shapes
+    past `FOLD_TIMINGS_MAX` fold, the better way over a whole decode."""
+    key = (tuple(padded.shape), valid, padded.dtype, padded.device, tuple(conv.weight.shape), conv.dilation[0])
+    if key not in _fold_pays:
+        if (padded.device.type != "cuda" or torch.cuda.is_current_stream_capturing()
+                or len(_fold_pays) >= FOLD_TIMINGS_MAX):
+            return True
+        times = {}
+        for fold in (False, True):
+            run = functools.partial(_folded_conv if fold else _plain_conv, conv, padded, valid)
+            run()
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            for _ in range(reps):
+                run()
+            end.record()
+            end.synchronize()
+            times[fold] = start.elapsed_time(end)
+        _fold_pays[key] = times[True] < times[False]
+    return _fold_pays[key]
+
+
+def _plain_conv(conv: nn.Conv1d, padded: torch.Tensor, valid: int) -> torch.Tensor:
+    return F.conv1d(padded[..., :valid], conv.weight, dilation=conv.dilation[0], groups=conv.groups)
 
 
 def activated_conv(conv: CausalConv1d, activation: SnakeBeta, x: torch.Tensor, state: dict | None,
