@@ -1,15 +1,17 @@
 """Live speech benchmark: concurrent WebSocket sessions (`WS /v1/audio/speech/stream`) that receive their
 text word by word, as from an LLM, against a real `qtts serve`.
 
-Each session speaks utterances back to back for `--duration` seconds. An utterance's first delta is its
-first word and a space (enough text for one certain token); the other words follow at `--words-per-s`
-(15 words/s is about 20 tokens/s of English). Per utterance: first audio after the first delta, a playback
-model that counts underruns (playback starts at the first audio byte, 24 kHz 16-bit; when the bytes
-received fall behind the bytes played, playback stalls), completion (session.done without error events),
-and the server's own text-to-audio figure per segment (`audio.done`'s `text_to_audio_ms`). Segments are
-cut at `--frames` (random weights rarely sample EOS).
+Each session speaks utterances back to back for `--duration` seconds. Sessions start together (every
+utterance boundary is then a burst of as many arrivals as sessions: the worst case) or, with `--stagger S`,
+spread evenly over S seconds, as users who did not all press play in the same millisecond. An
+utterance's first delta is its first word and a space (enough text for one certain token); the other
+words follow at `--words-per-s` (15 words/s is about 20 tokens/s of English). Per utterance: first audio
+after the first delta, a playback model that counts underruns (playback starts at the first audio byte,
+24 kHz 16-bit; when the bytes received fall behind the bytes played, playback stalls), completion
+(session.done without error events), and the server's own text-to-audio figure per segment
+(`audio.done`'s `text_to_audio_ms`). Segments are cut at `--frames` (random weights rarely sample EOS).
 
-    python bench/live_load.py --model CHECKPOINT --sessions 1 16
+    python bench/live_load.py --model CHECKPOINT --sessions 1 16 [--stagger 1]
     python bench/live_load.py --url http://127.0.0.1:8000 --sessions 4    # a server already running
 Prints one JSON line per session count and a markdown table; JSON lines also to $OUT/live_load.jsonl.
 """
@@ -66,8 +68,9 @@ async def utterance(socket, words: list[str], words_per_s: float) -> dict:
 
 
 async def session(url: str, speaker: str, duration: float, words_per_s: float, frames: int, began: float,
-                  results: list[dict]) -> None:
+                  results: list[dict], delay: float = 0.0) -> None:
     words = TEXT.split()
+    await asyncio.sleep(delay)
     async with connect(url.replace("http://", "ws://") + "/v1/audio/speech/stream", max_size=None) as socket:
         # Random weights rarely sample EOS: each segment is cut at `frames` (80 = 6.4 s, as serve_load's)
         await socket.send(json.dumps({"type": "session.config", "voice": speaker, "response_format": "pcm",
@@ -83,15 +86,16 @@ def percentile(values: list[float], q: float) -> float | None:
 
 
 async def run_sessions(url: str, speaker: str, count: int, duration: float, words_per_s: float,
-                       frames: int) -> dict:
+                       frames: int, stagger: float = 0.0) -> dict:
     results: list[dict] = []
     began = time.perf_counter()
-    await asyncio.gather(*(session(url, speaker, duration, words_per_s, frames, began, results)
-                           for _ in range(count)))
+    await asyncio.gather(*(session(url, speaker, duration, words_per_s, frames, began, results, i * stagger / count)
+                           for i in range(count)))
     wall = time.perf_counter() - began
     firsts = [r["first_audio_s"] * 1e3 for r in results if r["first_audio_s"] is not None]
     text_to_audio = [ms for r in results for ms in r["text_to_audio_ms"]]
-    return {"sessions": count, "words_per_s": words_per_s, "frames_per_segment": frames, "duration_s": duration,
+    return {"sessions": count, "stagger_s": stagger, "words_per_s": words_per_s, "frames_per_segment": frames,
+            "duration_s": duration,
             "utterances": len(results),
             "complete": sum(r["complete"] for r in results), "errors": sum(r["errors"] for r in results),
             "first_audio_ms_p50": percentile(firsts, 0.5), "first_audio_ms_p95": percentile(firsts, 0.95),
@@ -103,11 +107,13 @@ async def run_sessions(url: str, speaker: str, count: int, duration: float, word
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| sessions | words/s | utterances | complete | first audio after first delta p50 / p95 ms | "
-             "segment text to audio p50 / p95 ms | underrun utterances | audio-s/s |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| sessions | starts spread over s | words/s | utterances | complete | "
+             "first audio after first delta p50 / p95 ms | segment text to audio p50 / p95 ms | "
+             "underrun utterances | audio-s/s |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['sessions']} | {r['words_per_s']:g} | {r['utterances']} | {r['complete']} | "
+        lines.append(f"| {r['sessions']} | {r['stagger_s']:g} | {r['words_per_s']:g} | {r['utterances']} | "
+                     f"{r['complete']} | "
                      f"{r['first_audio_ms_p50']} / {r['first_audio_ms_p95']} | "
                      f"{r['text_to_audio_ms_p50']} / {r['text_to_audio_ms_p95']} | {r['underrun_utterances']} | "
                      f"{r['audio_s_per_s']} |")
@@ -120,12 +126,15 @@ def main() -> int:
     parser.add_argument("--words-per-s", type=float, default=15.0)
     parser.add_argument("--duration", type=float, default=20.0)
     parser.add_argument("--frames", type=int, default=80, help="frames per segment at most (80 = 6.4 s)")
+    parser.add_argument("--stagger", type=float, default=0.0,
+                        help="spread the sessions' starts evenly over this many seconds (0: all at once)")
     args = parser.parse_args()
 
     def steps(url: str, speaker: str) -> Iterator[dict]:
         asyncio.run(run_sessions(url, speaker, 2, 2.0, args.words_per_s, args.frames))  # warm-up
         for count in args.sessions:
-            yield asyncio.run(run_sessions(url, speaker, count, args.duration, args.words_per_s, args.frames))
+            yield asyncio.run(run_sessions(url, speaker, count, args.duration, args.words_per_s, args.frames,
+                                           args.stagger))
 
     return run_against_server(args, "live_load", steps, table)
 
