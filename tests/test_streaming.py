@@ -131,10 +131,13 @@ def test_a_request_still_decoding_keeps_its_decoder_slot_and_arrivals_wait_for_o
 
 
 @pytest.mark.gpu
-def test_on_the_gpu_streams_decoded_in_both_lanes_equal_their_official_decode(tiny_checkpoint):
+def test_on_the_gpu_streams_decoded_in_both_lanes_equal_their_official_decode(tiny_checkpoint, monkeypatch):
     """On CUDA the urgent and bulk lanes run on their own streams, concurrently with the frames: requests
     that start at different times (ramps overlapping other requests' steady chunks) each still stream
-    exactly the official decode of their own codes."""
+    exactly the official decode of their own codes. In float32 without TF32: cuDNN's default TF32 rounds
+    differently per algorithm, and the chunked and one-pass decodes differ in shape (and in which dilated
+    convs fold), so with TF32 they differed by up to 4e-4 (H100)."""
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
     tts = qtts.load(tiny_checkpoint("custom_voice"), device="cuda", dtype=torch.float32)
     try:
         kwargs = dict(speaker="ryan", language="english", max_new_tokens=90, min_new_tokens=89)
