@@ -103,6 +103,9 @@ async def run_sessions(url: str, speaker: str, count: int, duration: float, word
             "text_to_audio_ms_p95": percentile(text_to_audio, 0.95),
             "underrun_utterances": sum(r["underruns"] > 0 for r in results),
             "stall_s_total": round(sum(r["stall_s"] for r in results), 3),
+            # where in an utterance playback first ran dry: at its start (a thin first chunk) or later
+            "first_stall_audio_s": sorted(round(r["first_stall_audio_s"], 2) for r in results
+                                          if r["first_stall_audio_s"] is not None),
             "audio_s_per_s": round(sum(r["audio_s"] for r in results) / wall, 1)}
 
 

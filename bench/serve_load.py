@@ -74,6 +74,7 @@ class Playback:
         self.received = 0
         self.underruns = 0
         self.stall_s = 0.0
+        self.first_stall_audio_s: float | None = None  # how much audio had played when it first stalled
         self._start: float | None = None
 
     def arrived(self, size: int, now: float) -> None:
@@ -86,12 +87,14 @@ class Playback:
                 stall = (played - self.received) / BYTES_PER_SECOND
                 self.underruns += 1
                 self.stall_s += stall
+                if self.first_stall_audio_s is None:
+                    self.first_stall_audio_s = self.received / BYTES_PER_SECOND
                 self._start += stall
         self.received += size
 
     def figures(self) -> dict:
         return {"first_audio_s": self.first_audio_s, "underruns": self.underruns, "stall_s": self.stall_s,
-                "audio_s": self.received / BYTES_PER_SECOND}
+                "first_stall_audio_s": self.first_stall_audio_s, "audio_s": self.received / BYTES_PER_SECOND}
 
 
 async def one_request(client: httpx.AsyncClient, body: dict, frames: int) -> dict:

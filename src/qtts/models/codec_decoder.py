@@ -5,6 +5,10 @@ official one-pass decode does, when `state` is None; given a stream state (a dic
 buffers, built by `qtts.models.codec_stream.CodecStream`) it reads its left context from there and writes
 the new one back in place, so a chunked decode equals a one-pass decode. The one-pass and streaming
 decodes are the same modules running the same code.
+
+Where the Triton kernels run compiled (a GPU), the residual units and the last conv take a fused path
+(`fused`): the same function in fewer passes over the samples (`activated_conv`, `unbiased_conv`); the
+plain path stays the reference, and a test runs the fused one against it through Triton's interpreter.
 """
 
 from __future__ import annotations
