@@ -12,6 +12,7 @@ import torch
 
 import qtts
 from qtts.incremental import certain_end
+from qtts.text import qwen_pre_tokenizer
 
 TEXT = "Hello there, this sentence arrives a few words at a time, the way a language model writes it."
 KWARGS = dict(speaker="ryan", language="english", do_sample=False, subtalker_dosample=False,
@@ -72,10 +73,30 @@ def test_chinese_text_without_spaces_is_spoken_as_it_comes_and_equals_the_whole_
 
 
 @pytest.mark.parametrize("text, certain", [
-    ("Hello there", "Hello"), ("Hello there ", "Hello there"), ("Hello, th", "Hello"), ("Hi?! Yes", "Hi"),
-    ("3.14 is", "3.14"), ("你好，世界", "你好"), ("word", ""), ("", "")])
+    ("Hello there", "Hello"), ("Hello there ", "Hello there"), ("Hello, th", "Hello,"), ("Hi?! Yes", "Hi?!"),
+    ("Well, ", "Well,"), ("Wait,\n", "Wait"), ("Wait,", "Wait"), ("a , b", "a ,"), ("3.14 is", "3.14"),
+    ("你好，世界", "你好"), ("word", ""), ("", "")])
 def test_the_certain_part_of_a_text_ends_where_its_last_ended_word_does(text, certain):
     assert text[:certain_end(text)] == certain
+
+
+@pytest.mark.parametrize("text", [
+    'Well, here it is: the train, late again; so... she said "Hi!" (twice) - then left.\nMr. Smith\'s 3.14?! Yes',
+    "今天天气很好，我们去公园吧。你觉得呢？ 好的, ok. «Bonjour», dit-il : « ça va ? »",
+    "Hello ,  world ;\tTabs,\there. End,\r\nCR? 'quoted', [brackets] {x}, 1,000 items. it's ok,'s x"])
+def test_the_certain_part_splits_as_it_does_in_any_continuation(text):
+    """The claim behind `certain_end`, against the tokenizer's own pre-split (which is what fixes the tokens):
+    the pieces of the certain part start the pieces of the whole text and of other continuations."""
+    pre = qwen_pre_tokenizer()
+
+    def split(t):
+        return [piece for piece, _ in pre.pre_tokenize_str(t)]
+
+    for n in range(1, len(text) + 1):
+        prefix = text[:n]
+        certain = split(prefix[:certain_end(prefix)])
+        for continued in (text, prefix + "x", prefix + "\n", prefix + ",\n", prefix + "'s", prefix + " ok"):
+            assert split(continued)[:len(certain)] == certain, (prefix, continued)
 
 
 def test_a_refused_piece_changes_nothing(tts):

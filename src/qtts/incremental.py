@@ -9,8 +9,8 @@ text ends.
 A token is certain once the word it belongs to has ended: the tokenizer's pre-split ends a run of letters
 (or a digit) where a space or punctuation follows, and starts the next piece there, so the tokens of the
 text up to such a point are the first tokens of any text that continues it (checked each time; if a piece
-of text ever breaks that, the rest waits for the end). Spaces end Latin words; punctuation ends Chinese and
-Japanese ones, which have no spaces. The same text given whole or in pieces therefore gives the same
+of text ever breaks that, the rest waits for the end). Spaces end Latin words and the punctuation before
+them; punctuation ends Chinese and Japanese words, which have no spaces. The same text given whole or in pieces therefore gives the same
 tokens, the same track, and the same codes. Whitespace at the very end of the text is not spoken.
 """
 
@@ -141,11 +141,17 @@ class TextStream:
 
 
 def certain_end(text: str) -> int:
-    """Where the certain part of a text still being written ends: before its last space or punctuation
-    mark that follows a letter or digit (0: nothing is certain yet). The pre-split of the text up to there
-    is the start of the pre-split of any text that continues it."""
+    """Where the certain part of a text still being written ends (0: nothing is certain yet): before its
+    last space or punctuation mark that follows a letter or digit, or after a run of punctuation that a
+    space follows. The pre-split of the text up to there is the start of the pre-split of any text that
+    continues it: a punctuation mark may open the next word's piece when a letter follows it at once
+    (Chinese and Japanese commas do), and a line break may join the run before it, but a space ends the
+    run, so "Well, " settles "Well," and not only "Well"."""
     for index in range(len(text) - 1, 0, -1):
-        if _separates(text[index]) and not _separates(text[index - 1]):
+        char, before = text[index], text[index - 1]
+        if _separates(char) and not _separates(before):
+            return index
+        if char.isspace() and char not in "\r\n" and _separates(before) and not before.isspace():
             return index
     return 0
 
