@@ -97,7 +97,7 @@ def test_a_dilated_conv_folded_into_the_batch_is_the_same_conv(dilation, length)
     torch.manual_seed(0)
     conv = torch.nn.Conv1d(5, 4, 7, dilation=dilation)
     x = torch.randn(2, 5, length)
-    padded = torch.cat((x, torch.full((2, 5, -length % dilation), float("nan"))), dim=-1)  # never read
+    padded = torch.cat((x, torch.full((2, 5, -length % dilation), float("nan"))), dim=-1)  # feeds dropped outputs
     want = torch.nn.functional.conv1d(x, conv.weight, dilation=dilation)
     torch.testing.assert_close(unbiased_conv(conv, padded, length), want, rtol=1e-5, atol=1e-6)
 

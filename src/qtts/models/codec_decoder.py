@@ -87,7 +87,7 @@ FOLD_TIMINGS_MAX = 1024  # shapes timed per process; later new ones fold (one-pa
 
 def unbiased_conv(conv: nn.Conv1d, padded: torch.Tensor, valid: int) -> torch.Tensor:
     """`conv` without its bias over the first `valid` samples of `padded` (left context included; any
-    samples after them are never read by an output that is kept).
+    samples after them, zeros, feed only outputs that are dropped).
 
     A dilated convolution can run as an undilated one over the `dilation` interleaved sequences, folded
     into the batch. cuDNN has fast kernels for every undilated shape here but not for every dilated one:
@@ -149,6 +149,9 @@ def activated_conv(conv: CausalConv1d, activation: SnakeBeta, x: torch.Tensor, s
     context, dilation = conv.context, conv.conv.dilation[0]
     valid = context + length
     padded = x.new_empty(batch, channels, -(-valid // dilation) * dilation)
+    # The samples after `valid` (fewer than `dilation`) feed only outputs that are dropped, but they are
+    # zeroed all the same: an FFT or Winograd algorithm, were cuDNN to pick one, mixes every input sample.
+    padded[..., valid:].zero_()
     if state is None:
         padded[..., :context].zero_()
     else:
