@@ -57,10 +57,12 @@ def _fused_linear_kernel(
     NORM: tl.constexpr, GATED: tl.constexpr, RESIDUAL: tl.constexpr, BIAS: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr,
 ):
-    """Programs (output block, row): BLOCK_N outputs of one row, walking K in BLOCK_K steps."""
+    """Programs (row, output block): BLOCK_N outputs of one row, walking K in BLOCK_K steps. The row is the
+    grid's fastest dimension, so the programs of every row for one output block are launched side by side
+    and read its weight tile from memory once between them (the rest from L2)."""
     dtype = x_ptr.dtype.element_ty
-    row = tl.program_id(1).to(tl.int64)
-    n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    row = tl.program_id(0).to(tl.int64)
+    n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     n_ok = n < N
     kk = tl.arange(0, BLOCK_K)
     # gated: output n takes gate row n and up row N + n of the [gate; up] weight
@@ -123,9 +125,12 @@ DECODE_CONFIGS = {
 }
 
 
-# Up to this many rows, each row gets its own programs; their programs run together, so the weights come
-# from L2 after the first row (the predictor's first step has 2 rows). On the H200 the 1.7B frame of 4 rows
-# cost 7.47 ms this way against 5.49 ms for 8 rows through cuBLAS (bench/engine_probe.py).
+# Up to this many rows, each row gets its own programs, launched beside the other rows' programs for the
+# same outputs, so the weights come from L2 after the first row (the predictor's first step has 2 rows).
+# Launched the other way round (all of row 0's programs, then row 1's), a 1.7B frame of 2 rows cost 5.10 ms
+# against 3.41 ms for 1 row (H100, 2026-12-06), as if the second row read the weights again; this order is
+# not measured yet. On the H200 the 1.7B frame of 4 rows cost 7.47 ms this way against 5.49 ms for 8 rows
+# through cuBLAS (bench/engine_probe.py).
 ROWS_PER_PROGRAM_MAX = 2
 # From 3 rows up to this many (a frame's batch; the predictor's first step has 2 rows per request), tiles
 # of rows go through the tensor cores behind the Triton norm, with the gate or the residual add fused in
@@ -292,7 +297,7 @@ def fused_linear_triton(
     out = x.new_empty(shape) if out is None else out
     block_n, block_k, warps = config or linear_config(rows, n, k, gated)
     norm = norm_weight is not None
-    _fused_linear_kernel[(cdiv(n, block_n), rows)](
+    _fused_linear_kernel[(rows, cdiv(n, block_n))](
         x2, weight, norm_weight if norm else weight,  # (a pointer the kernel does not read)
         residual if residual is not None else out, bias if bias is not None else weight, out, k, n, eps,
         NORM=norm, GATED=gated, RESIDUAL=residual is not None, BIAS=bias is not None,
