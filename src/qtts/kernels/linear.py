@@ -132,6 +132,7 @@ DECODE_CONFIGS = {
 # not measured yet. On the H200 the 1.7B frame of 4 rows cost 7.47 ms this way against 5.49 ms for 8 rows
 # through cuBLAS (bench/engine_probe.py).
 ROWS_PER_PROGRAM_MAX = 2
+GRID_Y_MAX = 65535  # CUDA's limit on a grid's second dimension (the row kernel's output blocks)
 # From 3 rows up to this many (a frame's batch; the predictor's first step has 2 rows per request), tiles
 # of rows go through the tensor cores behind the Triton norm, with the gate or the residual add fused in
 # (one launch fewer than cuBLAS: H100, 64 rows, the talker's o product with its residual add 6.2 us
@@ -297,6 +298,8 @@ def fused_linear_triton(
     out = x.new_empty(shape) if out is None else out
     block_n, block_k, warps = config or linear_config(rows, n, k, gated)
     norm = norm_weight is not None
+    if cdiv(n, block_n) > GRID_Y_MAX:
+        raise InputError(f"{n} outputs in blocks of {block_n} exceed the launch grid's {GRID_Y_MAX} blocks")
     _fused_linear_kernel[(rows, cdiv(n, block_n))](
         x2, weight, norm_weight if norm else weight,  # (a pointer the kernel does not read)
         residual if residual is not None else out, bias if bias is not None else weight, out, k, n, eps,
