@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 from pathlib import Path
 
@@ -21,6 +20,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
+from engine_probe import cuda_ms  # noqa: E402
 from qtts.config import SpeechTokenizerConfig  # noqa: E402
 from qtts.engine.graphs import capture  # noqa: E402
 from qtts.models import codec_decoder  # noqa: E402
@@ -29,18 +29,6 @@ from qtts.testing import real_speech_tokenizer_config  # noqa: E402
 
 # (FOLD_DILATED, cudnn.benchmark): "timed" is the default (each shape timed both ways once).
 VARIANTS = {"timed": (None, False), "plain": (False, False), "fold": (True, False), "benchmark": (False, True)}
-
-
-def timed(fn, reps: int) -> float:
-    times = []
-    for _ in range(reps):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
 
 
 @torch.no_grad()
@@ -76,7 +64,7 @@ def main():
                 graph.replay()
                 torch.cuda.synchronize()
                 sample = audio.clone()
-                ms = timed(graph.replay, args.reps)
+                ms = cuda_ms(graph.replay, args.reps)
                 reference = first.setdefault((batch, chunk), sample)
                 print(json.dumps({"part": "decoder", "variant": name, "batch": batch, "chunk": chunk,
                                   "dtype": args.dtype, "ms": round(ms, 3),
