@@ -136,6 +136,8 @@ def summary(results: list[dict], wall: float) -> dict:
             "first_audio_ms_p50": pct(0.5), "first_audio_ms_p95": pct(0.95), "first_audio_ms_p99": pct(0.99),
             "underrun_requests": sum(r["underruns"] > 0 for r in ok),
             "stall_s_total": round(sum(r["stall_s"] for r in ok), 3),
+            "first_stall_audio_s": sorted(round(r["first_stall_audio_s"], 2) for r in ok
+                                          if r.get("first_stall_audio_s") is not None),
             "audio_s_per_s": round(sum(r.get("audio_s", 0.0) for r in ok) / wall, 1)}
 
 
