@@ -10,8 +10,9 @@ A token is certain once the word it belongs to has ended: the tokenizer's pre-sp
 (or a digit) where a space or punctuation follows, and starts the next piece there, so the tokens of the
 text up to such a point are the first tokens of any text that continues it (checked each time; if a piece
 of text ever breaks that, the rest waits for the end). Spaces end Latin words and the punctuation before
-them; punctuation ends Chinese and Japanese words, which have no spaces. The same text given whole or in pieces therefore gives the same
-tokens, the same track, and the same codes. Whitespace at the very end of the text is not spoken.
+them; punctuation ends Chinese and Japanese words, which have no spaces. The same text given whole or in
+pieces therefore gives the same tokens, the same track, and the same codes. Whitespace at the very end of
+the text is not spoken.
 """
 
 from __future__ import annotations

@@ -3,16 +3,18 @@ step of the code predictor (whose cache holds at most 16 positions).
 
 Each sequence's valid cache range lives on the device (`starts`, `lengths`: left padding at the front,
 new rows at the end), so one captured graph serves every step.
+
 One program serves all the query heads that share a KV head, so each cached row is read once. Both
 products run on tensor cores (`tl.dot`; the query heads of a group padded to 16 rows), accumulating in
 float32; scores and probabilities stay in float32, as SDPA/flash kernels keep them. A bfloat16 cache
 multiplies the probabilities as two bfloat16 parts (the rounded value and its remainder), so they keep
 about 16 bits, not bfloat16's 8; a float32 cache multiplies in full float32, and so does Triton's
-interpreter, whose bfloat16 `tl.dot` is wrong. The earlier form
-multiplied on CUDA cores with every operand in float32 registers, and at 64 rows spent 37 % of a
-1.7B frame here (H100 profile, 2026-12-06). Long caches are split across programs
-(flash-decoding): each split keeps its own running max, denominator and sum, and a second small kernel
-merges them, so a long context costs parallel work rather than one long serial loop.
+interpreter, whose bfloat16 `tl.dot` is wrong. (The earlier form multiplied on CUDA cores with every
+operand in float32 registers, and spent 37 % of a 64-row 1.7B frame here: H100 profile, 2026-12-06.)
+
+Long caches are split across programs (flash-decoding): each split keeps its own running max,
+denominator and sum, and a second small kernel merges them, so a long context costs parallel work rather
+than one long serial loop.
 """
 
 from __future__ import annotations
