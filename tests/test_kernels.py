@@ -10,9 +10,11 @@ import pytest
 import torch
 
 from qtts import kernels
+from qtts.errors import InputError
 from qtts.kernels.decode_attention import decode_attention_reference, decode_attention_triton
 from qtts.kernels.linear import (
-    ROWS_PER_PROGRAM_MAX, TILE_SCRATCH_BYTES, fused_linear_reference, fused_linear_triton, tile_config,
+    GRID_Y_MAX, ROWS_PER_PROGRAM_MAX, TILE_SCRATCH_BYTES, fused_linear_reference, fused_linear_triton,
+    tile_config,
 )
 from qtts.kernels.qk_norm_rope import qk_norm_rope_cache_reference, qk_norm_rope_cache_triton
 from qtts.kernels.rms_norm import add_rms_norm, add_rms_norm_reference, add_rms_norm_triton
@@ -301,6 +303,13 @@ def test_fused_linear_adds_the_residual_in_place(device):
     out = fused_linear_triton(x, weight, residual=stream, out=stream)
     assert out is stream
     assert_same_function(stream, expected)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_a_row_product_too_wide_for_the_launch_grid_is_refused_with_its_reason(device):
+    x, weight = torch.randn(1, 16, device=device), torch.zeros(GRID_Y_MAX + 1, 16, device=device)
+    with pytest.raises(InputError, match="exceed the launch grid"):
+        fused_linear_triton(x, weight, config=(1, 16, 1))
 
 
 
