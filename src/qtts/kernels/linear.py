@@ -4,7 +4,7 @@ the residual add or the SwiGLU gate.
 At decode a weight matrix meets a handful of rows (one per request in the batch), so each product reads the
 whole matrix once and is bound by memory and launch latency, not arithmetic. Fusing the norm, the residual
 add and the gate into the product removes three launches per layer and the activation round trips between
-them. One or two rows take a matrix-vector kernel; a batch's rows (up to 64) go through the tensor cores in
+them. One or two rows take a matrix-vector kernel; a batch's rows (up to 128) go through the tensor cores in
 tiles.
 
 With `pdl` (Hopper and later, CUDA graphs included), the kernel is launched as a programmatic dependent of
