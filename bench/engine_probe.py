@@ -21,6 +21,9 @@ Parts (each timed with CUDA events, median of `--reps`, after warm-up):
     make cheaper, with each kernel's share of the step (under PDL a kernel starts while the one before it
     finishes, so durations overlap: set QTTS_PDL=0 for kernel times that add up), and the decode calls run
     eagerly with each kernel charged to the PyTorch op (and input shapes) that launched it;
+  - `arrivals`: host time to start a request on the caller's thread (building its prompt and submitting
+    it, as a server's event loop does for each arrival): 16 arrivals in series, `open_text` with a first
+    `feed("Well, ")` and `submit` of a sentence, idle and with `--concurrency` streams running;
   - `load`: closed-loop, in process: N requests of `--frames` frames at once, N in `--concurrency`;
     aggregate audio seconds per wall second, time to first audio (median, p95) and how far each stream's
     audio stays ahead of real-time playback (min over requests of the worst lead, negative = underrun).
@@ -287,6 +290,48 @@ def steady(tts, emit, speaker, frames_per_request, concurrency, duration):
                               for lane in ("urgent", "bulk")}, **busy})
 
 
+def arrivals(tts, emit, speaker, frames_per_request, concurrency, rounds=2):
+    """Host ms to start each of 16 requests in series (prompt + submit, nothing waited for), idle and with
+    each count in `concurrency` of closed-loop streams running; the 16 are cancelled after each round."""
+    for count in [0, *[c for c in concurrency if c > 0]]:
+        stop = threading.Event()
+
+        def background(index):
+            number = 0
+            while not stop.is_set():
+                generation = tts.submit(TEXT, speaker=speaker, max_new_tokens=frames_per_request + 1,
+                                        min_new_tokens=frames_per_request, seed=index * 1000 + number)
+                for _ in generation:
+                    pass
+                number += 1
+
+        threads = [threading.Thread(target=background, args=(i,), daemon=True) for i in range(count)]
+        for thread in threads:
+            thread.start()
+        time.sleep(3.0 if count else 0.0)  # into steady state
+        for _ in range(rounds):
+            for kind in ("open_text", "submit"):
+                times, handles = [], []
+                for _ in range(16):
+                    began = time.perf_counter()
+                    if kind == "open_text":
+                        handle = tts.open_text(speaker=speaker, max_new_tokens=41, min_new_tokens=40)
+                        handle.feed("Well, ")
+                    else:
+                        handle = tts.submit(TEXT, speaker=speaker, max_new_tokens=41, min_new_tokens=40)
+                    times.append((time.perf_counter() - began) * 1e3)
+                    handles.append(handle)
+                for handle in handles:
+                    handle.cancel()
+                time.sleep(0.3)
+                emit({"part": "arrivals", "streams_running": count, "kind": kind,
+                      "ms_each_p50": round(statistics.median(times), 2), "ms_each_max": round(max(times), 2),
+                      "ms_16_total": round(sum(times), 1)})
+        stop.set()
+        for thread in threads:
+            thread.join()
+
+
 def run_clients(engine, client, count: int) -> tuple[float, dict]:
     """Run `client(index)` on `count` threads at once; the wall time and who was busy meanwhile."""
     threads = [threading.Thread(target=client, args=(i,)) for i in range(count)]
@@ -492,6 +537,8 @@ def main():
                 timeline(tts, emit, speaker, args.reps)
             elif part == "steady":
                 steady(tts, emit, speaker, args.frames, args.concurrency, args.duration)
+            elif part == "arrivals":
+                arrivals(tts, emit, speaker, args.frames, args.concurrency)
             elif part == "load":
                 load(tts, emit, speaker, args.frames, args.concurrency, rounds=2)
         except Exception as error:  # one failing part must not hide the others' numbers

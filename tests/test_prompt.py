@@ -98,6 +98,24 @@ def test_custom_voice_plan_equals_official(models, tokenizer, speaker, language,
 
 
 @torch.no_grad()
+def test_a_builder_that_has_made_other_plans_makes_the_same_plan_as_a_fresh_one(models, tokenizer):
+    # A builder keeps the embeddings of fixed ids (template, tags, speakers) from one plan to the next:
+    # plans for other speakers and languages in between must not change what it builds.
+    model, config = models["custom_voice"], our_config("custom_voice", size_tag="1b7")
+    talker = our_talker(model, config)
+    shared = PromptBuilder(talker, config, tokenizer)
+    for _ in range(2):
+        for speaker, language, instruct, non_streaming in CUSTOM_CASES:
+            plan = shared.custom_voice(TEXT, speaker, language=language, instruct=instruct,
+                                       non_streaming_mode=non_streaming)
+            fresh = PromptBuilder(talker, config, tokenizer).custom_voice(
+                TEXT, speaker, language=language, instruct=instruct, non_streaming_mode=non_streaming)
+            for name in ("prefill", "trailing", "tts_pad"):
+                assert torch.equal(getattr(plan, name), getattr(fresh, name)), (speaker, language, name)
+    assert torch.equal(shared.end_of_text(), PromptBuilder(talker, config, tokenizer).end_of_text())
+
+
+@torch.no_grad()
 @pytest.mark.parametrize("language, non_streaming", [("auto", True), ("korean", False)])
 def test_voice_design_plan_equals_official(models, tokenizer, language, non_streaming):
     model, config = models["voice_design"], our_config("voice_design")

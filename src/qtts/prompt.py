@@ -65,6 +65,11 @@ class PromptBuilder:
 
     def __init__(self, talker: Talker, config: TTSConfig, tokenizer: TextTokenizer):
         self.talker, self.config, self.tokenizer = talker, config, tokenizer
+        # Embeddings of fixed id sequences (the template's start, the control block's tags, a preset
+        # speaker, bos/eos/pad), computed once each: a prompt is built on the caller's thread, a server's
+        # event loop, where each of these was ~5 kernel launches for every request. Each is computed by the
+        # same call as before, so the values are the same. Few keys: languages, speakers, the template.
+        self._constants: dict[tuple[str, tuple[int, ...]], torch.Tensor] = {}
 
     @property
     def _device(self):
@@ -99,9 +104,7 @@ class PromptBuilder:
         dialect = self.config.talker_config.spk_is_dialect.get(speaker_key, False)
         if language_key in ("chinese", "auto") and dialect:
             language_id = _codec_id(self.config.talker_config.codec_language_id[dialect])
-        speaker_vector = self.talker.embed_codec(
-            _ids([_codec_id(self.config.talker_config.spk_id[speaker_key])], self._device)
-        )[0]
+        speaker_vector = self._codec_constant(_codec_id(self.config.talker_config.spk_id[speaker_key]))[0]
         # The official wrapper drops instruct for the 0.6B CustomVoice model, which was not trained on it.
         if self.config.tts_model_size == "0b6":
             instruct = None
@@ -125,25 +128,23 @@ class PromptBuilder:
             raise InputError("text that arrives while it is spoken needs the streaming layout "
                              "(non_streaming_mode=False) and no ICL reference (an x-vector voice works)")
         talker, cfg, device = self.talker, self.config.talker_config, self._device
-        ids = self._encode(assistant_text(text))
-        # bos, eos, pad text vectors computed together, as the official code does (same float results).
-        bos, eos, pad = talker.embed_text(
-            _ids([self.config.tts_bos_token_id, self.config.tts_eos_token_id, self.config.tts_pad_token_id], device)
-        )
+        tokens = self.tokenizer.encode(assistant_text(text))
+        ids = _ids(tokens, device)
+        bos, eos, pad = self._bos_eos_pad()
         parts = []
         if instruct:
             parts.append(talker.embed_text(self._encode(instruct_text(instruct))))
-        parts.append(talker.embed_text(ids[:3]))  # <|im_start|>assistant\n
+        parts.append(self._text_constant(*tokens[:3]))  # <|im_start|>assistant\n
 
         # Control block: think/language tags, speaker, codec_pad; text track pad ... pad, bos.
         if language_id is None:
             tags = [cfg.codec_nothink_id, cfg.codec_think_bos_id, cfg.codec_think_eos_id]
         else:
             tags = [cfg.codec_think_id, cfg.codec_think_bos_id, language_id, cfg.codec_think_eos_id]
-        codec = [talker.embed_codec(_ids(tags, device))]
+        codec = [self._codec_constant(*tags)]
         if speaker is not None:
             codec.append(speaker[None])
-        codec.append(talker.embed_codec(_ids([cfg.codec_pad_id, cfg.codec_bos_id], device)))
+        codec.append(self._codec_constant(cfg.codec_pad_id, cfg.codec_bos_id))
         codec = torch.cat(codec)
         text_track = torch.cat([pad[None].expand(codec.shape[0] - 2, -1), bos[None]])
         parts.append(text_track + codec[:-1])
@@ -193,11 +194,32 @@ class PromptBuilder:
         return self.talker.embed_text(_ids(ids, self._device))
 
     def end_of_text(self) -> torch.Tensor:
-        """The track's last vector [1, H], computed as `_build` computes it (with bos and pad)."""
-        ids = [self.config.tts_bos_token_id, self.config.tts_eos_token_id, self.config.tts_pad_token_id]
-        return self.talker.embed_text(_ids(ids, self._device))[1:2]
+        """The track's last vector [1, H], as `_build` has it."""
+        return self._bos_eos_pad()[1:2]
 
     # -- helpers -----------------------------------------------------------------------------------
+    def _bos_eos_pad(self) -> torch.Tensor:
+        """The bos, eos and pad text vectors [3, H], computed together as the official code does (the same
+        float results)."""
+        return self._text_constant(self.config.tts_bos_token_id, self.config.tts_eos_token_id,
+                                   self.config.tts_pad_token_id)
+
+    def _text_constant(self, *ids: int) -> torch.Tensor:
+        """Text-track vectors [n, H] of fixed ids, computed once (never written to: plans share them)."""
+        return self._constant("text", ids, self.talker.embed_text)
+
+    def _codec_constant(self, *ids: int) -> torch.Tensor:
+        """Codec embeddings [n, H] of fixed ids, computed once."""
+        return self._constant("codec", ids, self.talker.embed_codec)
+
+    def _constant(self, table: str, ids: tuple[int, ...], embed) -> torch.Tensor:
+        key = (table, ids)
+        vectors = self._constants.get(key)
+        if vectors is None:
+            with torch.inference_mode():
+                vectors = self._constants[key] = embed(_ids(list(ids), self._device))
+        return vectors
+
     def _encode(self, text: str) -> torch.Tensor:
         return _ids(self.tokenizer.encode(text), self._device)
 
