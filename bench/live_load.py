@@ -9,7 +9,10 @@ words follow at `--words-per-s` (15 words/s is about 20 tokens/s of English). Pe
 after the first delta, a playback model that counts underruns (playback starts at the first audio byte,
 24 kHz 16-bit; when the bytes received fall behind the bytes played, playback stalls), completion
 (session.done without error events), and the server's own text-to-audio figure per segment
-(`audio.done`'s `text_to_audio_ms`). Segments are cut at `--frames` (random weights rarely sample EOS).
+(`audio.done`'s `text_to_audio_ms`). Each segment is `--frames` frames long, as serve_load's requests are:
+random weights sample EOS anywhere, even before a sentence's text has all arrived, and the next sentence's
+audio then waits for its text: a stall of the benchmark's model, not of the server (a trained model's row
+waits for text it has not seen rather than end).
 
     python bench/live_load.py --model CHECKPOINT --sessions 1 16 [--stagger 1]
     python bench/live_load.py --url http://127.0.0.1:8000 --sessions 4    # a server already running
@@ -72,10 +75,11 @@ async def session(url: str, speaker: str, duration: float, words_per_s: float, f
     words = TEXT.split()
     await asyncio.sleep(delay)
     async with connect(url.replace("http://", "ws://") + "/v1/audio/speech/stream", max_size=None) as socket:
-        # Random weights rarely sample EOS: each segment is cut at `frames` (80 = 6.4 s, as serve_load's)
         await socket.send(json.dumps({"type": "session.config", "voice": speaker, "response_format": "pcm",
-                                      "max_new_tokens": frames}))
-        json.loads(await socket.recv())  # session.started
+                                      "max_new_tokens": frames + 1, "min_new_tokens": frames}))
+        started = json.loads(await socket.recv())
+        if started["type"] != "session.started":  # an error event: every utterance would wait forever
+            raise RuntimeError(f"the server refused the session: {started}")
         while time.perf_counter() - began < duration:
             results.append(await utterance(socket, words, words_per_s))
 
@@ -128,7 +132,7 @@ def main() -> int:
     parser.add_argument("--sessions", type=int, nargs="*", default=[1, 16])
     parser.add_argument("--words-per-s", type=float, default=15.0)
     parser.add_argument("--duration", type=float, default=20.0)
-    parser.add_argument("--frames", type=int, default=80, help="frames per segment at most (80 = 6.4 s)")
+    parser.add_argument("--frames", type=int, default=80, help="frames per segment (80 = 6.4 s)")
     parser.add_argument("--stagger", type=float, default=0.0,
                         help="spread the sessions' starts evenly over this many seconds (0: all at once)")
     args = parser.parse_args()

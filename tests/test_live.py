@@ -260,6 +260,20 @@ def test_one_session_carries_several_utterances_and_a_new_config_between_them(cu
     assert second["total_sentences"] == 1
 
 
+def test_min_new_tokens_holds_every_segment_to_its_length(custom, session):
+    # What benchmarks use to pin segment lengths: without it, random weights end a segment wherever they
+    # happen to sample EOS.
+    _, tts = custom
+    configure(session, max_new_tokens=9, min_new_tokens=8)
+    session.send("input.text", text="Hello there. Good")
+    session.send("input.text", text="bye now.")
+    session.send("input.done")
+    session.until("session.done", utterance_index=0)
+
+    assert [event["frames"] for event in session.events("audio.done")] == [8, 8]
+    assert_same_audio(session.audio(0, 0), reference(tts, "Hello there.", max_new_tokens=9, min_new_tokens=8))
+
+
 def test_text_sent_whole_or_in_small_deltas_gives_the_same_greedy_audio(custom):
     server, _ = custom
     text = "One sentence here. Another, with a clause; and an end! 最后一句。"

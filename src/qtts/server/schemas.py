@@ -99,6 +99,8 @@ class LiveSessionConfig(BaseModel):
     )
     seed: int | None = None
     max_new_tokens: int | None = Field(None, description="upper bound on the 80 ms frames of each segment")
+    min_new_tokens: int | None = Field(None, description="EOS is masked before this many frames of each segment "
+                                       "(benchmarks force a fixed length with it)")
     do_sample: bool | None = None
     temperature: float | None = None
     top_k: int | None = None
