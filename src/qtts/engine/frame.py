@@ -17,7 +17,6 @@ import functools
 import torch
 from torch import nn
 
-from .. import kernels
 from ..kernels.decode_attention import decode_attention_reference, decode_attention_triton
 from ..kernels.linear import fused_linear_reference, fused_linear_triton
 from ..kernels.qk_norm_rope import qk_norm_rope_cache_reference, qk_norm_rope_cache_triton
