@@ -8,6 +8,7 @@ format and stream carries the very same samples.
 from __future__ import annotations
 
 import base64
+import gc
 import io
 import json
 import math
@@ -330,6 +331,12 @@ def test_models_health_and_metrics(custom):
     speak(server, input="")
     assert metric(server, speech_requests) == requests + 2
     assert metric(server, bad_requests) == errors + 1
+
+    collections = metric(server, "qtts_gc_pause_seconds_count")
+    paused = metric(server, "qtts_gc_pause_seconds_sum")
+    gc.collect()  # a full collection in the server's process (the test's own)
+    assert metric(server, "qtts_gc_pause_seconds_count") > collections
+    assert metric(server, "qtts_gc_pause_seconds_sum") > paused
 
 
 # -- errors ------------------------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ a handful of numbers)."""
 from __future__ import annotations
 
 import bisect
+import gc
 import threading
 import time
 from collections import Counter
@@ -15,18 +16,23 @@ FIRST_AUDIO_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 3
 # Whole requests: a short sentence to minutes of audio made slower than real time.
 END_TO_END_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
 QUEUE_WAIT_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+# A young collection takes microseconds; a full one over a loaded model's objects, 0.1 s (what
+# `freeze_startup_heap` prevents).
+GC_PAUSE_BUCKETS = (0.0001, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5)
 
 
 class Histogram:
     """Counts of observations at or below each bucket's upper bound, as Prometheus keeps them.
 
-    Observed from the event loop and from the engine's thread, so each observation takes a lock."""
+    Observed from the event loop and from the engine's thread, so each observation takes a lock: a
+    reentrant one, since a garbage collection (timed into `qtts_gc_pause_seconds`) can start inside any
+    allocation, this histogram's own `render` included, and observe in the same thread."""
 
     def __init__(self, name: str, help_text: str, buckets: tuple[float, ...]):
         self.name, self.help_text, self.buckets = name, help_text, buckets
         self._counts = [0] * (len(buckets) + 1)  # per bucket, not cumulative; the last is above every bound
         self._sum = 0.0
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
 
     def observe(self, seconds: float) -> None:
         with self._lock:
@@ -49,6 +55,37 @@ def _number(bound: float) -> str:
     return f"{bound:g}"
 
 
+class _GcPauses:
+    """Python's garbage collections in this process, timed: each holds the GIL, so the engine thread and
+    every stream wait it out. One per process (collections are), shared by every app in it."""
+
+    def __init__(self):
+        self.histogram = Histogram(
+            "qtts_gc_pause_seconds", "Seconds each garbage collection of this process held the interpreter, "
+            "stopping the engine for as long.", GC_PAUSE_BUCKETS)
+        self._started = 0.0
+        gc.callbacks.append(self._callback)
+
+    def _callback(self, phase: str, info: dict) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+        else:
+            self.histogram.observe(time.perf_counter() - self._started)
+
+
+_gc_pauses: _GcPauses | None = None
+_gc_pauses_lock = threading.Lock()
+
+
+def gc_pauses() -> Histogram:
+    """The process's garbage-collection pause histogram, timed from the first call on."""
+    global _gc_pauses
+    with _gc_pauses_lock:
+        if _gc_pauses is None:
+            _gc_pauses = _GcPauses()
+    return _gc_pauses.histogram
+
+
 class Metrics:
     """Counted on the event loop; the engine's gauges are read when the page is rendered."""
 
@@ -68,6 +105,7 @@ class Metrics:
         self.text_to_audio = Histogram(
             "qtts_live_text_to_audio_seconds", "Seconds from the live text delta that started a segment's speech "
             "to its first audio sent.", FIRST_AUDIO_BUCKETS)
+        self.gc_pauses = gc_pauses()
 
     def render(self) -> str:
         lines: list[str] = []
@@ -102,7 +140,8 @@ class Metrics:
                {f'{{lane="{lane}"}}': n for lane, n in sorted(stats["decode_rows"].items())})
         metric("qtts_finished_requests_total", "counter", "Requests ended, by reason.",
                {f'{{reason="{reason}"}}': n for reason, n in sorted(stats["reasons"].items())})
-        for histogram in (self.time_to_first_audio, self.end_to_end, self.queue_wait, self.text_to_audio):
+        for histogram in (self.time_to_first_audio, self.end_to_end, self.queue_wait, self.text_to_audio,
+                          self.gc_pauses):
             lines.extend(histogram.render())
         return "\n".join(lines) + "\n"
 
