@@ -187,7 +187,8 @@ async def closed_loop(url: str, speaker: str, count: int, duration: float, frame
 
 def engine_counters(url: str) -> dict:
     """The engine's counters from the server's /metrics (frames run, rows and queue now, decode calls and
-    rows per lane): what the server did during a step, when its clients' figures look wrong."""
+    rows per lane, the process's garbage-collection pauses by length): what the server did during a step,
+    when its clients' figures look wrong."""
     counters = {}
     try:
         text = httpx.get(url + "/metrics", timeout=10).text
@@ -196,7 +197,7 @@ def engine_counters(url: str) -> dict:
     for line in text.splitlines():
         name, _, value = line.rpartition(" ")
         if name.startswith(("qtts_frames_total", "qtts_requests_running", "qtts_queue_depth", "qtts_decode_",
-                            "qtts_engine_stalled_seconds")):
+                            "qtts_engine_stalled_seconds", "qtts_gc_pause_seconds")):
             counters[name] = float(value)
     return counters
 
