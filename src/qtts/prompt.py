@@ -217,7 +217,10 @@ class PromptBuilder:
         vectors = self._constants.get(key)
         if vectors is None:
             with torch.inference_mode():
-                vectors = self._constants[key] = embed(_ids(list(ids), self._device))
+                vectors = embed(_ids(list(ids), self._device))
+            if vectors.is_cuda:  # once per key: a caller on another stream may read it next
+                torch.cuda.current_stream(vectors.device).synchronize()
+            self._constants[key] = vectors
         return vectors
 
     def _encode(self, text: str) -> torch.Tensor:
