@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import json
 import os
 import random
@@ -518,6 +519,10 @@ def main():
     emit({"part": "startup", "load_s": round(time.perf_counter() - began, 1),
           "engine_startup_s": round(tts.engine.startup_s, 1),
           "gpu_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 1)})
+    # As `qtts serve` does after load (and from 2026-12-06d on): the in-process figures are the server's
+    # without HTTP, not those of a process whose full collections walk the loaded model.
+    gc.collect()
+    gc.freeze()
     speaker = tts.speakers[0]
     for part in args.parts:
         try:
