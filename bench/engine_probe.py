@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import gc
 import json
 import os
 import random
@@ -245,6 +244,18 @@ def load(tts, emit, speaker, frames_per_request, concurrency, rounds):
               "decode_rows_per_call": batching, **busy})
 
 
+def stream_one(tts, speaker, frames: int, seed: int) -> tuple[float, float]:
+    """One closed-loop client's request of `frames` frames, read to its end: (seconds from submission to
+    its first audio, seconds of audio)."""
+    began = time.perf_counter()
+    generation = tts.submit(TEXT, speaker=speaker, max_new_tokens=frames + 1, min_new_tokens=frames, seed=seed)
+    first, received = None, 0.0
+    for chunk in generation:
+        first = first or time.perf_counter()
+        received += len(chunk) / 24000
+    return first - began, received
+
+
 def steady(tts, emit, speaker, frames_per_request, concurrency, duration):
     """Closed loop in steady state, in process: N clients, each submitting its next request as soon as the
     last one ended, for `duration` seconds; as serve_load's closed-loop step without HTTP. Besides the
@@ -259,15 +270,9 @@ def steady(tts, emit, speaker, frames_per_request, concurrency, duration):
         def client(index):
             number = 0
             while time.perf_counter() < stop:
-                began = time.perf_counter()
-                generation = tts.submit(TEXT, speaker=speaker, max_new_tokens=frames_per_request + 1,
-                                        min_new_tokens=frames_per_request, seed=index * 1000 + number)
-                first, received = None, 0.0
-                for chunk in generation:
-                    first = first or time.perf_counter()
-                    received += len(chunk) / 24000
+                result = stream_one(tts, speaker, frames_per_request, index * 1000 + number)
                 with lock:
-                    results.append((first - began, received))
+                    results.append(result)
                 number += 1
 
         stats = engine.stats
@@ -300,10 +305,7 @@ def arrivals(tts, emit, speaker, frames_per_request, concurrency, rounds=2):
         def background(index):
             number = 0
             while not stop.is_set():
-                generation = tts.submit(TEXT, speaker=speaker, max_new_tokens=frames_per_request + 1,
-                                        min_new_tokens=frames_per_request, seed=index * 1000 + number)
-                for _ in generation:
-                    pass
+                stream_one(tts, speaker, frames_per_request, index * 1000 + number)
                 number += 1
 
         threads = [threading.Thread(target=background, args=(i,), daemon=True) for i in range(count)]
@@ -519,10 +521,8 @@ def main():
     emit({"part": "startup", "load_s": round(time.perf_counter() - began, 1),
           "engine_startup_s": round(tts.engine.startup_s, 1),
           "gpu_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 1)})
-    # As `qtts serve` does after load (and from 2026-12-06d on): the in-process figures are the server's
-    # without HTTP, not those of a process whose full collections walk the loaded model.
-    gc.collect()
-    gc.freeze()
+    # As `qtts serve` does (from 2026-12-06d on): the in-process figures are the server's without HTTP.
+    qtts.freeze_loaded_heap()
     speaker = tts.speakers[0]
     for part in args.parts:
         try:

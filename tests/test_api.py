@@ -451,3 +451,23 @@ def test_a_script_that_exits_without_closing_the_engine_exits_cleanly(tiny_check
     assert result.returncode == 0, result.stderr[-2000:]
     assert "Thread" not in result.stderr and "terminate" not in result.stderr, result.stderr[-2000:]
     assert time.monotonic() - began < 100
+
+
+def test_freeze_loaded_heap_leaves_what_exists_out_of_later_collections_but_not_what_comes_later():
+    # In a child process: freezing is process-wide and permanent.
+    import subprocess
+    import sys
+
+    script = ("import gc\n"
+              "import qtts\n"
+              "loaded = [[] for _ in range(5000)]\n"
+              "cycle = []; cycle.append(cycle); del cycle\n"
+              "qtts.freeze_loaded_heap()\n"
+              "later = [[] for _ in range(10)]\n"
+              "tracked = {id(o) for o in gc.get_objects()}\n"
+              "print(gc.get_freeze_count() >= 5000, any(id(o) in tracked for o in loaded),"
+              " all(id(o) in tracked for o in later))\n")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    # the loaded objects are frozen (no collection walks them), objects made later are collected as usual
+    assert result.stdout.split() == ["True", "False", "True"]

@@ -7,14 +7,14 @@
 from .errors import CheckpointError, InputError, QttsError, VoiceError
 
 __version__ = "0.1.0"
-__all__ = ["load", "TTS", "Voice", "Audio", "PromptLimits", "QttsError", "CheckpointError", "InputError",
+__all__ = ["load", "freeze_loaded_heap", "TTS", "Voice", "Audio", "PromptLimits", "QttsError", "CheckpointError", "InputError",
            "VoiceError", "Qwen3TTSModel", "Qwen3TTSTokenizer", "VoiceClonePromptItem"]
 _COMPAT = ("Qwen3TTSModel", "Qwen3TTSTokenizer", "VoiceClonePromptItem")
 
 
 def __getattr__(name):
     # torch and the models load on first use, so `import qtts` (and `qtts --help`) stays fast.
-    if name in ("load", "TTS"):
+    if name in ("load", "freeze_loaded_heap", "TTS"):
         from . import api
 
         return getattr(api, name)

@@ -11,8 +11,8 @@ import logging
 import ray
 from ray import serve
 
+from ..api import freeze_loaded_heap
 from ..server import create_app
-from ..server.app import freeze_startup_heap
 from .options import ServeArgs
 
 logger = logging.getLogger(__name__)
@@ -69,7 +69,7 @@ class QttsReplica:
                          voices_dir=self.args.voices_dir if is_base else None, max_queue=self.args.max_queue,
                          first_audio_target=self.args.first_audio_target)
         app.add_middleware(ReplicaHeader, replica=self.replica)
-        freeze_startup_heap()
+        freeze_loaded_heap()
         return app
 
     async def check_health(self) -> None:

@@ -10,7 +10,7 @@ import signal
 from collections.abc import Sequence
 from pathlib import Path
 
-from .app import DEFAULT_MAX_QUEUE, FIRST_AUDIO_TARGET, create_app, freeze_startup_heap
+from .app import DEFAULT_MAX_QUEUE, FIRST_AUDIO_TARGET, create_app
 from .guards import CLIENT_TIMEOUT
 from .voice_store import MAX_VOICES
 
@@ -39,7 +39,7 @@ def serve(model: str, *, host: str = "127.0.0.1", port: int = 8000, device: str 
     app = create_app(tts, model_name=model_name or model, voices_dir=voices_dir, max_queue=max_queue,
                      max_voices=max_voices, api_key=api_key, cors_origins=cors_origins,
                      client_timeout=client_timeout, first_audio_target=first_audio_target)
-    freeze_startup_heap()
+    qtts.freeze_loaded_heap()
     # uvicorn handles SIGTERM/SIGINT while it runs, then raises the signal again for the handler found
     # before it: with these, that ends in a normal return (exit 0) instead of a kill or a KeyboardInterrupt.
     for number in (signal.SIGTERM, signal.SIGINT):

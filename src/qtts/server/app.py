@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import gc
 import logging
 import math
 import time
@@ -62,15 +61,6 @@ STALL_LIMIT = 30.0
 # Model names OpenAI clients are configured with; they all mean "the model this server runs".
 OPENAI_TTS_MODELS = ("tts-1", "tts-1-hd", "gpt-4o-mini-tts")
 CLIENT_CLOSED = 499  # nginx's status for a client that left before the answer; only logs ever see it
-
-
-def freeze_startup_heap() -> None:
-    """Leave the objects made while loading (the model, torch, tokenizers: ~200k of them) out of every later
-    garbage collection. A full collection otherwise walks all of them, holding the GIL for tens of
-    milliseconds (57 ms on a CI-class CPU, measured) while the engine thread waits: a pause every running
-    stream hears. Called once a server has loaded its model and built its app."""
-    gc.collect()
-    gc.freeze()
 
 
 def create_app(tts, *, model_name: str | None = None, voices_dir: str | Path | None = None,

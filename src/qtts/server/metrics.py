@@ -17,7 +17,7 @@ FIRST_AUDIO_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 3
 END_TO_END_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
 QUEUE_WAIT_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 # A young collection takes microseconds; a full one over a loaded model's objects, 0.1 s (what
-# `freeze_startup_heap` prevents).
+# `qtts.freeze_loaded_heap` prevents).
 GC_PAUSE_BUCKETS = (0.0001, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5)
 
 
@@ -55,35 +55,23 @@ def _number(bound: float) -> str:
     return f"{bound:g}"
 
 
-class _GcPauses:
-    """Python's garbage collections in this process, timed: each holds the GIL, so the engine thread and
-    every stream wait it out. One per process (collections are), shared by every app in it."""
-
-    def __init__(self):
-        self.histogram = Histogram(
-            "qtts_gc_pause_seconds", "Seconds each garbage collection of this process held the interpreter, "
-            "stopping the engine for as long.", GC_PAUSE_BUCKETS)
-        self._started = 0.0
-        gc.callbacks.append(self._callback)
-
-    def _callback(self, phase: str, info: dict) -> None:
-        if phase == "start":
-            self._started = time.perf_counter()
-        else:
-            self.histogram.observe(time.perf_counter() - self._started)
+# Python's garbage collections in this process, timed: each holds the GIL, so the engine thread and every
+# stream wait it out. One histogram per process (collections are), shared by every app in it.
+GC_PAUSES = Histogram(
+    "qtts_gc_pause_seconds", "Seconds each garbage collection of this process held the interpreter, stopping "
+    "the engine for as long.", GC_PAUSE_BUCKETS)
+_gc_started = 0.0
 
 
-_gc_pauses: _GcPauses | None = None
-_gc_pauses_lock = threading.Lock()
+def _time_collection(phase: str, info: dict) -> None:
+    global _gc_started
+    if phase == "start":
+        _gc_started = time.perf_counter()
+    else:
+        GC_PAUSES.observe(time.perf_counter() - _gc_started)
 
 
-def gc_pauses() -> Histogram:
-    """The process's garbage-collection pause histogram, timed from the first call on."""
-    global _gc_pauses
-    with _gc_pauses_lock:
-        if _gc_pauses is None:
-            _gc_pauses = _GcPauses()
-    return _gc_pauses.histogram
+gc.callbacks.append(_time_collection)
 
 
 class Metrics:
@@ -105,7 +93,6 @@ class Metrics:
         self.text_to_audio = Histogram(
             "qtts_live_text_to_audio_seconds", "Seconds from the live text delta that started a segment's speech "
             "to its first audio sent.", FIRST_AUDIO_BUCKETS)
-        self.gc_pauses = gc_pauses()
 
     def render(self) -> str:
         lines: list[str] = []
@@ -141,7 +128,7 @@ class Metrics:
         metric("qtts_finished_requests_total", "counter", "Requests ended, by reason.",
                {f'{{reason="{reason}"}}': n for reason, n in sorted(stats["reasons"].items())})
         for histogram in (self.time_to_first_audio, self.end_to_end, self.queue_wait, self.text_to_audio,
-                          self.gc_pauses):
+                          GC_PAUSES):
             lines.extend(histogram.render())
         return "\n".join(lines) + "\n"
 
