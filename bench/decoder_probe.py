@@ -18,7 +18,9 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+# Appended: a qtts already on the path (PYTHONPATH set to another tree, to measure it with this script)
+# comes first; without one, this checkout's.
+sys.path.append(str(Path(__file__).resolve().parents[1] / "src"))
 
 from engine_probe import cuda_ms  # noqa: E402
 from qtts.config import SpeechTokenizerConfig  # noqa: E402

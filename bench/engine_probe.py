@@ -49,7 +49,9 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+# Appended: a qtts already on the path (PYTHONPATH set to another tree, to measure it with this script)
+# comes first; without one, this checkout's.
+sys.path.append(str(Path(__file__).resolve().parents[1] / "src"))
 
 import qtts  # noqa: E402
 from qtts.engine.decode_stage import BULK, CHUNK_SIZES  # noqa: E402

@@ -30,7 +30,9 @@ from pathlib import Path
 import torch
 from torch.nn import functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+# Appended: a qtts already on the path (PYTHONPATH set to another tree, to measure it with this script)
+# comes first; without one, this checkout's.
+sys.path.append(str(Path(__file__).resolve().parents[1] / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from qtts.kernels import jit, next_power_of_2, pdl_launch, tl, wait_for_previous  # noqa: E402

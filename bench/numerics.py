@@ -24,7 +24,9 @@ import types
 from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
-sys.path.insert(0, str(BENCH.parent / "src"))
+# Appended: a qtts already on the path (PYTHONPATH set to another tree, to measure it with this script)
+# comes first; without one, this checkout's.
+sys.path.append(str(BENCH.parent / "src"))
 
 
 def official_package_available() -> bool:
