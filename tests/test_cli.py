@@ -57,6 +57,9 @@ def test_user_errors_are_one_line_and_exit_2(tiny_checkpoint, tmp_path):
     assert result.returncode == 2 and "missing.wav" in result.stderr
     result = run("info", tmp_path / "no-such-model")
     assert result.returncode == 2 and "neither an existing folder" in result.stderr
+    result = run("serve", "--model", model, "--ingress", "proxy")  # no replicas: nothing for an ingress to front
+    assert result.returncode == 2 and "--ingress is for Ray Serve replicas" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
 
 
 def test_make_tiny_writes_a_loadable_checkpoint(tmp_path):

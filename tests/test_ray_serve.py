@@ -1,7 +1,9 @@
 """qtts on Ray Serve: a real local Ray cluster (loopback, 2 CPUs, no dashboard) running 2 CPU replicas.
 
-One cluster for the module, started and shut down here. The replicas serve a tiny Base checkpoint, so the
-voice tests cover the shared voice store; their audio is compared with `TTS.synthesize` run in the test.
+One cluster per ingress `qtts serve --replicas` offers (HAProxy, forwarding to each replica's own HTTP
+server, and Ray's Python proxy), started and shut down here; each runs every test of the module. The
+replicas serve a tiny Base checkpoint, so the voice tests cover the shared voice store; their audio is
+compared with `TTS.synthesize` run in the test.
 """
 
 from __future__ import annotations
@@ -35,7 +37,8 @@ import ray  # noqa: E402
 import websockets.sync.client as websockets_sync  # noqa: E402
 from ray import serve  # noqa: E402
 
-from qtts.cluster import REPLICA_HEADER, ServeArgs, build_app  # noqa: E402
+from qtts.cluster import INGRESSES, REPLICA_HEADER, ServeArgs, build_app, ingress_environment  # noqa: E402
+from qtts.cluster.launch import default_ingress  # noqa: E402
 from qtts.audio_formats import pcm16  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -81,13 +84,17 @@ def running_replicas() -> int:
     return status.replica_states.get("RUNNING", 0)
 
 
-@pytest.fixture(scope="module")
-def cluster(tiny_checkpoint, tmp_path_factory):
+@pytest.fixture(scope="module", params=INGRESSES)
+def cluster(request, tiny_checkpoint, tmp_path_factory):
+    """(client, checkpoint folder, voices folder, ingress) for a 2-replica qtts application on a fresh local
+    cluster behind `ingress`."""
     ray_temp = tempfile.mkdtemp(prefix="qtts-ray-")  # short: Ray's socket paths must stay under 108 bytes
-    """(client, checkpoint folder, voices folder) for a 2-replica qtts application on a fresh local cluster."""
     folder = tiny_checkpoint("base")
     voices_dir = tmp_path_factory.mktemp("voices")
-    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"  # no usage report leaves the machine
+    environment = pytest.MonkeyPatch()
+    environment.setenv("RAY_USAGE_STATS_ENABLED", "0")  # no usage report leaves the machine
+    for name, value in ingress_environment(request.param).items():  # read by the cluster's processes
+        environment.setenv(name, value)
     # Each replica takes 1 CPU; Ray gives its workers OMP_NUM_THREADS=1, so torch runs one thread each.
     ray.init(address="local", num_cpus=REPLICAS, num_gpus=0, include_dashboard=False,
              _node_ip_address="127.0.0.1", _temp_dir=ray_temp,
@@ -98,20 +105,21 @@ def cluster(tiny_checkpoint, tmp_path_factory):
         args = ServeArgs(model=str(folder), device="cpu", voices_dir=str(voices_dir), replicas=REPLICAS)
         serve.run(build_app(args), name="qtts", route_prefix="/")
         client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60)
-        yield client, folder, voices_dir
+        yield client, folder, voices_dir, request.param
         client.close()
     finally:
         serve.shutdown()
         ray.shutdown()
+        environment.undo()
         shutil.rmtree(ray_temp, ignore_errors=True)
-    with pytest.raises(httpx.ConnectError):  # the proxy is gone with the cluster
+    with pytest.raises(httpx.ConnectError):  # the ingress is gone with the cluster
         httpx.get(f"http://127.0.0.1:{port}/health", timeout=5)
 
 
 @pytest.fixture(scope="module")
 def voice(cluster):
     """(voice id, tag of the replica that made it): an x-vector voice uploaded through the endpoint."""
-    client, _, _ = cluster
+    client, _, _, _ = cluster
     made = client.post("/v1/voices", files={"audio_sample": ("ref.wav", reference_wav(), "audio/wav")},
                        data={"name": "shared"})
     assert made.status_code == 200, made.text
@@ -121,7 +129,7 @@ def voice(cluster):
 @pytest.fixture(scope="module")
 def reference(cluster, voice):
     """What the Python API says the voice speaks, seed 5: every replica must send these very samples."""
-    client, folder, voices_dir = cluster
+    client, folder, voices_dir, _ = cluster
     torch.set_num_threads(1)
     tts = qtts.load(folder, device="cpu")
     saved = qtts.Voice.load(voices_dir / f"{voice[0]}.safetensors")
@@ -132,6 +140,15 @@ def reference(cluster, voice):
 def speak(client, voice_id, **fields):
     body = {"input": TEXT, "voice": voice_id, "seed": 5, "max_new_tokens": FRAMES, "response_format": "pcm"}
     return client.post("/v1/audio/speech", json={**body, **fields})
+
+
+def attempt(client, voice_id):
+    """(when it was sent, `speak`'s response or the connection error it ended with)."""
+    sent = time.monotonic()
+    try:
+        return sent, speak(client, voice_id)
+    except httpx.TransportError as error:
+        return sent, error
 
 
 def speak_concurrently(client, voice_id, count):
@@ -174,14 +191,30 @@ def test_build_app_sets_replicas_or_autoscaling_and_refuses_unknown_options():
         build_app({"model": "m", "autoscale": "4"})
 
 
+def test_the_ingress_is_chosen_for_a_cluster_qtts_serve_starts_not_one_it_joins():
+    from qtts.cluster import serve_replicas
+    from qtts.errors import QttsError
+
+    assert ingress_environment("haproxy")["RAY_SERVE_ENABLE_HA_PROXY"] == "1"
+    assert ingress_environment("proxy")["RAY_SERVE_ENABLE_HA_PROXY"] == "0"
+    with pytest.raises(QttsError, match="unknown ingress 'nginx'"):
+        ingress_environment("nginx")
+    with pytest.raises(QttsError, match="ray start"):  # refused before anything connects to a cluster
+        serve_replicas(ServeArgs(model="m"), ray_address="203.0.113.1:6379", ingress="haproxy")
+
+
 # -- the one command ----------------------------------------------------------------------------------------
-def test_qtts_serve_with_replicas_serves_through_ray_and_stops_on_ctrl_c(tiny_checkpoint, tmp_path, ray_temp_dir):
-    """`qtts serve --replicas 1` in its own process: up, answering with a replica header, gone after SIGINT."""
+@pytest.mark.parametrize("ingress", [None, "proxy"])
+def test_qtts_serve_with_replicas_serves_through_ray_and_stops_on_ctrl_c(tiny_checkpoint, tmp_path, ray_temp_dir,
+                                                                       ingress):
+    """`qtts serve --replicas 1` in its own process, with its default ingress and with Ray's proxy: up,
+    answering with a replica header, gone after SIGINT."""
     port = free_port()
     env = dict(os.environ, PYTHONPATH=str(REPO / "src"), RAY_USAGE_STATS_ENABLED="0", OMP_NUM_THREADS="1",
                RAY_TMPDIR=ray_temp_dir)
     command = [sys.executable, "-m", "qtts.cli", "serve", "--model", str(tiny_checkpoint("custom_voice")),
-               "--device", "cpu", "--port", str(port), "--replicas", "1"]
+               "--device", "cpu", "--port", str(port), "--replicas", "1", *(["--ingress", ingress] if ingress else [])]
+    named = {"haproxy": "(HAProxy ingress)", "proxy": "(Ray's proxy)"}[ingress or default_ingress()]
     log = tmp_path / "serve.log"
     with log.open("w") as output:
         process = subprocess.Popen(command, env=env, stdout=output, stderr=subprocess.STDOUT)
@@ -191,6 +224,7 @@ def test_qtts_serve_with_replicas_serves_through_ray_and_stops_on_ctrl_c(tiny_ch
         while True:
             assert process.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
             if "through Ray Serve" in log.read_text():  # printed once Ray Serve says the replicas run
+                assert named in log.read_text()
                 break
             time.sleep(0.5)
         health = httpx.get(url + "/health", timeout=5)
@@ -209,7 +243,7 @@ def test_qtts_serve_with_replicas_serves_through_ray_and_stops_on_ctrl_c(tiny_ch
 
 # -- two replicas behind one endpoint -----------------------------------------------------------------------
 def test_concurrent_requests_are_served_by_both_replicas_with_the_same_audio(cluster, voice, reference):
-    client, _, _ = cluster
+    client, _, _, _ = cluster
     served = set()
     for _ in range(4):  # Ray picks replicas at random among the less busy: a few rounds see both
         for response in speak_concurrently(client, voice[0], 2 * REPLICAS):
@@ -222,10 +256,10 @@ def test_concurrent_requests_are_served_by_both_replicas_with_the_same_audio(clu
     assert served == set(replica_actors())
 
 
-def test_live_speech_runs_through_the_proxy_on_one_replica(cluster, voice, reference):
-    """WS /v1/audio/speech/stream through Ray Serve's proxy: the session is accepted by one replica (named
+def test_live_speech_runs_through_ray_serve_on_one_replica(cluster, voice, reference):
+    """WS /v1/audio/speech/stream through Ray Serve's ingress: the session is accepted by one replica (named
     in the accept's header) and its audio, made as the text arrives, is the voice's audio for the text."""
-    client, _, _ = cluster
+    client, _, _, _ = cluster
     url = str(client.base_url).replace("http://", "ws://") + "/v1/audio/speech/stream"
     pcm = b""
     with websockets_sync.connect(url, open_timeout=60, close_timeout=10, max_size=None) as session:
@@ -249,14 +283,14 @@ def test_live_speech_runs_through_the_proxy_on_one_replica(cluster, voice, refer
     assert np.abs(got.astype(np.int32) - reference).max() <= 1
 
 def test_every_response_names_its_replica(cluster):
-    client, _, _ = cluster
+    client, _, _, _ = cluster
     tags = set(replica_actors())
     for path in ("/health", "/v1/models", "/metrics", "/no-such-route"):
         assert client.get(path).headers[REPLICA_HEADER] in tags, path
 
 
-def test_streamed_speech_arrives_through_the_proxy_in_several_chunks_before_the_end(cluster, voice, reference):
-    client, _, _ = cluster
+def test_streamed_speech_arrives_through_ray_serve_in_several_chunks_before_the_end(cluster, voice, reference):
+    client, _, _, _ = cluster
     frames = 40
     body = {"input": TEXT, "voice": voice[0], "seed": 5, "max_new_tokens": frames, "response_format": "pcm"}
     pieces, arrivals = [], []
@@ -276,7 +310,7 @@ def test_streamed_speech_arrives_through_the_proxy_in_several_chunks_before_the_
 
 
 def test_a_voice_uploaded_through_one_replica_speaks_and_is_deleted_through_the_others(cluster, voice, reference):
-    client, _, _ = cluster
+    client, _, _, _ = cluster
     voice_id, maker = voice
     others = []
     for _ in range(6):
@@ -299,18 +333,31 @@ def test_a_voice_uploaded_through_one_replica_speaks_and_is_deleted_through_the_
 
 
 def test_a_killed_replica_is_replaced_while_the_endpoint_keeps_answering(cluster, voice, reference):
-    client, _, _ = cluster
+    client, _, _, ingress = cluster
     before = replica_actors()
     assert len(before) == REPLICAS
     victim, survivor = sorted(before)
     ray.kill(ray.get_actor(before[victim], namespace="serve"), no_restart=True)
+    killed = time.monotonic()
 
-    # Requests sent after the kill are all answered, by the survivor until the replacement is up: Ray Serve
-    # routes them away from the dead replica.
-    for response in speak_concurrently(client, voice[0], 2 * REPLICAS):
-        assert response.status_code == 200, (response.status_code, response.text)
-        assert_same_audio(response, reference)
-        assert response.headers[REPLICA_HEADER] != victim
+    # Requests sent after the kill are answered by the survivor until the replacement is up. Ray's proxy
+    # resends a request whose replica died before it started, so every one is answered. HAProxy sends
+    # requests to the dead replica until it refuses a connection (then it is out of rotation): one already
+    # on its way to it in that moment fails (500, or the connection closes), and every later one is answered.
+    failed_at = []  # seconds from the kill to the sending of each request that failed
+    for _ in range(8):  # rounds of concurrent requests until a second after the kill (bounded)
+        with ThreadPoolExecutor(2 * REPLICAS) as pool:
+            outcomes = list(pool.map(lambda _: attempt(client, voice[0]), range(2 * REPLICAS)))
+        answered = [o for _, o in outcomes if isinstance(o, httpx.Response) and o.status_code == 200]
+        failed_at += [sent - killed for sent, o in outcomes
+                      if not (isinstance(o, httpx.Response) and o.status_code == 200)]
+        for response in answered:
+            assert_same_audio(response, reference)
+            assert response.headers[REPLICA_HEADER] != victim
+        if time.monotonic() - killed > 1.0:
+            break
+    assert len(answered) == len(outcomes), outcomes  # the last round, a second on: every request answered
+    assert (not failed_at) if ingress == "proxy" else all(when < 0.5 for when in failed_at), failed_at
     assert client.get("/health").status_code == 200
 
     deadline = time.monotonic() + STARTUP_TIMEOUT
@@ -320,7 +367,7 @@ def test_a_killed_replica_is_replaced_while_the_endpoint_keeps_answering(cluster
     assert running_replicas() == REPLICAS and survivor in after and victim not in after, (serve.status(), after)
     (replacement,) = set(after) - {survivor}
     # The new replica serves too, and knows the voice made before it existed (the shared folder).
-    # The proxy learns of it from Serve's controller a moment after it runs: rounds until then, bounded.
+    # The ingress learns of it from Serve's controller a moment after it runs: rounds until then, bounded.
     seen = set()
     deadline = time.monotonic() + 30
     while replacement not in seen and time.monotonic() < deadline:

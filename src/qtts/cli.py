@@ -210,6 +210,8 @@ def cmd_serve(args) -> None:
     if args.replicas is not None or args.autoscale is not None or args.ray_address is not None:
         _serve_on_ray(args, model)
         return
+    if args.ingress is not None:
+        raise QttsError("--ingress is for Ray Serve replicas: give --replicas or --autoscale with it")
     options = {"max_queue": args.max_queue, "voices_dir": args.voices_dir, "model_name": args.served_model_name,
                "max_voices": args.max_voices, "client_timeout": args.client_timeout,
                "max_batch": args.max_batch, "max_len": args.max_len, "shutdown_grace": args.shutdown_grace,
@@ -251,7 +253,7 @@ def _serve_on_ray(args, model: str) -> None:
         problem = e.errors()[0]
         flag = "--" + str(problem["loc"][0]).replace("_", "-") + ": " if problem["loc"] else ""
         raise QttsError(flag + problem["msg"].removeprefix("Value error, ")) from None
-    serve_replicas(options, host=args.host, port=args.port, ray_address=args.ray_address)
+    serve_replicas(options, host=args.host, port=args.port, ray_address=args.ray_address, ingress=args.ingress)
 
 
 API_KEY_VARIABLE = "QTTS_API_KEY"
@@ -338,6 +340,9 @@ def build_parser() -> argparse.ArgumentParser:
     scale.add_argument("--autoscale", metavar="MIN:MAX", help="let Ray Serve run MIN to MAX replicas, by load")
     p.add_argument("--ray-address", help="join this Ray cluster (auto, HOST:PORT, ray://...) instead of "
                    "starting one on this machine")
+    p.add_argument("--ingress", choices=["haproxy", "proxy"],
+                   help="what Ray Serve puts on the port of the cluster qtts serve starts: HAProxy, forwarding to "
+                        "the replicas' own servers (default where ray[serve] brought it), or Ray's Python proxy")
     p.set_defaults(func=cmd_serve)
 
     # Listed for --help only: main() hands `qtts bench ...` to qtts.bench, which parses its own options.

@@ -5,8 +5,8 @@ file); `serve_replicas(...)` is what `qtts serve --replicas N` runs. Needs the `
 """
 
 from .application import build_app
-from .launch import serve_replicas
+from .launch import INGRESSES, ingress_environment, serve_replicas
 from .options import ServeArgs
 from .replica import REPLICA_HEADER
 
-__all__ = ["REPLICA_HEADER", "ServeArgs", "build_app", "serve_replicas"]
+__all__ = ["INGRESSES", "REPLICA_HEADER", "ServeArgs", "build_app", "ingress_environment", "serve_replicas"]
