@@ -195,7 +195,12 @@ def test_the_ingress_is_chosen_for_a_cluster_qtts_serve_starts_not_one_it_joins(
     from qtts.cluster import serve_replicas
     from qtts.errors import QttsError
 
-    assert ingress_environment("haproxy")["RAY_SERVE_ENABLE_HA_PROXY"] == "1"
+    haproxy = ingress_environment("haproxy")
+    assert haproxy["RAY_SERVE_ENABLE_HA_PROXY"] == "1"
+    # HAProxy's metrics and stats on ports free now, not Ray's fixed ones, which a second cluster on the
+    # same machine could not bind
+    ports = {int(haproxy["RAY_SERVE_HAPROXY_METRICS_PORT"]), int(haproxy["RAY_SERVE_HAPROXY_STATS_PORT"])}
+    assert len(ports) == 2 and not ports & {9101, 8404}
     assert ingress_environment("proxy")["RAY_SERVE_ENABLE_HA_PROXY"] == "0"
     with pytest.raises(QttsError, match="unknown ingress 'nginx'"):
         ingress_environment("nginx")

@@ -38,18 +38,19 @@ def ingress_environment(ingress: str) -> dict[str, str]:
     - `haproxy`: HAProxy on the port, forwarding each request to a replica's own HTTP server. On one H100,
       1.7B, 4 clients (bench/serve_overhead.py, 2026-12-06): first audio p95 +0.3 ms over the plain server,
       requests/s -0.2 %. A replica stopped by Ray waits 2 s (not 30) for HAProxy to let go of it: the
-      HAProxy here is Ray's own, which it reconfigures itself. A replica is taken out of rotation at the
-      first connection it refuses (not the third). A request that a client sends on a connection kept
-      alive from before its replica died fails (the connection closes, or 500); new connections go to the
-      other replicas at once.
+      HAProxy here is Ray's own, which it reconfigures itself. A replica leaves the rotation at the first
+      connection it refuses (not the third); a request already on its way to a replica that dies in that
+      moment fails (500, or the connection closes). HAProxy's metrics and stats listen on every interface,
+      on ports free now (Ray's fixed 9101 and 8404 would stop a second cluster on the same machine).
     - `proxy`: Ray Serve's Python proxy, which makes each request and every streamed chunk an actor call:
       p95 +11.7 ms, requests/s -2.1 % in the same run. It resends a request whose replica died before it
-      started, whatever connection it came on."""
+      started."""
     if ingress not in INGRESSES:
         raise QttsError(f"unknown ingress {ingress!r}; choose one of: {', '.join(INGRESSES)}")
     if ingress == "haproxy":
         return {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "2",
-                "RAY_SERVE_HAPROXY_OBSERVE_ERROR_LIMIT": "1"}
+                "RAY_SERVE_HAPROXY_OBSERVE_ERROR_LIMIT": "1",
+                "RAY_SERVE_HAPROXY_METRICS_PORT": str(_free_port()), "RAY_SERVE_HAPROXY_STATS_PORT": str(_free_port())}
     return {"RAY_SERVE_ENABLE_HA_PROXY": "0"}
 
 
@@ -91,7 +92,9 @@ def serve_replicas(args: ServeArgs, *, host: str = "127.0.0.1", port: int = 8000
             serve.run(build_app(args), name=APP_NAME, route_prefix="/")
         except RuntimeError as exc:  # Ray Serve's "Deploying application qtts failed: ..."
             raise QttsError(f"the qtts replicas did not start: {exc}") from None
-        through = {"haproxy": " (HAProxy ingress)", "proxy": " (Ray's proxy)", None: ""}[ingress]
+        through = {"haproxy": f" (HAProxy ingress; its metrics on port {os.environ['RAY_SERVE_HAPROXY_METRICS_PORT']}"
+                              f", stats on {os.environ['RAY_SERVE_HAPROXY_STATS_PORT']})",
+                   "proxy": " (Ray's proxy)", None: ""}[ingress]
         print(f"qtts: serving {args.model} on http://{host}:{port} with {_replicas(args)} through Ray Serve"
               f"{through}; Ctrl-C stops", file=sys.stderr)
         while True:
@@ -113,6 +116,13 @@ def _replicas(args: ServeArgs) -> str:
     if args.autoscale is not None:
         return f"{args.autoscale.replace(':', ' to ')} replicas (autoscaled)"
     return f"{args.replicas} replica{'s' if args.replicas > 1 else ''}"
+
+
+def _free_port() -> int:
+    """A TCP port free on every interface now (HAProxy binds its metrics and stats there)."""
+    with socket.socket() as sock:
+        sock.bind(("", 0))
+        return sock.getsockname()[1]
 
 
 def _check_port_free(host: str, port: int) -> None:
