@@ -219,7 +219,7 @@ def test_qtts_serve_with_replicas_serves_through_ray_and_stops_on_ctrl_c(tiny_ch
                RAY_TMPDIR=ray_temp_dir)
     command = [sys.executable, "-m", "qtts.cli", "serve", "--model", str(tiny_checkpoint("custom_voice")),
                "--device", "cpu", "--port", str(port), "--replicas", "1", *(["--ingress", ingress] if ingress else [])]
-    named = {"haproxy": "(HAProxy ingress)", "proxy": "(Ray's proxy)"}[ingress or default_ingress()]
+    named = {"haproxy": "(HAProxy ingress;", "proxy": "(Ray's proxy)"}[ingress or default_ingress()]
     log = tmp_path / "serve.log"
     with log.open("w") as output:
         process = subprocess.Popen(command, env=env, stdout=output, stderr=subprocess.STDOUT)

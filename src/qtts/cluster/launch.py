@@ -92,9 +92,12 @@ def serve_replicas(args: ServeArgs, *, host: str = "127.0.0.1", port: int = 8000
             serve.run(build_app(args), name=APP_NAME, route_prefix="/")
         except RuntimeError as exc:  # Ray Serve's "Deploying application qtts failed: ..."
             raise QttsError(f"the qtts replicas did not start: {exc}") from None
-        through = {"haproxy": f" (HAProxy ingress; its metrics on port {os.environ['RAY_SERVE_HAPROXY_METRICS_PORT']}"
-                              f", stats on {os.environ['RAY_SERVE_HAPROXY_STATS_PORT']})",
-                   "proxy": " (Ray's proxy)", None: ""}[ingress]
+        through = ""  # a joined cluster's ingress is its own
+        if ingress == "haproxy":
+            through = (f" (HAProxy ingress; its metrics on port {os.environ['RAY_SERVE_HAPROXY_METRICS_PORT']}, "
+                       f"stats on {os.environ['RAY_SERVE_HAPROXY_STATS_PORT']})")
+        elif ingress == "proxy":
+            through = " (Ray's proxy)"
         print(f"qtts: serving {args.model} on http://{host}:{port} with {_replicas(args)} through Ray Serve"
               f"{through}; Ctrl-C stops", file=sys.stderr)
         while True:
