@@ -143,6 +143,11 @@ def speak(client, voice_id, **fields):
     return client.post("/v1/audio/speech", json={**body, **fields})
 
 
+def answered_ok(outcome) -> bool:
+    """An `attempt` outcome that is a 200 response (not an error status, not a connection error)."""
+    return isinstance(outcome, httpx.Response) and outcome.status_code == 200
+
+
 def attempt(client, voice_id):
     """(when it was sent, `speak`'s response or the connection error it ended with)."""
     sent = time.monotonic()
@@ -368,9 +373,8 @@ def test_a_killed_replica_is_replaced_while_the_endpoint_keeps_answering(cluster
     for _ in range(8):  # rounds of concurrent requests until a second after the kill (bounded)
         with ThreadPoolExecutor(2 * REPLICAS) as pool:
             outcomes = list(pool.map(lambda _: attempt(client, voice[0]), range(2 * REPLICAS)))
-        answered = [o for _, o in outcomes if isinstance(o, httpx.Response) and o.status_code == 200]
-        failed_at += [sent - killed for sent, o in outcomes
-                      if not (isinstance(o, httpx.Response) and o.status_code == 200)]
+        answered = [o for _, o in outcomes if answered_ok(o)]
+        failed_at += [sent - killed for sent, o in outcomes if not answered_ok(o)]
         for response in answered:
             assert_same_audio(response, reference)
             assert response.headers[REPLICA_HEADER] != victim

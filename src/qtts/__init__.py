@@ -7,8 +7,8 @@
 from .errors import CheckpointError, InputError, QttsError, VoiceError
 
 __version__ = "0.1.0"
-__all__ = ["load", "freeze_loaded_heap", "TTS", "Voice", "Audio", "PromptLimits", "QttsError", "CheckpointError", "InputError",
-           "VoiceError", "Qwen3TTSModel", "Qwen3TTSTokenizer", "VoiceClonePromptItem"]
+__all__ = ["load", "freeze_loaded_heap", "TTS", "Voice", "Audio", "PromptLimits", "QttsError", "CheckpointError",
+           "InputError", "VoiceError", "Qwen3TTSModel", "Qwen3TTSTokenizer", "VoiceClonePromptItem"]
 _COMPAT = ("Qwen3TTSModel", "Qwen3TTSTokenizer", "VoiceClonePromptItem")
 
 

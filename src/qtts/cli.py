@@ -340,6 +340,7 @@ def build_parser() -> argparse.ArgumentParser:
     scale.add_argument("--autoscale", metavar="MIN:MAX", help="let Ray Serve run MIN to MAX replicas, by load")
     p.add_argument("--ray-address", help="join this Ray cluster (auto, HOST:PORT, ray://...) instead of "
                    "starting one on this machine")
+    # qtts.cluster.INGRESSES, spelt out: importing it imports Ray, which `qtts --help` should not wait for
     p.add_argument("--ingress", choices=["haproxy", "proxy"],
                    help="what Ray Serve puts on the port of the cluster qtts serve starts: HAProxy, forwarding to "
                         "the replicas' own servers (default where ray[serve] brought it), or Ray's Python proxy")
