@@ -1,4 +1,5 @@
-"""Prompt plans equal the official talker inputs for every mode, layout and language form."""
+"""Prompt plans equal the official talker inputs for every mode, layout and language form; a recipe knows
+the lengths of the plan it builds."""
 
 from __future__ import annotations
 
@@ -30,6 +31,14 @@ def ids(tokenizer, text):
     return torch.tensor([tokenizer.encode(text)])
 
 
+def built(recipe):
+    """The recipe's plan, after checking that the lengths the engine validates with are the plan's."""
+    plan = recipe.build()
+    assert (recipe.prefill_len, recipe.trailing_len, recipe.text_tokens) == (
+        plan.prefill.shape[0], plan.trailing.shape[0], plan.text_tokens)
+    return plan
+
+
 def assert_plan_equals_official(plan, captured):
     theirs_prefill = captured["inputs_embeds"][0]
     assert plan.prefill.shape == theirs_prefill.shape
@@ -56,8 +65,8 @@ def test_voice_clone_plan_equals_official(models, tokenizer, icl, ref_text, fram
     builder = PromptBuilder(our_talker(model, config), config, tokenizer)
     speaker = torch.randn(config.talker_config.hidden_size)
     ref_codes = torch.randint(0, 2048, (frames, 16)) if icl else None
-    plan = builder.voice_clone(TEXT, speaker, language=language, ref_codes=ref_codes, ref_text=ref_text,
-                               non_streaming_mode=non_streaming)
+    plan = built(builder.voice_clone(TEXT, speaker, language=language, ref_codes=ref_codes, ref_text=ref_text,
+                                     non_streaming_mode=non_streaming))
     captured = capture_talker_inputs(
         model,
         input_ids=[ids(tokenizer, assistant_text(TEXT))],
@@ -84,8 +93,8 @@ CUSTOM_CASES = [  # (speaker, language, instruct, non_streaming_mode)
 def test_custom_voice_plan_equals_official(models, tokenizer, speaker, language, instruct, non_streaming):
     model, config = models["custom_voice"], our_config("custom_voice", size_tag="1b7")
     builder = PromptBuilder(our_talker(model, config), config, tokenizer)
-    plan = builder.custom_voice(TEXT, speaker, language=language, instruct=instruct,
-                                non_streaming_mode=non_streaming)
+    plan = built(builder.custom_voice(TEXT, speaker, language=language, instruct=instruct,
+                                      non_streaming_mode=non_streaming))
     captured = capture_talker_inputs(
         model,
         input_ids=[ids(tokenizer, assistant_text(TEXT))],
@@ -107,9 +116,9 @@ def test_a_builder_that_has_made_other_plans_makes_the_same_plan_as_a_fresh_one(
     for _ in range(2):
         for speaker, language, instruct, non_streaming in CUSTOM_CASES:
             plan = shared.custom_voice(TEXT, speaker, language=language, instruct=instruct,
-                                       non_streaming_mode=non_streaming)
+                                       non_streaming_mode=non_streaming).build()
             fresh = PromptBuilder(talker, config, tokenizer).custom_voice(
-                TEXT, speaker, language=language, instruct=instruct, non_streaming_mode=non_streaming)
+                TEXT, speaker, language=language, instruct=instruct, non_streaming_mode=non_streaming).build()
             for name in ("prefill", "trailing", "tts_pad"):
                 assert torch.equal(getattr(plan, name), getattr(fresh, name)), (speaker, language, name)
     assert torch.equal(shared.end_of_text(), PromptBuilder(talker, config, tokenizer).end_of_text())
@@ -121,7 +130,7 @@ def test_voice_design_plan_equals_official(models, tokenizer, language, non_stre
     model, config = models["voice_design"], our_config("voice_design")
     builder = PromptBuilder(our_talker(model, config), config, tokenizer)
     instruct = "A warm, low female voice 温柔的女声."
-    plan = builder.voice_design(TEXT, instruct, language=language, non_streaming_mode=non_streaming)
+    plan = built(builder.voice_design(TEXT, instruct, language=language, non_streaming_mode=non_streaming))
     captured = capture_talker_inputs(
         model,
         input_ids=[ids(tokenizer, assistant_text(TEXT))],
@@ -137,7 +146,7 @@ def test_batched_plans_equal_official_padding(models, tokenizer):
     model, config = models["voice_design"], our_config("voice_design")
     builder = PromptBuilder(our_talker(model, config), config, tokenizer)
     texts, instructs = ["Hi.", TEXT + " And a longer second sentence follows here."], ["Calm.", "Bright voice."]
-    plans = [builder.voice_design(t, i, non_streaming_mode=False) for t, i in zip(texts, instructs)]
+    plans = [built(builder.voice_design(t, i, non_streaming_mode=False)) for t, i in zip(texts, instructs)]
     prefill, valid, trailing = pad_batch(plans)
     captured = capture_talker_inputs(
         model,
@@ -156,6 +165,25 @@ def test_batched_plans_equal_official_padding(models, tokenizer):
     assert torch.equal(longer[:, extra:], prefill) and not longer[:, :extra].any()
     assert torch.equal(longer_valid[:, extra:], valid) and not longer_valid[:, :extra].any()
     assert torch.equal(prompt_positions(longer_valid)[:, extra:], prompt_positions(valid))
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("text", ["Hello", "Hello world,"])
+def test_an_open_track_and_its_pieces_make_the_closed_track(models, tokenizer, text):
+    """Text still arriving: the open recipe's track lacks only the end, and the pieces given later (ids,
+    made into vectors where they are built) complete it to the closed plan's track."""
+    model, config = models["custom_voice"], our_config("custom_voice")
+    builder = PromptBuilder(our_talker(model, config), config, tokenizer)
+    closed = built(builder.custom_voice(TEXT, "vivian", non_streaming_mode=False))
+    opened = built(builder.custom_voice(text, "vivian", non_streaming_mode=False, open_text=True))
+    whole_ids = builder.text_ids(TEXT)
+    given = len(builder.text_ids(text))
+    assert whole_ids[:given] == builder.text_ids(text)  # the start of TEXT, so the tracks can be compared
+    rest, end = builder.text_piece(whole_ids[given:-1], ends=False), builder.text_piece(whole_ids[-1:], ends=True)
+    assert (rest.length, end.length) == (len(whole_ids) - given - 1, 2)
+    track = torch.cat([opened.trailing, rest.build(), end.build()])
+    torch.testing.assert_close(track, closed.trailing, rtol=0, atol=1e-6)  # products of other row counts
+    assert torch.equal(opened.prefill, closed.prefill)  # the streaming prefill holds the first token only
 
 
 @torch.no_grad()
