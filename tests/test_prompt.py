@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+import qtts
 from official_models import capture_talker_inputs, official_model, our_config, our_talker
 from qtts.errors import InputError
 from qtts.prompt import PromptBuilder, pad_batch, prompt_positions
@@ -205,3 +206,25 @@ def test_invalid_names_raise_input_error_listing_valid_ones(models, tokenizer):
         base.voice_clone(TEXT, speaker, ref_codes=torch.zeros(4, 16, dtype=torch.long))
     with pytest.raises(InputError, match="0..2047"):
         base.voice_clone(TEXT, speaker, ref_codes=torch.full((4, 16), 2048), ref_text="x")
+
+
+@pytest.mark.gpu
+def test_a_recipe_builds_on_the_gpu_without_a_host_wait(tiny_checkpoint):
+    """The engine thread builds recipes between frames: building one must not wait for the device (a copy
+    from pageable memory would wait for every frame queued on the stream)."""
+    tts = qtts.load(tiny_checkpoint("custom_voice"), device="cuda")
+    builder = tts.prompts
+    recipes = [builder.custom_voice(TEXT, "vivian", non_streaming_mode=False, open_text=True),
+               builder.custom_voice(TEXT, "vivian", language="english", instruct="Softly.")]
+    for recipe in recipes:  # the fixed embeddings are made (and waited for) once, on first use
+        recipe.build()
+    builder.text_piece([5, 6], ends=True).build()
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        plans = [recipe.build() for recipe in recipes]
+        piece = builder.text_piece([7, 8, 9], ends=True).build()
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    assert [plan.prefill.shape[0] for plan in plans] == [recipe.prefill_len for recipe in recipes]
+    assert piece.shape[0] == 4 and piece.is_cuda
