@@ -45,8 +45,10 @@ def free_port() -> int:
 
 def start_server(model: str, max_batch: int, extra: list[str]) -> tuple[subprocess.Popen, str]:
     port = free_port()
+    # This checkout's src after PYTHONPATH: with PYTHONPATH at another tree, the server runs that tree (it
+    # came first, and so every A/B of this script and live_load.py measured this checkout on both sides)
     src = str(Path(__file__).resolve().parents[1] / "src")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")])}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([p for p in (os.environ.get("PYTHONPATH"), src) if p])}
     process = subprocess.Popen([sys.executable, "-m", "qtts.cli", "serve", "--model", model, "--host", "127.0.0.1",
                                 "--port", str(port), "--max-batch", str(max_batch), *extra], env=env)
     url = f"http://127.0.0.1:{port}"
