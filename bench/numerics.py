@@ -77,7 +77,7 @@ def request_plan(tts, text: str):
     if tts.model_type == "voice_design":
         return tts.plan(text, language=LANGUAGE, instruct="A calm, clear voice."), "voice design"
     embedding = torch.randn(tts.hidden_size, generator=torch.Generator().manual_seed(0))
-    return tts.prompts.voice_clone(text, embedding, language=LANGUAGE).build(), "voice clone, random x-vector"
+    return tts.prompts.voice_clone(text, embedding, language=LANGUAGE), "voice clone, random x-vector"
 
 
 def measure(args, with_official: bool) -> dict:

@@ -41,7 +41,7 @@ def case(variant, tokenizer, mode, non_streaming, mtp_projection=True):
         speaker = torch.randn(config.talker_config.hidden_size)
         ref_codes = torch.randint(0, 2048, (6, 16)) if icl else None
         plan = builder.voice_clone(TEXT, speaker, language="english", ref_codes=ref_codes,
-                                   ref_text=REF_TEXT if icl else None, non_streaming_mode=non_streaming).build()
+                                   ref_text=REF_TEXT if icl else None, non_streaming_mode=non_streaming)
         kwargs = dict(common, languages=["english"],
                       ref_ids=[ids(tokenizer, reference_text(REF_TEXT)) if icl else None],
                       voice_clone_prompt=dict(ref_code=[ref_codes], ref_spk_embedding=[speaker],
@@ -49,12 +49,12 @@ def case(variant, tokenizer, mode, non_streaming, mtp_projection=True):
     elif mode == "custom":
         instruct = "Speak happily." if non_streaming else None
         plan = builder.custom_voice(TEXT, "Dylan", language="auto", instruct=instruct,
-                                    non_streaming_mode=non_streaming).build()
+                                    non_streaming_mode=non_streaming)
         kwargs = dict(common, languages=["auto"], speakers=["Dylan"],
                       instruct_ids=[ids(tokenizer, instruct_text(instruct)) if instruct else None])
     else:
         instruct = "A deep and slow voice."
-        plan = builder.voice_design(TEXT, instruct, language="auto", non_streaming_mode=non_streaming).build()
+        plan = builder.voice_design(TEXT, instruct, language="auto", non_streaming_mode=non_streaming)
         kwargs = dict(common, languages=["auto"], instruct_ids=[ids(tokenizer, instruct_text(instruct))])
     return model, talker, plan, kwargs
 
@@ -95,7 +95,7 @@ def test_batched_greedy_codes_equal_official(tokenizer):
     talker = our_talker(model, config)
     builder = PromptBuilder(talker, config, tokenizer)
     texts, instructs = ["Hi.", TEXT + " Then a longer tail."], ["Calm.", "A bright and fast voice."]
-    plans = [builder.voice_design(t, i, non_streaming_mode=False).build() for t, i in zip(texts, instructs)]
+    plans = [builder.voice_design(t, i, non_streaming_mode=False) for t, i in zip(texts, instructs)]
     theirs = model.generate(
         input_ids=[ids(tokenizer, assistant_text(t)) for t in texts],
         instruct_ids=[ids(tokenizer, instruct_text(i)) for i in instructs],

@@ -26,7 +26,7 @@ from .models.codec_decoder import CodecDecoder, decode_official
 from .models.codec_encoder import CodecEncoder, encode
 from .models.speaker_encoder import SpeakerEncoder
 from .models.talker import Talker
-from .prompt import PromptBuilder, PromptPlan, PromptRecipe, supported_languages, supported_speakers
+from .prompt import PromptBuilder, PromptPlan, supported_languages, supported_speakers
 from .sampling import MAX_SEED, SamplingParams
 from .text import TextTokenizer
 from .voices import Voice
@@ -220,14 +220,6 @@ class TTS:
              open_text: bool = False) -> PromptPlan:
         """The prefill embeddings and trailing text track for one request, after validating it; `open_text`:
         `text` is the start of a text still arriving (streaming layout, track left open)."""
-        with torch.inference_mode():
-            return self._recipe(text, language=language, voice=voice, speaker=speaker, instruct=instruct,
-                                non_streaming_mode=non_streaming_mode, open_text=open_text).build()
-
-    def _recipe(self, text: str, *, language: str, voice: Voice | None, speaker: str | None, instruct: str | None,
-                non_streaming_mode: bool | None, open_text: bool = False) -> PromptRecipe:
-        """`plan`'s validation and ids, its tensors not made yet: what the engine is given (it builds them on
-        its own thread)."""
         check_text(self.tokenizer, "text", text, self.limits.input_tokens)
         if instruct:
             check_text(self.tokenizer, "instruct", instruct, self.limits.instructions_tokens)
@@ -273,9 +265,9 @@ class TTS:
     def _request(self, text, language, voice, speaker, instruct, non_streaming_mode, sampling):
         with torch.inference_mode():
             params = self.sampling_params(**sampling)
-        recipe = self._recipe(text, language=language, voice=voice, speaker=speaker, instruct=instruct,
-                              non_streaming_mode=non_streaming_mode)
-        return recipe, params
+            plan = self.plan(text, language=language, voice=voice, speaker=speaker, instruct=instruct,
+                             non_streaming_mode=non_streaming_mode)
+        return plan, params
 
     # -- codes -> audio -----------------------------------------------------------------------------------
     @torch.inference_mode()
@@ -335,9 +327,10 @@ class TTS:
         with torch.inference_mode():
             params = self.sampling_params(**sampling)
 
-        def start(text: str, open_text: bool) -> PromptRecipe:
-            return self._recipe(text, language=language, voice=voice, speaker=speaker, instruct=instruct,
-                                non_streaming_mode=False, open_text=open_text)
+        def start(text: str, open_text: bool) -> PromptPlan:
+            with torch.inference_mode():
+                return self.plan(text, language=language, voice=voice, speaker=speaker, instruct=instruct,
+                                 non_streaming_mode=False, open_text=open_text)
 
         return TextStream(self.engine, self.prompts, start, params,
                           lambda text: check_text(self.tokenizer, "text", text, self.limits.input_tokens), loop,
@@ -366,8 +359,8 @@ class TTS:
         with torch.inference_mode():
             params = self.sampling_params(**sampling)
             plans = [
-                self._recipe(text, language=lang, voice=v, speaker=spk, instruct=ins,
-                             non_streaming_mode=non_streaming_mode)
+                self.plan(text, language=lang, voice=v, speaker=spk, instruct=ins,
+                          non_streaming_mode=non_streaming_mode)
                 for text, lang, v, spk, ins in zip(texts, per_text("language", language), per_text("voice", voice),
                                                    per_text("speaker", speaker), per_text("instruct", instruct))
             ]

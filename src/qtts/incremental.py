@@ -22,21 +22,22 @@ import unicodedata
 from collections.abc import Callable
 
 import numpy as np
+import torch
 
 from .engine.requests import Generation
 from .engine.scheduler import Scheduler
 from .errors import InputError
-from .prompt import PromptBuilder, PromptRecipe
+from .prompt import PromptBuilder, PromptPlan
 from .sampling import SamplingParams
 
 
 class TextStream:
     """`feed(text)` as it is written, `end()` once; iterate for audio chunks (float32, 24 kHz), or
-    `result()`; `cancel()`. `start(text, open_text)` gives the request's prompt recipe; `check(text)` raises
+    `result()`; `cancel()`. `start(text, open_text)` builds the request's prompt plan; `check(text)` raises
     `InputError` for text that may not be spoken (limits, control tokens), run on all of it at each step.
     Not `incremental`: the text is only gathered until `end()`."""
 
-    def __init__(self, engine: Scheduler, prompts: PromptBuilder, start: Callable[[str, bool], PromptRecipe],
+    def __init__(self, engine: Scheduler, prompts: PromptBuilder, start: Callable[[str, bool], PromptPlan],
                  params: SamplingParams, check: Callable[[str], None], loop=None, incremental: bool = True):
         self._engine, self._prompts, self._start = engine, prompts, start
         self._params, self._check, self._loop = params, check, loop
@@ -84,16 +85,18 @@ class TextStream:
         self._ended = True
 
     def _give(self, text: str, final: bool) -> None:
-        """Tokens only: the engine thread makes the prompt and the track's vectors (no kernel launched here,
-        where they would contend with it for the GIL)."""
+        with torch.inference_mode():
+            self._give_tokens(text, final)
+
+    def _give_tokens(self, text: str, final: bool) -> None:
         if not text.strip():
             return
         ids = self._prompts.text_ids(text)
         if self._generation is None:
             if not ids:
                 return
-            recipe = self._start(text, not final)
-            self._generation = self._engine.submit(recipe, self._params, text_open=not final, loop=self._loop)
+            plan = self._start(text, not final)
+            self._generation = self._engine.submit(plan, self._params, text_open=not final, loop=self._loop)
             self._ids = ids
             self._started.set()
             return
@@ -105,8 +108,11 @@ class TextStream:
         new = ids[len(self._ids):]
         if not new and not final:
             return
-        self._engine.extend_text(self._generation, self._prompts.text_piece(new, final), tokens=len(new),
-                                 final=final)
+        vectors = self._prompts.text_vectors(new) if new else None
+        if final:
+            end = self._prompts.end_of_text()
+            vectors = end if vectors is None else torch.cat([vectors, end])
+        self._engine.extend_text(self._generation, vectors, tokens=len(new), final=final)
         self._ids = ids
 
     def cancel(self) -> None:

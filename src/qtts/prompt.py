@@ -3,11 +3,6 @@
 A `PromptPlan` is plain tensors: what the talker reads before its first frame, the text-track vector added
 to each generated frame's feedback, and the `tts_pad` vector used once the trailing track runs out.
 Builders take strings, ids and tensors (a speaker embedding, reference codes), never higher-level objects.
-
-A builder returns a `PromptRecipe`: the request's ids and given vectors, with the plan's lengths, and no
-tensor made yet. `build()` makes the plan. The engine builds the recipes it is given on its own thread, so
-a caller (a server's event loop) validates and tokenizes, and launches no kernel: each launch there
-released the GIL to the engine thread and waited to get it back, and a burst of arrivals queued behind that.
 """
 
 from __future__ import annotations
@@ -29,93 +24,6 @@ class PromptPlan:
     tts_pad: torch.Tensor  # [hidden]: text-track vector after the trailing track ends
     text_tokens: int = 0  # tokens of the text to speak: the runaway guard's frame budget grows with it
     context: torch.Tensor | None = None  # [n, 16] ICL reference codes: the decoder's left context, audio dropped
-
-    @property
-    def prefill_len(self) -> int:
-        return self.prefill.shape[0]
-
-    @property
-    def trailing_len(self) -> int:
-        return self.trailing.shape[0]
-
-    def build(self) -> PromptPlan:
-        """A plan is built already (the engine takes plans and recipes alike)."""
-        return self
-
-
-@dataclass(frozen=True)
-class PromptRecipe:
-    """A request's prompt before its tensors are made: the template ids of its text (and of its
-    instructions, and its ICL reference transcript), its codec ids and its given vectors. Its lengths are
-    those of the plan it builds, so a request is validated before any tensor exists."""
-
-    builder: PromptBuilder
-    tokens: list[int]  # the assistant template of the text
-    language_id: int | None
-    instruct: list[int] | None = None  # the instruct template, if any
-    speaker_id: int | None = None  # a preset speaker's codec id
-    speaker_embedding: torch.Tensor | None = None  # [H] a cloned voice's x-vector, as given
-    ref_codes: torch.Tensor | None = None  # [n, 16] ICL reference codes...
-    ref_tokens: list[int] | None = None  # ...and the reference transcript's template
-    non_streaming_mode: bool = False
-    open_text: bool = False
-
-    @property
-    def text_tokens(self) -> int:
-        return len(self.tokens) - 8
-
-    @property
-    def prefill_len(self) -> int:
-        """Positions of the plan's prefill: instructions, template start, control block, content."""
-        control = (3 if self.language_id is None else 4) + self._has_speaker + 1  # codec_pad; codec_bos moves on
-        instruct = len(self.instruct) if self.instruct else 0
-        return instruct + 3 + control + self._content_and_trailing()[0]
-
-    @property
-    def trailing_len(self) -> int:
-        return self._content_and_trailing()[1]
-
-    @property
-    def _has_speaker(self) -> bool:
-        return self.speaker_id is not None or self.speaker_embedding is not None
-
-    def _content_and_trailing(self) -> tuple[int, int]:
-        """Lengths of the content after the control block and of the trailing track (as `_build` lays them)."""
-        if self.ref_codes is not None:
-            n_text = len(self.ref_tokens) - 5 + self.text_tokens + 1
-            n_codec = 1 + self.ref_codes.shape[0]
-            if self.non_streaming_mode:
-                return n_text + n_codec, 1
-            return n_codec, max(n_text - n_codec, 1)
-        if self.non_streaming_mode:
-            return self.text_tokens + 2, 1
-        return 1, self.text_tokens - 1 + (not self.open_text)
-
-    def build(self) -> PromptPlan:
-        """The plan's tensors (kernels on the current stream)."""
-        return self.builder._build(self)
-
-
-@dataclass(frozen=True)
-class TextPiece:
-    """More of an open text track before its vectors are made: text ids, then the end of the text if `ends`."""
-
-    builder: PromptBuilder
-    ids: list[int]
-    ends: bool
-
-    @property
-    def length(self) -> int:
-        """Positions it adds to the track."""
-        return len(self.ids) + self.ends
-
-    def build(self) -> torch.Tensor:
-        """Its track vectors [length, H] (kernels on the current stream)."""
-        vectors = self.builder.text_vectors(self.ids) if self.ids else None
-        if self.ends:
-            end = self.builder.end_of_text()
-            vectors = end if vectors is None else torch.cat([vectors, end])
-        return vectors
 
 
 def supported_languages(config: TTSConfig) -> list[str]:
@@ -149,28 +57,18 @@ def _codec_id(value) -> int:
 
 
 def _ids(values: list[int], device) -> torch.Tensor:
-    return _on_device(torch.tensor(values, dtype=torch.long), device)
-
-
-def _on_device(tensor: torch.Tensor, device) -> torch.Tensor:
-    """`tensor` on `device` without a host wait: a recipe is built on the engine thread, where a copy from
-    pageable memory would wait for every frame queued on the engine's stream (H100, 1.7B: 64 streams over
-    HTTP made 354 audio-s/s against 400 with such copies, and live sessions' first audio came later)."""
-    if torch.device(device).type != "cuda" or tensor.is_cuda:
-        return tensor.to(device)
-    return tensor.pin_memory().to(device, non_blocking=True)
+    return torch.tensor(values, dtype=torch.long, device=device)
 
 
 class PromptBuilder:
-    """Makes `PromptRecipe`s and builds them into `PromptPlan`s for one model: its talker (embedding tables),
-    config and tokenizer."""
+    """Builds `PromptPlan`s for one model: its talker (embedding tables), config and tokenizer."""
 
     def __init__(self, talker: Talker, config: TTSConfig, tokenizer: TextTokenizer):
         self.talker, self.config, self.tokenizer = talker, config, tokenizer
         # Embeddings of fixed id sequences (the template's start, the control block's tags, a preset
-        # speaker, bos/eos/pad), computed once each: each was ~5 kernel launches for every request, between
-        # the frames of the engine thread that builds it. Each is computed by the same call as before, so
-        # the values are the same. Few keys: languages, speakers, the template.
+        # speaker, bos/eos/pad), computed once each: a prompt is built on the caller's thread, a server's
+        # event loop, where each of these was ~5 kernel launches for every request. Each is computed by the
+        # same call as before, so the values are the same. Few keys: languages, speakers, the template.
         self._constants: dict[tuple[str, tuple[int, ...]], torch.Tensor] = {}
 
     @property
@@ -180,25 +78,24 @@ class PromptBuilder:
     # -- public builders, one per official wrapper method ---------------------------------------------
     def voice_clone(self, text: str, speaker_embedding: torch.Tensor, *, language: str | None = "auto",
                     ref_codes: torch.Tensor | None = None, ref_text: str | None = None,
-                    non_streaming_mode: bool = False, open_text: bool = False) -> PromptRecipe:
+                    non_streaming_mode: bool = False, open_text: bool = False) -> PromptPlan:
         """Base models. With `ref_codes` [frames, 16] and `ref_text`: ICL clone; without: x-vector only."""
         self._require_model_type("base", "voice clone")
         hidden = self.config.talker_config.hidden_size
         if speaker_embedding.shape != (hidden,):
             raise InputError(f"speaker embedding must have shape ({hidden},), got {tuple(speaker_embedding.shape)}")
-        ref_tokens = None
         if ref_codes is not None:
             self._check_ref_codes(ref_codes)
             if not ref_text:
                 raise InputError("voice clone with reference codes (ICL) needs the reference transcript ref_text")
-            ref_tokens = self.tokenizer.encode(reference_text(ref_text))
         language_id = self._language_id(_language_key(self.config, language))
-        return self._recipe(text, language_id, non_streaming_mode, open_text, speaker_embedding=speaker_embedding,
-                            ref_codes=ref_codes, ref_tokens=ref_tokens)
+        speaker = speaker_embedding.to(self._device, self.talker.model.codec_embedding.weight.dtype)
+        reference = None if ref_codes is None else (ref_codes.to(self._device), self._encode(reference_text(ref_text)))
+        return self._build(text, language_id, speaker, None, reference, non_streaming_mode, open_text)
 
     def custom_voice(self, text: str, speaker: str, *, language: str | None = "auto",
                      instruct: str | None = None, non_streaming_mode: bool = True,
-                     open_text: bool = False) -> PromptRecipe:
+                     open_text: bool = False) -> PromptPlan:
         """CustomVoice models: a preset speaker; Chinese/auto switches dialect speakers to their dialect tag."""
         self._require_model_type("custom_voice", "custom voice")
         language_key = _language_key(self.config, language)
@@ -207,65 +104,55 @@ class PromptBuilder:
         dialect = self.config.talker_config.spk_is_dialect.get(speaker_key, False)
         if language_key in ("chinese", "auto") and dialect:
             language_id = _codec_id(self.config.talker_config.codec_language_id[dialect])
+        speaker_vector = self._codec_constant(_codec_id(self.config.talker_config.spk_id[speaker_key]))[0]
         # The official wrapper drops instruct for the 0.6B CustomVoice model, which was not trained on it.
         if self.config.tts_model_size == "0b6":
             instruct = None
-        return self._recipe(text, language_id, non_streaming_mode, open_text, instruct=instruct,
-                            speaker_id=_codec_id(self.config.talker_config.spk_id[speaker_key]))
+        return self._build(text, language_id, speaker_vector, instruct, None, non_streaming_mode, open_text)
 
     def voice_design(self, text: str, instruct: str, *, language: str | None = "auto",
-                     non_streaming_mode: bool = True, open_text: bool = False) -> PromptRecipe:
+                     non_streaming_mode: bool = True, open_text: bool = False) -> PromptPlan:
         """VoiceDesign models: the voice comes from the `instruct` description; no speaker position."""
         self._require_model_type("voice_design", "voice design")
         language_id = self._language_id(_language_key(self.config, language))
-        return self._recipe(text, language_id, non_streaming_mode, open_text, instruct=instruct)
+        return self._build(text, language_id, None, instruct, None, non_streaming_mode, open_text)
 
     # -- layout ------------------------------------------------------------------------------------
-    def _recipe(self, text, language_id, non_streaming_mode, open_text, *, instruct=None,
-                **given) -> PromptRecipe:
+    def _build(self, text, language_id, speaker, instruct, reference, non_streaming_mode,
+               open_text=False) -> PromptPlan:
         """`open_text`: the streaming layout for text still arriving; the trailing track holds the text so
         far without its end (`text_vectors` gives the rest, `end_of_text` the end)."""
         if not isinstance(text, str) or not text:
             raise InputError("text to speak must be a non-empty string")
-        if open_text and (non_streaming_mode or given.get("ref_codes") is not None):
+        if open_text and (non_streaming_mode or reference is not None):
             raise InputError("text that arrives while it is spoken needs the streaming layout "
                              "(non_streaming_mode=False) and no ICL reference (an x-vector voice works)")
-        return PromptRecipe(self, self.tokenizer.encode(assistant_text(text)), language_id,
-                            instruct=self.tokenizer.encode(instruct_text(instruct)) if instruct else None,
-                            non_streaming_mode=bool(non_streaming_mode), open_text=open_text, **given)
-
-    def _build(self, recipe: PromptRecipe) -> PromptPlan:
         talker, cfg, device = self.talker, self.config.talker_config, self._device
-        tokens = recipe.tokens
+        tokens = self.tokenizer.encode(assistant_text(text))
         ids = _ids(tokens, device)
         bos, eos, pad = self._bos_eos_pad()
         parts = []
-        if recipe.instruct:
-            parts.append(talker.embed_text(_ids(recipe.instruct, device)))
+        if instruct:
+            parts.append(talker.embed_text(self._encode(instruct_text(instruct))))
         parts.append(self._text_constant(*tokens[:3]))  # <|im_start|>assistant\n
 
         # Control block: think/language tags, speaker, codec_pad; text track pad ... pad, bos.
-        if recipe.language_id is None:
+        if language_id is None:
             tags = [cfg.codec_nothink_id, cfg.codec_think_bos_id, cfg.codec_think_eos_id]
         else:
-            tags = [cfg.codec_think_id, cfg.codec_think_bos_id, recipe.language_id, cfg.codec_think_eos_id]
+            tags = [cfg.codec_think_id, cfg.codec_think_bos_id, language_id, cfg.codec_think_eos_id]
         codec = [self._codec_constant(*tags)]
-        if recipe.speaker_id is not None:
-            codec.append(self._codec_constant(recipe.speaker_id))
-        elif recipe.speaker_embedding is not None:
-            speaker = _on_device(recipe.speaker_embedding, device)
-            codec.append(speaker.to(self.talker.model.codec_embedding.weight.dtype)[None])
+        if speaker is not None:
+            codec.append(speaker[None])
         codec.append(self._codec_constant(cfg.codec_pad_id, cfg.codec_bos_id))
         codec = torch.cat(codec)
         text_track = torch.cat([pad[None].expand(codec.shape[0] - 2, -1), bos[None]])
         parts.append(text_track + codec[:-1])
         codec_bos = codec[-1:]
 
-        reference = None
-        if recipe.ref_codes is not None:
-            reference = (_on_device(recipe.ref_codes, device), _ids(recipe.ref_tokens, device))
-            content, trailing = self._icl_content(ids, reference, codec_bos, eos, pad, recipe.non_streaming_mode)
-        elif recipe.non_streaming_mode:
+        if reference is not None:
+            content, trailing = self._icl_content(ids, reference, codec_bos, eos, pad, non_streaming_mode)
+        elif non_streaming_mode:
             text_ids = ids[3:-5]
             text_vectors = torch.cat([talker.embed_text(text_ids), eos[None]])
             content = torch.cat([
@@ -276,10 +163,10 @@ class PromptBuilder:
         else:
             content = talker.embed_text(ids[3:4]) + codec_bos
             trailing = talker.embed_text(ids[4:-5])
-            if not recipe.open_text:
+            if not open_text:
                 trailing = torch.cat([trailing, eos[None]])
         parts.append(content)
-        return PromptPlan(prefill=torch.cat(parts), trailing=trailing, tts_pad=pad, text_tokens=recipe.text_tokens,
+        return PromptPlan(prefill=torch.cat(parts), trailing=trailing, tts_pad=pad, text_tokens=len(ids) - 8,
                           context=None if reference is None else reference[0])
 
     def _icl_content(self, ids, reference, codec_bos, eos, pad, non_streaming_mode):
@@ -301,10 +188,6 @@ class PromptBuilder:
     def text_ids(self, text: str) -> list[int]:
         """The token ids `text` has in the speech prompt (its part of the assistant template)."""
         return self.tokenizer.encode(assistant_text(text))[3:-5]
-
-    def text_piece(self, ids: list[int], ends: bool) -> TextPiece:
-        """More of an open track: `ids`, and its end if `ends` (made into vectors where it is built)."""
-        return TextPiece(self, list(ids), ends)
 
     def text_vectors(self, ids: list[int]) -> torch.Tensor:
         """Trailing-track vectors [n, H] of text ids (more of an open track)."""
@@ -339,6 +222,9 @@ class PromptBuilder:
                 torch.cuda.current_stream(vectors.device).synchronize()
             self._constants[key] = vectors
         return vectors
+
+    def _encode(self, text: str) -> torch.Tensor:
+        return _ids(self.tokenizer.encode(text), self._device)
 
     def _language_id(self, language_key: str) -> int | None:
         if language_key == "auto":

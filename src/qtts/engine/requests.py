@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from ..prompt import PromptPlan, PromptRecipe
+from ..prompt import PromptPlan
 from ..sampling import SamplingParams
 
 # Why a request ended.
@@ -62,7 +62,7 @@ class Sink:
 class Request:
     """One utterance in the engine: its prompt, sampling, seed and limit, where it is and what it made."""
 
-    plan: PromptPlan | PromptRecipe  # a recipe until the engine thread builds it for the prefill
+    plan: PromptPlan
     params: SamplingParams
     seed: int
     limit: int  # frames at most: max_new_tokens - 1, or fewer by the runaway budget

@@ -28,7 +28,7 @@ from ..audio import SAMPLE_RATE
 from ..errors import InputError
 from ..models.codec_decoder import CodecDecoder
 from ..models.talker import Talker
-from ..prompt import PromptPlan, PromptRecipe, TextPiece, pad_batch
+from ..prompt import PromptPlan, pad_batch
 from ..sampling import SamplingParams, request_seeds
 from .decode_stage import BULK, FRAME_PRIORITY, URGENT, DecodeCursor, DecodeStage
 from .frame import Frame, LayerOps, prefill
@@ -152,30 +152,29 @@ class Scheduler:
                       "decode_calls": Counter(), "decode_rows": Counter()}
 
     # -- callers -------------------------------------------------------------------------------------------
-    def submit(self, plan: PromptPlan | PromptRecipe, params: SamplingParams, *, seed: int | None = None,
-               audio: bool = True, loop=None, text_open: bool = False) -> Generation:
+    def submit(self, plan: PromptPlan, params: SamplingParams, *, seed: int | None = None, audio: bool = True,
+               loop=None, text_open: bool = False) -> Generation:
         """Queue one request and return its handle; validated here, so a bad request raises in the caller.
-        A recipe is built on the engine thread before its prefill (the caller launches nothing).
         `seed` overrides the params' (default: the params' seed or a fresh random one); `loop`: deliver
         events to this asyncio loop instead of a thread-safe queue; `text_open`: more of the text track
         comes later through `extend_text` (the row waits for it in the batch)."""
         if audio and self.decode_stage is None:
             raise InputError("this engine has no codec decoder: submit with audio=False")
-        prompt_len = -(-plan.prefill_len // PREFILL_BUCKET) * PREFILL_BUCKET
+        prompt_len = -(-plan.prefill.shape[0] // PREFILL_BUCKET) * PREFILL_BUCKET
         room = self.max_len - prompt_len - 1  # frames the cache holds after this prompt
         if room < MIN_ROOM:
             raise InputError(
-                f"the prompt takes {plan.prefill_len} of the engine's {self.max_len} cache positions, "
+                f"the prompt takes {plan.prefill.shape[0]} of the engine's {self.max_len} cache positions, "
                 "leaving no room for speech: shorten the text, instructions or reference (or load with a "
                 "larger max_len)")
-        if plan.trailing_len > self.max_text:
-            raise InputError(f"the text track has {plan.trailing_len} positions; the engine holds "
+        if plan.trailing.shape[0] > self.max_text:
+            raise InputError(f"the text track has {plan.trailing.shape[0]} positions; the engine holds "
                              f"{self.max_text}: shorten the text")
         request = Request(plan, params, request_seeds(params, 1)[0] if seed is None else seed, 0, LENGTH, audio,
                           Sink(loop), room=room, text_open=text_open, text_tokens=plan.text_tokens,
-                          text_len=plan.trailing_len)
+                          text_len=plan.trailing.shape[0])
         self._set_limit(request)
-        if isinstance(plan, PromptPlan) and plan.prefill.is_cuda:  # made on the caller's stream: wait for it
+        if plan.prefill.is_cuda:  # the prompt was made on the caller's stream: the engine waits for it
             request.ready = torch.cuda.Event()
             request.ready.record()
         with self._lock:
@@ -204,25 +203,22 @@ class Scheduler:
             limit, reason = request.room, LENGTH
         request.limit, request.limit_reason = max(limit, 0), reason
 
-    def extend_text(self, generation: Generation, vectors: torch.Tensor | TextPiece, tokens: int,
-                    final: bool) -> None:
-        """More of an open request's text track: vectors [n, H], or a piece that the engine thread makes into
-        them (`tokens` more text tokens for its runaway budget); `final`: its track is complete. From any
-        thread."""
+    def extend_text(self, generation: Generation, vectors: torch.Tensor, tokens: int, final: bool) -> None:
+        """More of an open request's text track: vectors [n, H] (`tokens` more text tokens for its runaway
+        budget); `final`: its track is complete. From any thread."""
         request = generation._request
-        length = vectors.length if isinstance(vectors, TextPiece) else vectors.shape[0]
         with self._lock:
             if not request.text_open:
                 raise InputError("this request's text has ended: no more text can be added")
-            if request.text_len + length > self.max_text:
-                raise InputError(f"the text track would have {request.text_len + length} positions; "
+            if request.text_len + vectors.shape[0] > self.max_text:
+                raise InputError(f"the text track would have {request.text_len + vectors.shape[0]} positions; "
                                  f"the engine holds {self.max_text}: end the utterance and start another")
             ready = None
-            if isinstance(vectors, torch.Tensor) and vectors.is_cuda:  # made on the caller's stream: wait for it
+            if vectors.is_cuda:  # made on the caller's stream: the engine waits for it
                 ready = torch.cuda.Event()
                 ready.record()
             request.text_pieces.append((vectors, ready, request.text_len, final))
-            request.text_len += length
+            request.text_len += vectors.shape[0]
             request.text_tokens += tokens
             request.text_open = not final
             self._lock.notify()
@@ -375,7 +371,7 @@ class Scheduler:
             slots = len(self.decode_stage.free) if self.decode_stage is not None else 0
             taken, longest = [], 0
             for request in waiting:
-                length = max(longest, request.plan.prefill_len)
+                length = max(longest, request.plan.prefill.shape[0])
                 padded = -(-length // PREFILL_BUCKET) * PREFILL_BUCKET
                 if len(taken) == room or (taken and padded * _bucket(len(taken) + 1, self.arrival_buckets)
                                           > PREFILL_TOKENS) or (request.audio and slots == 0):
@@ -393,8 +389,6 @@ class Scheduler:
         began = time.perf_counter()
         count = len(requests)
         k = _bucket(count, self.arrival_buckets)
-        for request in requests:  # recipes become plans here, on the engine's stream
-            request.plan = request.plan.build()
         plans = [r.plan for r in requests]
         for request in requests:
             if request.ready is not None:
@@ -446,12 +440,11 @@ class Scheduler:
             with self._lock:  # what the next frame sees changes with the pieces, for readers of both
                 pieces, request.text_pieces = request.text_pieces, []
                 self._set_limit(request)
-                request.text_loaded = request.text_len  # every piece given so far is taken
-                request.text_open_loaded = not pieces[-1][-1]
+                vectors, _, start, final = pieces[-1]
+                request.text_loaded = start + vectors.shape[0]
+                request.text_open_loaded = not final
             for vectors, ready, start, final in pieces:
-                if isinstance(vectors, TextPiece):
-                    vectors = vectors.build()
-                elif ready is not None:
+                if ready is not None:
                     stream = torch.cuda.current_stream()
                     stream.wait_event(ready)
                     vectors.record_stream(stream)
