@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from oracle import official
-from qtts.errors import CheckpointError
+from qtts.errors import CheckpointError, InputError
+from qtts.limits import check_text
 from qtts.testing.tokenizer import write_tokenizer_files
 from qtts.text import TextTokenizer, assistant_text, instruct_text, reference_text
 
@@ -127,3 +128,29 @@ def test_tokenizer_json_and_config_must_agree_on_added_token_ids(shipped, tmp_pa
     (tmp_path / "tokenizer.json").write_text("{not json", encoding="utf-8")
     with pytest.raises(CheckpointError, match="not a readable tokenizer file"):
         TextTokenizer.from_folder(tmp_path)
+
+
+# NFC makes some text longer: U+0958 (Devanagari qa) becomes two code points, six bytes for three.
+BOUND_SAMPLES = SAMPLES + ["\u0958\u0959\u095a" * 5, "e\u0301 A\u030a \u2126 \ufb01", "🙂🎉" * 3, " ", "a" * 40]
+
+
+@pytest.mark.parametrize("which", ["bpe files", "tokenizer.json"])
+def test_the_token_bound_is_never_below_the_count(folder, shipped, which):
+    """`most_tokens` lets a limit check skip encoding: it must never undercount, whichever file the
+    tokenizer came from (the bound is the normalized text's UTF-8 length)."""
+    tokenizer = TextTokenizer.from_folder(folder if which == "bpe files" else shipped)
+    for text in BOUND_SAMPLES:
+        assert len(tokenizer.encode(text)) <= tokenizer.most_tokens(text), text
+    assert tokenizer.most_tokens("\u0958") == 6  # counted after NFC, not before (3 bytes)
+
+
+def test_a_limit_is_exact_where_the_bound_exceeds_it(folder):
+    """Over the bound, the exact count decides: text of more bytes than the limit but fewer tokens passes,
+    and text of more tokens is refused with its count."""
+    tokenizer = TextTokenizer.from_folder(folder)
+    text = "Hello, world! How are you today? " * 4
+    count = len(tokenizer.encode(text))
+    assert count < tokenizer.most_tokens(text)
+    check_text(tokenizer, "text", text, count)
+    with pytest.raises(InputError, match=f"text is {count} tokens long; the limit is {count - 1}"):
+        check_text(tokenizer, "text", text, count - 1)

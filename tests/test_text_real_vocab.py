@@ -45,6 +45,7 @@ def test_real_vocabulary_matches_the_tokenizers_file(folder):
     theirs = Tokenizer.from_file(str(folder / "shipped-tokenizer.json"))
     for text in SAMPLES:
         assert ours.encode(text) == theirs.encode(text, add_special_tokens=False).ids, text
+        assert len(ours.encode(text)) <= ours.most_tokens(text), text  # the bound limit checks rely on
     assert ours.token_id("<|im_start|>") == 151644 and ours.token_id("<|im_end|>") == 151645
 
 

@@ -117,6 +117,15 @@ class TextTokenizer:
     def encode(self, text: str) -> list[int]:
         return self._backend.encode(text, add_special_tokens=False).ids
 
+    def most_tokens(self, text: str) -> int:
+        """At least `len(encode(text))`, found without encoding: every token of a byte-level BPE holds at
+        least one byte of the normalized text (an added token aside, which plain text may not hold). A
+        limit check that this bound passes needs no encoding; a live session's text is checked at every
+        word, and encoding was a third of the server's event-loop time (BENCHMARKS.md)."""
+        normalizer = self._backend.normalizer
+        normalized = normalizer.normalize_str(text) if normalizer is not None else text
+        return len(normalized.encode("utf-8"))
+
     def decode(self, ids: list[int]) -> str:
         return self._backend.decode(ids, skip_special_tokens=False)
 

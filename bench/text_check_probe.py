@@ -1,0 +1,64 @@
+"""Host time of the text checks a live session makes at every word (CPU only): `check_text` on the segment
+received so far, at several lengths, English and Chinese, with a checkpoint's tokenizer (or any folder of
+tokenizer files). The live endpoint checks a segment's whole text at each delta, twice (the session before
+it changes anything, the text stream as it feeds it); in a 16-session profile of the server (BENCHMARKS.md)
+encoding was a third of the event loop's time.
+
+    python bench/text_check_probe.py --tokenizer CHECKPOINT_OR_TOKENIZER_FOLDER
+    PYTHONPATH=OLD/src python bench/text_check_probe.py ...      # another tree's checks, for a before/after
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+# Appended: a qtts already on the path (PYTHONPATH set to another tree) is the one measured
+sys.path.append(str(Path(__file__).resolve().parents[1] / "src"))
+
+from qtts.limits import MAX_INPUT_TOKENS, check_text  # noqa: E402
+from qtts.text import TextTokenizer  # noqa: E402
+
+ENGLISH = ("Well, here is the answer you asked for: the morning train to the coast was late again, so Maria "
+           "bought a coffee, found a quiet bench near the platform, and read the first chapter of her new "
+           "book. By the time the train came, she had decided to stay on until the very last stop.")
+CHINESE = "你好，这是今天的天气预报：早上有小雨，中午转晴，下午气温升到二十五度，晚上有风，请大家出门记得带伞。" * 4
+
+
+def microseconds(call, reps: int) -> float:
+    for _ in range(20):
+        call()
+    times = []
+    for _ in range(5):
+        began = time.perf_counter()
+        for _ in range(reps):
+            call()
+        times.append((time.perf_counter() - began) / reps * 1e6)
+    return statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tokenizer", required=True, help="a folder with the tokenizer files (a checkpoint)")
+    parser.add_argument("--reps", type=int, default=300)
+    args = parser.parse_args()
+    tokenizer = TextTokenizer.from_folder(args.tokenizer)
+    import qtts
+
+    print(f"qtts from {Path(qtts.__file__).parent}")
+    for language, text in (("english", ENGLISH), ("chinese", CHINESE)):
+        for length in sorted({20, 100, 200, len(text)}):
+            part = text[:length]
+            row = {"language": language, "chars": length, "tokens": len(tokenizer.encode(part)),
+                   "encode_us": round(microseconds(lambda: tokenizer.encode(part), args.reps), 1),
+                   "check_text_us": round(microseconds(
+                       lambda: check_text(tokenizer, "text", part, MAX_INPUT_TOKENS), args.reps), 1)}
+            print(json.dumps(row))
+
+
+if __name__ == "__main__":
+    main()
