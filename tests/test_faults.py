@@ -283,6 +283,18 @@ def test_voices_lists_the_preset_speakers(custom):
     assert listed["ryan"]["type"] == "preset"
 
 
+def test_live_speech_audio_is_sent_uncompressed_even_when_the_client_offers_deflate(custom):
+    """Deflating PCM would cost the event loop 53-117 us per 80 ms frame per session (bench/event_loop_probe.py)
+    to save a part of 384 kbit/s: `qtts serve` declines permessage-deflate."""
+    from websockets.sync.client import connect
+
+    with connect(custom.url.replace("http://", "ws://") + "/v1/audio/speech/stream", compression="deflate",
+                 open_timeout=30) as socket_:
+        assert socket_.response.headers.get("Sec-WebSocket-Extensions") is None
+        socket_.send(json.dumps({"type": "session.config", "voice": "ryan", "model": "tiny"}))
+        assert json.loads(socket_.recv(timeout=30))["type"] == "session.started"
+
+
 # -- metrics and memory ------------------------------------------------------------------------------------
 def histogram_count(page: str, name: str) -> int:
     return int(next(line.split()[-1] for line in page.splitlines() if line.startswith(f"{name}_count")))

@@ -1,11 +1,14 @@
-"""Host time of the text checks a live session makes at every word (CPU only): `check_text` on the segment
-received so far, at several lengths, English and Chinese, with a checkpoint's tokenizer (or any folder of
-tokenizer files). The live endpoint checks a segment's whole text at each delta, twice (the session before
-it changes anything, the text stream as it feeds it); in a 16-session profile of the server (BENCHMARKS.md)
-encoding was a third of the event loop's time.
+"""Host time of per-message work a live session puts on a server's event loop (CPU only):
+  - `text`: `check_text` on the segment received so far, at several lengths, English and Chinese, with a
+    checkpoint's tokenizer (or any folder of tokenizer files). The live endpoint checks a segment's whole
+    text at each delta, twice (the session before it changes anything, the text stream as it feeds it); in
+    a 16-session profile of the server (BENCHMARKS.md) encoding was a third of the event loop's time.
+  - `deflate`: permessage-deflate (zlib, raw, sync flush, as websockets does it) of 16-bit PCM messages of
+    1, 4 and 16 frames of a random-walk signal (a stand-in: random weights make no speech): what a client
+    offering compression would cost each audio message, and how much smaller it gets.
 
-    python bench/text_check_probe.py --tokenizer CHECKPOINT_OR_TOKENIZER_FOLDER
-    PYTHONPATH=OLD/src python bench/text_check_probe.py ...      # another tree's checks, for a before/after
+    python bench/event_loop_probe.py --tokenizer CHECKPOINT_OR_TOKENIZER_FOLDER
+    PYTHONPATH=OLD/src python bench/event_loop_probe.py ...      # another tree's checks, for a before/after
 """
 
 from __future__ import annotations
@@ -15,7 +18,10 @@ import json
 import statistics
 import sys
 import time
+import zlib
 from pathlib import Path
+
+import numpy as np
 
 # Appended: a qtts already on the path (PYTHONPATH set to another tree) is the one measured
 sys.path.append(str(Path(__file__).resolve().parents[1] / "src"))
@@ -41,6 +47,22 @@ def microseconds(call, reps: int) -> float:
     return statistics.median(times)
 
 
+def deflate_rows(messages: int = 60) -> list[dict]:
+    rng = np.random.default_rng(0)
+    rows = []
+    for frames in (1, 4, 16):
+        pcm = [np.cumsum(rng.normal(0, 300, 1920 * frames)).clip(-30000, 30000).astype(np.int16).tobytes()
+               for _ in range(messages)]  # each message new audio: no match in the window from repeats
+        compressor = zlib.compressobj(wbits=-15)
+        began, sent = time.perf_counter(), 0
+        for data in pcm:
+            sent += len(compressor.compress(data) + compressor.flush(zlib.Z_SYNC_FLUSH))
+        seconds = (time.perf_counter() - began) / messages
+        rows.append({"deflate_frames": frames, "bytes": len(pcm[0]), "deflated_bytes": sent // messages,
+                     "us_per_message": round(seconds * 1e6, 1), "us_per_frame": round(seconds * 1e6 / frames, 1)})
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tokenizer", required=True, help="a folder with the tokenizer files (a checkpoint)")
@@ -58,6 +80,8 @@ def main() -> None:
                    "check_text_us": round(microseconds(
                        lambda: check_text(tokenizer, "text", part, MAX_INPUT_TOKENS), args.reps), 1)}
             print(json.dumps(row))
+    for row in deflate_rows():
+        print(json.dumps(row))
 
 
 if __name__ == "__main__":
