@@ -3,6 +3,9 @@
     checkpoint's tokenizer (or any folder of tokenizer files). The live endpoint checks a segment's whole
     text at each delta, twice (the session before it changes anything, the text stream as it feeds it); in
     a 16-session profile of the server (BENCHMARKS.md) encoding was a third of the event loop's time.
+  - `segments`: the live session's segment buffer at each word of a sentence (`preview`, then `feed` and
+    `settled`, as the endpoint calls them), microseconds per word over the whole text, English and Chinese
+    (one character a delta).
   - `deflate`: permessage-deflate (zlib, raw, sync flush, as websockets does it) of 16-bit PCM messages of
     1, 4 and 16 frames of a random-walk signal (a stand-in: random weights make no speech): what a client
     offering compression would cost each audio message, and how much smaller it gets.
@@ -28,6 +31,7 @@ sys.path.append(str(Path(__file__).resolve().parents[1] / "src"))
 
 from qtts.limits import MAX_INPUT_TOKENS, check_text  # noqa: E402
 from qtts.text import TextTokenizer  # noqa: E402
+from qtts.text_segments import SegmentBuffer  # noqa: E402
 
 ENGLISH = ("Well, here is the answer you asked for: the morning train to the coast was late again, so Maria "
            "bought a coffee, found a quiet bench near the platform, and read the first chapter of her new "
@@ -45,6 +49,21 @@ def microseconds(call, reps: int) -> float:
             call()
         times.append((time.perf_counter() - began) / reps * 1e6)
     return statistics.median(times)
+
+
+def segment_rows(reps: int) -> list[dict]:
+    rows = []
+    for language, deltas in (("english", [word + " " for word in ENGLISH.split()]), ("chinese", list(CHINESE))):
+        def speak():
+            buffer = SegmentBuffer(granularity="sentence", overflow="last")
+            for delta in deltas:
+                buffer.preview(delta)
+                buffer.feed(delta)
+                buffer.settled()
+
+        rows.append({"segments": language, "deltas": len(deltas),
+                     "us_per_delta": round(microseconds(speak, max(1, reps // 30)) / len(deltas), 1)})
+    return rows
 
 
 def deflate_rows(messages: int = 60) -> list[dict]:
@@ -80,7 +99,7 @@ def main() -> None:
                    "check_text_us": round(microseconds(
                        lambda: check_text(tokenizer, "text", part, MAX_INPUT_TOKENS), args.reps), 1)}
             print(json.dumps(row))
-    for row in deflate_rows():
+    for row in segment_rows(args.reps) + deflate_rows():
         print(json.dumps(row))
 
 

@@ -176,18 +176,22 @@ def _boundaries(text: str, final: bool, horizon: int) -> tuple[list[tuple[int, i
     of a mark decide it, unless the text ends first and is `final`.
     """
     found: list[tuple[int, int]] = []
+    # text[:end] has something to say exactly when the first speakable character is before `end` (one
+    # search, not one over a copy of the prefix at every space: this runs at every word of a live session)
+    first = _SPEAKABLE.search(text)
+    speakable_from = len(text) + 1 if first is None else first.start() + 1
     index = 0
     limit = min(len(text), horizon)
     while index < limit:
         char = text[index]
         if char == "\n":
             end = index + 1
-            if _SPEAKABLE.search(text[:end]):
+            if end >= speakable_from:
                 found.append((end, SENTENCE))
             index = end
             continue
         if char.isspace():
-            if _SPEAKABLE.search(text[:index]):
+            if index >= speakable_from:
                 found.append((index, WORD))
             index += 1
             continue
@@ -197,7 +201,7 @@ def _boundaries(text: str, final: bool, horizon: int) -> tuple[list[tuple[int, i
         end, strength = _mark(text, index, final)
         if end is None:
             return found, (index, strength)  # what this mark means is open, so is every boundary after it
-        if strength and _SPEAKABLE.search(text[:end]):
+        if strength and end >= speakable_from:
             found.append((end, strength))
         index = max(end, index + 1)
     return found, None
