@@ -284,7 +284,7 @@ def test_voices_lists_the_preset_speakers(custom):
 
 
 def test_live_speech_audio_is_sent_uncompressed_even_when_the_client_offers_deflate(custom):
-    """Deflating PCM would cost the event loop 53-117 us per 80 ms frame per session (bench/event_loop_probe.py)
+    """Deflating PCM would cost the event loop 53-125 us per 80 ms frame per session (bench/event_loop_probe.py)
     to save a part of 384 kbit/s: `qtts serve` declines permessage-deflate."""
     from websockets.sync.client import connect
 

@@ -49,7 +49,7 @@ def serve(model: str, *, host: str = "127.0.0.1", port: int = 8000, device: str 
     faulthandler.register(signal.SIGUSR1, all_threads=True)
     try:
         # No permessage-deflate on the live WebSocket, whose traffic is nearly all PCM: deflating it took
-        # 53-117 us per 80 ms frame per session on the event loop, which every other session's messages
+        # 53-125 us per 80 ms frame per session on the event loop, which every other session's messages
         # wait behind, to save 6-43 % of 384 kbit/s (bench/event_loop_probe.py, on a stand-in signal).
         uvicorn.run(app, host=host, port=port, http=header_timeout_protocol(client_timeout),
                     timeout_graceful_shutdown=shutdown_grace, ws_per_message_deflate=False)
