@@ -23,6 +23,7 @@ import triton
 import triton.language as tl
 
 sys.path.append(str(Path(__file__).resolve().parents[1] / "src"))  # after PYTHONPATH: an older tree wins
+from kernel_probe import graph_ms  # noqa: E402
 from qtts.kernels import round_to  # noqa: E402
 from qtts.kernels.linear import fused_linear_reference, fused_linear_triton  # noqa: E402
 
@@ -110,25 +111,6 @@ def _chain_kernel(xs_ptr, norms_ptr, wgus_ptr, wds_ptr, act_ptr, counters_ptr, e
 def _barriers_kernel(counters_ptr, N: tl.constexpr, P: tl.constexpr):
     for i in range(N):
         _barrier(counters_ptr + i, P)
-
-
-def graph_ms(fn, reps=20):
-    fn()
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        fn()
-    graph.replay()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(reps):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        graph.replay()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return sorted(times)[len(times) // 2]
 
 
 def main():
