@@ -10,10 +10,14 @@ layers' weights as a frame cycles through them:
   C  one persistent kernel for all 75 (two barriers each).
 Every variant's output is checked against the reference chain; then each is timed in a CUDA graph.
 Also times a kernel of N empty barriers (the barrier's own cost). Run under `timeout`: a wrong barrier
-deadlocks. One program per SM, one barrier counter per use (zeroed before the launch).
-    timeout 240 python bench/barrier_probe.py
+deadlocks. One barrier counter per use (zeroed before the launch). `--programs-per-sm K` runs B and C with
+K programs on each SM (more loads in flight), in tilings with a down row block for every program; a
+configuration whose K programs cannot all be resident on an SM (registers, threads, shared memory) is
+skipped, since its barrier would wait for programs that never start.
+    timeout 240 python bench/barrier_probe.py [--programs-per-sm 1 2 4]
 """
 
+import argparse
 import sys
 import time
 from pathlib import Path
@@ -113,11 +117,30 @@ def _barriers_kernel(counters_ptr, N: tl.constexpr, P: tl.constexpr):
         _barrier(counters_ptr + i, P)
 
 
+# (BN1 gate/up rows, BN2 down rows, warps) per program
+TILINGS = ((8, 8, 4), (8, 8, 8), (16, 8, 8), (8, 4, 4), (4, 4, 4), (4, 4, 2), (4, 2, 2), (2, 2, 2))
+
+
+def resident_per_sm(kernel, warps: int) -> int:
+    """Programs of a compiled kernel that one SM holds at once, by registers, threads and shared memory."""
+    kernel._init_handles()
+    props = torch.cuda.get_device_properties(0)
+    regs_per_warp = -(-max(kernel.n_regs, 1) * 32 // 256) * 256  # allocated per warp in units of 256
+    by_regs = getattr(props, "regs_per_multiprocessor", 65536) // regs_per_warp // warps
+    by_threads = props.max_threads_per_multi_processor // (32 * warps)
+    shared = kernel.metadata.shared
+    by_shared = getattr(props, "shared_memory_per_multiprocessor", 228 * 1024) // shared if shared else 32
+    return min(by_regs, by_threads, by_shared, 32)
+
+
 def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--programs-per-sm", type=int, nargs="+", default=[1])
+    args = parser.parse_args()
     torch.manual_seed(0)
     dev = "cuda"
-    P = torch.cuda.get_device_properties(0).multi_processor_count
-    print("SMs", P, torch.cuda.get_device_name(0), flush=True)
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    print("SMs", sms, torch.cuda.get_device_name(0), flush=True)
     dt = torch.bfloat16
     norms = (1 + 0.2 * torch.randn(LAYERS, H, device=dev)).to(dt)
     wgus = (torch.randn(LAYERS, 2 * F, H, device=dev) * H**-0.5).to(dt)
@@ -150,48 +173,62 @@ def main():
     print("A ms (75 MLPs, graph)", round(graph_ms(run_a), 3), flush=True)
 
     act = torch.empty(F, device=dev, dtype=dt)
-    for prefetch in (False, True):
-        for bn1, warps in ((8, 4), (8, 8), (16, 8)):
-            xs_b = torch.zeros(CHAIN + 1, H, device=dev, dtype=dt)
-            xs_b[0] = x0
-            counters = torch.zeros(CHAIN, device=dev, dtype=torch.int32)
+    for per_sm in args.programs_per_sm:
+        P = per_sm * sms
+        for prefetch in (False, True):
+            for bn1, bn2, warps in TILINGS:
+                if H // bn2 > P or (per_sm == 1 and bn2 != 8):  # every down block needs a program
+                    continue
+                label = f"per_sm={per_sm} prefetch={prefetch} bn1={bn1} bn2={bn2} warps={warps}"
+                constants = dict(P=P, H=H, F=F, BN1=bn1, BN2=bn2, PREFETCH=prefetch, num_warps=warps)
+                xs_b = torch.zeros(CHAIN + 1, H, device=dev, dtype=dt)
+                xs_b[0] = x0
+                counters = torch.zeros(CHAIN, device=dev, dtype=torch.int32)
+                compiled = _mlp_kernel.warmup(xs_b[0], norms[0], wgus[0], wds[0], act, xs_b[1], counters, EPS,
+                                              grid=(P,), **constants)
+                resident = resident_per_sm(compiled, warps)
+                if resident < per_sm:
+                    print(f"{label}: skipped, {resident} resident per SM ({compiled.n_regs} registers)", flush=True)
+                    continue
 
-            def run_b():
-                counters.zero_()
-                for i in range(CHAIN):
-                    layer = i % LAYERS
-                    _mlp_kernel[(P,)](xs_b[i], norms[layer], wgus[layer], wds[layer], act, xs_b[i + 1],
-                                      counters[i:], EPS, P=P, H=H, F=F, BN1=bn1, BN2=8, PREFETCH=prefetch,
-                                      num_warps=warps)
+                def run_b():
+                    counters.zero_()
+                    for i in range(CHAIN):
+                        layer = i % LAYERS
+                        _mlp_kernel[(P,)](xs_b[i], norms[layer], wgus[layer], wds[layer], act, xs_b[i + 1],
+                                          counters[i:], EPS, **constants)
 
-            t = time.time()
-            run_b()
-            torch.cuda.synchronize()
-            diff = (xs_b.float() - ref.float()).abs().max().item()
-            print(f"B prefetch={prefetch} bn1={bn1} warps={warps}: first run {time.time() - t:.1f} s, "
-                  f"max |diff| {diff}", flush=True)
-            print("B ms", round(graph_ms(run_b), 3), flush=True)
+                t = time.time()
+                run_b()
+                torch.cuda.synchronize()
+                diff = (xs_b.float() - ref.float()).abs().max().item()
+                print(f"B {label}: first run {time.time() - t:.1f} s, max |diff| {diff}", flush=True)
+                print("B ms", round(graph_ms(run_b), 3), flush=True)
 
-            xs_c = torch.zeros(CHAIN + 1, H, device=dev, dtype=dt)
-            xs_c[0] = x0
-            counters_c = torch.zeros(2 * CHAIN, device=dev, dtype=torch.int32)
+                xs_c = torch.zeros(CHAIN + 1, H, device=dev, dtype=dt)
+                xs_c[0] = x0
+                counters_c = torch.zeros(2 * CHAIN, device=dev, dtype=torch.int32)
+                chained = _chain_kernel.warmup(xs_c, norms, wgus, wds, act, counters_c, EPS, CHAIN=CHAIN,
+                                               LAYERS=LAYERS, grid=(P,), **constants)
+                if resident_per_sm(chained, warps) < per_sm:
+                    print(f"C {label}: skipped, not resident", flush=True)
+                    continue
 
-            def run_c():
-                counters_c.zero_()
-                _chain_kernel[(P,)](xs_c, norms, wgus, wds, act, counters_c, EPS, CHAIN=CHAIN, LAYERS=LAYERS, P=P,
-                                    H=H, F=F, BN1=bn1, BN2=8, PREFETCH=prefetch, num_warps=warps)
+                def run_c():
+                    counters_c.zero_()
+                    _chain_kernel[(P,)](xs_c, norms, wgus, wds, act, counters_c, EPS, CHAIN=CHAIN, LAYERS=LAYERS,
+                                        **constants)
 
-            run_c()
-            torch.cuda.synchronize()
-            print(f"C prefetch={prefetch} bn1={bn1} warps={warps}: max |diff| "
-                  f"{(xs_c.float() - ref.float()).abs().max().item()}", flush=True)
-            print("C ms", round(graph_ms(run_c), 3), flush=True)
+                run_c()
+                torch.cuda.synchronize()
+                print(f"C {label}: max |diff| {(xs_c.float() - ref.float()).abs().max().item()}", flush=True)
+                print("C ms", round(graph_ms(run_c), 3), flush=True)
 
     counters_n = torch.zeros(300, device=dev, dtype=torch.int32)
 
     def run_barriers():
         counters_n.zero_()
-        _barriers_kernel[(P,)](counters_n, N=300, P=P, num_warps=4)
+        _barriers_kernel[(sms,)](counters_n, N=300, P=sms, num_warps=4)
 
     print("300 empty barriers ms", round(graph_ms(run_barriers), 3), flush=True)
     print("weights per MLP MB", (2 * F * H + H * F) * 2 / 1e6, flush=True)
