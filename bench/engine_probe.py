@@ -24,6 +24,11 @@ Parts (each timed with CUDA events, median of `--reps`, after warm-up):
   - `arrivals`: host time to start a request on the caller's thread (building its prompt and submitting
     it, as a server's event loop does for each arrival): 16 arrivals in series, `open_text` with a first
     `feed("Well, ")` and `submit` of a sentence, idle and with `--concurrency` streams running;
+  - `bookkeeping`: host microseconds per frame the engine thread spends handing out one frame's codes
+    (reading them from the host ring, each row's frame to its request and its decode cursor) and cutting
+    the decode pieces that are due, with each count in `--concurrency` of rows, median of `--reps` rounds of
+    300 frames; no GPU work (random codes are written into the ring, as a frame's copy would), so it runs on
+    the CPU as well (`--checkpoint` a tiny one);
   - `load`: closed-loop, in process: N requests of `--frames` frames at once, N in `--concurrency`;
     aggregate audio seconds per wall second, time to first audio (median, p95) and how far each stream's
     audio stays ahead of real-time playback (min over requests of the worst lead, negative = underrun).
@@ -54,7 +59,9 @@ import torch
 sys.path.append(str(Path(__file__).resolve().parents[1] / "src"))
 
 import qtts  # noqa: E402
-from qtts.engine.decode_stage import BULK, CHUNK_SIZES  # noqa: E402
+from qtts.engine.decode_stage import BULK, CHUNK_SIZES, DecodeCursor  # noqa: E402
+from qtts.engine.requests import LENGTH, Request, Sink  # noqa: E402
+from qtts.engine.scheduler import Scheduler  # noqa: E402
 from qtts.testing import real_speech_tokenizer_config, real_tts_config, write_checkpoint  # noqa: E402
 
 FRAME_S = 0.08
@@ -296,6 +303,37 @@ def steady(tts, emit, speaker, frames_per_request, concurrency, duration):
                                for lane in ("urgent", "bulk")},
               "decode_rows": {lane: stats["decode_rows"][lane] - before[4].get(lane, 0)
                               for lane in ("urgent", "bulk")}, **busy})
+
+
+def bookkeeping(tts, emit, speaker, concurrency, reps, frames=300):
+    """Host us per frame of `Scheduler._read_frames` and the cursors' cuts (what `_decode` does first), on
+    an engine of its own (small cache, no graphs: only its ring and bookkeeping are used)."""
+    engine = Scheduler(tts.talker, None, max_batch=max(concurrency), max_len=64, graphs=False, fused=False)
+    plan, params = tts.plan("Bookkeeping.", speaker=speaker), tts.sampling_params()
+    generator = torch.Generator().manual_seed(0)
+    eos = engine.eos
+    for count in concurrency:
+        rounds = []
+        for _ in range(reps):
+            requests = [Request(plan, params, 0, 1 << 30, LENGTH, True, Sink()) for _ in range(count)]
+            for request in requests:
+                request.cursor = DecodeCursor(None)
+            spent = 0.0
+            for frame in range(frames):
+                index = frame % engine._ring.shape[0]
+                codes = torch.randint(0, eos, (count, engine._ring.shape[2]), generator=generator)
+                engine._ring[index][:count].copy_(codes)
+                engine._in_flight.append((None, index, requests, [True] * count))
+                began = time.perf_counter()
+                engine._read_frames(wait=False)
+                for request in requests:
+                    request.cursor.cut(final=False)
+                spent += time.perf_counter() - began
+                for request in requests:
+                    request.cursor.pieces.clear()
+            rounds.append(spent / frames * 1e6)
+        emit({"part": "bookkeeping", "rows": count, "us_per_frame": round(statistics.median(rounds), 1),
+              "us_per_row": round(statistics.median(rounds) / count, 2)})
 
 
 def arrivals(tts, emit, speaker, frames_per_request, concurrency, rounds=2):
@@ -544,6 +582,8 @@ def main():
                 timeline(tts, emit, speaker, args.reps)
             elif part == "steady":
                 steady(tts, emit, speaker, args.frames, args.concurrency, args.duration)
+            elif part == "bookkeeping":
+                bookkeeping(tts, emit, speaker, args.concurrency, args.reps)
             elif part == "arrivals":
                 arrivals(tts, emit, speaker, args.frames, args.concurrency)
             elif part == "load":

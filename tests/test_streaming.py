@@ -7,8 +7,10 @@ import pytest
 import torch
 
 import qtts
+from qtts.engine.decode_stage import CHUNK_SIZES, DecodeCursor
 from qtts.engine.scheduler import LEAD_LOW_S
 from qtts.models.codec_decoder import decode_official
+from qtts.models.codec_stream import CodecStream
 from qtts.streaming import stream_audio
 
 
@@ -153,3 +155,45 @@ def test_on_the_gpu_streams_decoded_in_both_lanes_equal_their_official_decode(ti
         assert tts.engine.stats["decode_calls"]["bulk"] > 0 and tts.engine.stats["decode_calls"]["urgent"] > 0
     finally:
         tts.close()
+
+
+@pytest.mark.parametrize("context_frames", [0, 20], ids=["plain", "icl-context"])
+def test_the_engines_decode_pieces_decoded_in_order_equal_the_official_decode(tts, context_frames):
+    """`DecodeCursor` as the engine drives it (a frame or a few added, then a cut, each iteration; the rest
+    at the end): its pieces, decoded in order on one stream (reset where a piece says so, audio kept where
+    it says so), give the official decode of context + codes past a 300-frame window, in captured sizes,
+    ramping 1, 2, 4, 8 frames, the ramp and the context urgent."""
+    context = random_codes(context_frames, seed=3) if context_frames else None
+    codes = random_codes(335, seed=4)
+    cursor = DecodeCursor(context)
+    pieces = []
+    for start in range(0, 330, 3):
+        for frame in codes[start: start + 3]:
+            cursor.add(frame)
+        cursor.cut(final=False)
+        pieces.extend(cursor.pieces)
+        cursor.pieces.clear()
+    for frame in codes[330:]:
+        cursor.add(frame)
+    cursor.cut(final=True)
+    pieces.extend(cursor.pieces)
+    assert all(piece.codes.shape[0] in CHUNK_SIZES for piece in pieces)
+    kept = [piece for piece in pieces if piece.keep]
+    assert [piece.codes.shape[0] for piece in kept[:5]] == [1, 2, 4, 8, 16]
+    assert [piece.urgent for piece in kept[:5]] == [True] * 4 + [False]
+    # the context, decoded only for the decoder's state
+    silent = pieces[: next(i for i, piece in enumerate(pieces) if piece.keep)]
+    assert sum(piece.codes.shape[0] for piece in silent) == context_frames
+    assert all(piece.urgent and not piece.keep for piece in silent)
+    assert sum(piece.reset for piece in pieces) == 1  # the second window (frame 300 of context + codes)
+    stream = CodecStream(tts.codec_decoder, batch_size=1)
+    audio = []
+    for piece in pieces:
+        if piece.reset:
+            stream.reset()
+        samples = stream.decode(piece.codes[None])[0]
+        if piece.keep:
+            audio.append(samples.numpy())
+    whole = codes if context is None else torch.cat([context, codes])
+    expected = decode_official(tts.codec_decoder, whole[None])[0].numpy()
+    np.testing.assert_allclose(np.concatenate(audio), expected[context_frames * 1920:], atol=1e-4)

@@ -188,11 +188,14 @@ class DecodeCursor:
         self.ramp = ramp
         self.chunks = 0  # kept chunks cut so far: the position on the ramp
         self.seen = 0  # frames cut into pieces so far, context included (the official windows count it)
-        self.history: torch.Tensor | None = None  # the last OFFICIAL_CONTEXT frames, for window restarts
+        # Frames are kept as a list of rows [16] (the engine hands out one per frame) and stacked once per
+        # piece: the engine thread does this for every row at every frame, and each torch op releases and
+        # retakes the GIL that the server's event loop is waiting for.
+        self.history: deque[torch.Tensor] = deque(maxlen=OFFICIAL_CONTEXT)  # for window restarts
         self.pending: list[torch.Tensor] = []  # frames [16] not cut yet
         self.pieces: deque[Piece] = deque()
         if context is not None and context.shape[0]:
-            self._cut(context.cpu(), keep=False, urgent=True)
+            self._cut(list(context.cpu().unbind(0)), keep=False, urgent=True)
 
     def add(self, frame: torch.Tensor) -> None:
         self.pending.append(frame)
@@ -204,25 +207,24 @@ class DecodeCursor:
             if len(self.pending) < size and not final:
                 return
             take, self.pending = self.pending[:size], self.pending[size:]
-            self._cut(torch.stack(take), keep=True, urgent=self.chunks < len(self.ramp) - 1)
+            self._cut(take, keep=True, urgent=self.chunks < len(self.ramp) - 1)
             self.chunks += 1
 
-    def _cut(self, frames: torch.Tensor, keep: bool, urgent: bool) -> None:
-        while frames.shape[0]:
+    def _cut(self, frames: list[torch.Tensor], keep: bool, urgent: bool) -> None:
+        while frames:
             offset = self.seen % OFFICIAL_WINDOW
             if offset == 0 and self.seen > 0:
-                self._split(self.history, keep=False, urgent=urgent, reset=True)
-            take = min(frames.shape[0], OFFICIAL_WINDOW - offset)
+                self._split(list(self.history), keep=False, urgent=urgent, reset=True)
+            take = min(len(frames), OFFICIAL_WINDOW - offset)
             part, frames = frames[:take], frames[take:]
             self._split(part, keep, urgent)
-            recent = part if self.history is None else torch.cat([self.history, part])
-            self.history = recent[-OFFICIAL_CONTEXT:]
+            self.history.extend(part)
             self.seen += take
 
-    def _split(self, frames: torch.Tensor, keep: bool, urgent: bool, reset: bool = False) -> None:
+    def _split(self, frames: list[torch.Tensor], keep: bool, urgent: bool, reset: bool = False) -> None:
         """Greedily into captured sizes (25 = 16 + 8 + 1): a stateful decoder gives the same audio."""
         start = 0
-        while start < frames.shape[0]:
-            size = max(c for c in CHUNK_SIZES if c <= frames.shape[0] - start)
-            self.pieces.append(Piece(frames[start: start + size], keep, reset and start == 0, urgent))
+        while start < len(frames):
+            size = max(c for c in CHUNK_SIZES if c <= len(frames) - start)
+            self.pieces.append(Piece(torch.stack(frames[start: start + size]), keep, reset and start == 0, urgent))
             start += size

@@ -485,6 +485,8 @@ class Scheduler:
             self._progress_at = time.monotonic()
             codes = self._ring[index][: len(rows)].clone()
             code0 = codes[:, 0].tolist()
+            # one op for every row's frame: each op releases and retakes the GIL, which callers want too
+            frames = codes.unbind(0)
             for row, request in enumerate(rows):
                 if not request.generating or not active[row]:
                     continue
@@ -496,9 +498,9 @@ class Scheduler:
                     continue
                 if not request.frames:
                     request.first_frame = time.perf_counter()
-                request.frames.append(codes[row])
+                request.frames.append(frames[row])
                 if request.cursor is not None:
-                    request.cursor.add(codes[row])
+                    request.cursor.add(frames[row])
                 if len(request.frames) >= request.limit:
                     self._end(request, request.limit_reason)
         for request in self._running:
