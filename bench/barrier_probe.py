@@ -18,21 +18,16 @@ skipped, since its barrier would wait for programs that never start.
 """
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
 import torch
 import triton
 import triton.language as tl
 
-sys.path.append(str(Path(__file__).resolve().parents[1] / "src"))  # after PYTHONPATH: an older tree wins
-from kernel_probe import graph_ms  # noqa: E402
-from qtts.kernels import round_to  # noqa: E402
-from qtts.kernels.linear import fused_linear_reference, fused_linear_triton  # noqa: E402
+from kernel_probe import graph_ms
+from predictor_chain import CHAIN, EPS, LAYERS, F, H, start
 
-H, F, LAYERS, CHAIN = 1024, 3072, 5, 75
-EPS = 1e-6
+from qtts.kernels import round_to
 
 
 @triton.jit
@@ -137,40 +132,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--programs-per-sm", type=int, nargs="+", default=[1])
     args = parser.parse_args()
-    torch.manual_seed(0)
-    dev = "cuda"
-    sms = torch.cuda.get_device_properties(0).multi_processor_count
-    print("SMs", sms, torch.cuda.get_device_name(0), flush=True)
-    dt = torch.bfloat16
-    norms = (1 + 0.2 * torch.randn(LAYERS, H, device=dev)).to(dt)
-    wgus = (torch.randn(LAYERS, 2 * F, H, device=dev) * H**-0.5).to(dt)
-    wds = (torch.randn(LAYERS, H, F, device=dev) * F**-0.5).to(dt)
-    x0 = torch.randn(H, device=dev).to(dt)
-
-    def reference_chain():
-        xs = [x0[None]]
-        for i in range(CHAIN):
-            layer = i % LAYERS
-            gated = fused_linear_reference(xs[-1], wgus[layer], norm_weight=norms[layer], eps=EPS, gated=True)
-            xs.append(fused_linear_reference(gated, wds[layer], residual=xs[-1]))
-        return torch.cat(xs)
-
-    ref = reference_chain()
-    print("reference max |x|", ref.float().abs().max().item(), flush=True)
-    xs_a = torch.zeros(CHAIN + 1, H, device=dev, dtype=dt)
-    xs_a[0] = x0
-
-    def run_a():
-        for i in range(CHAIN):
-            layer = i % LAYERS
-            gated = fused_linear_triton(xs_a[i:i + 1], wgus[layer], norm_weight=norms[layer], eps=EPS, gated=True,
-                                        pdl=True)
-            fused_linear_triton(gated, wds[layer], residual=xs_a[i:i + 1], out=xs_a[i + 1:i + 2], pdl=True)
-
-    run_a()
-    torch.cuda.synchronize()
-    print("A vs reference, max |diff|", (xs_a.float() - ref.float()).abs().max().item(), flush=True)
-    print("A ms (75 MLPs, graph)", round(graph_ms(run_a), 3), flush=True)
+    dev, dt = "cuda", torch.bfloat16
+    sms, norms, wgus, wds, x0, ref = start(dev)
 
     act = torch.empty(F, device=dev, dtype=dt)
     for per_sm in args.programs_per_sm:

@@ -22,20 +22,13 @@ is one block per SM, and the probe checks that the device runs one per SM with t
     timeout 300 python bench/stream_probe.py
 """
 
-import sys
 import time
-from pathlib import Path
 
 import torch
 from torch.utils.cpp_extension import load_inline
 
-sys.path.append(str(Path(__file__).resolve().parents[1] / "src"))  # after PYTHONPATH: an older tree wins
-from kernel_probe import graph_ms  # noqa: E402
-from qtts.kernels.linear import fused_linear_reference, fused_linear_triton  # noqa: E402
-
-H, F, LAYERS, CHAIN = 1024, 3072, 5, 75
-EPS = 1e-6
-THREADS = 256
+from kernel_probe import graph_ms
+from predictor_chain import CHAIN, EPS, LAYERS, WEIGHT_BYTES, F, H, start
 
 CUDA_SOURCE = r"""
 #include <cuda_bf16.h>
@@ -265,44 +258,14 @@ def build():
 
 
 def main():
-    torch.manual_seed(0)
     dev, dt = "cuda", torch.bfloat16
-    sms = torch.cuda.get_device_properties(0).multi_processor_count
-    print("SMs", sms, torch.cuda.get_device_name(0), flush=True)
     module = build()
+    sms, norms, gate_ups, downs, x0, ref = start(dev)
     print("shared bytes per block", module.shared_bytes(sms), "resident per SM", module.resident_blocks(sms),
           flush=True)
     if module.resident_blocks(sms) < 1:
         print("no block fits on an SM: stopping", flush=True)
         return
-    norms = (1 + 0.2 * torch.randn(LAYERS, H, device=dev)).to(dt)
-    gate_ups = (torch.randn(LAYERS, 2 * F, H, device=dev) * H**-0.5).to(dt)
-    downs = (torch.randn(LAYERS, H, F, device=dev) * F**-0.5).to(dt)
-    x0 = torch.randn(H, device=dev).to(dt)
-
-    xs_ref = [x0[None]]
-    for i in range(CHAIN):
-        layer = i % LAYERS
-        gated = fused_linear_reference(xs_ref[-1], gate_ups[layer], norm_weight=norms[layer], eps=EPS, gated=True)
-        xs_ref.append(fused_linear_reference(gated, downs[layer], residual=xs_ref[-1]))
-    ref = torch.cat(xs_ref)
-    print("reference max |x|", ref.float().abs().max().item(), flush=True)
-
-    xs_a = torch.zeros(CHAIN + 1, H, device=dev, dtype=dt)
-    xs_a[0] = x0
-
-    def run_a():
-        for i in range(CHAIN):
-            layer = i % LAYERS
-            gated = fused_linear_triton(xs_a[i:i + 1], gate_ups[layer], norm_weight=norms[layer], eps=EPS,
-                                        gated=True, pdl=True)
-            fused_linear_triton(gated, downs[layer], residual=xs_a[i:i + 1], out=xs_a[i + 1:i + 2], pdl=True)
-
-    run_a()
-    torch.cuda.synchronize()
-    print("A vs reference, max |diff|", (xs_a.float() - ref.float()).abs().max().item(), flush=True)
-    print("A ms (75 MLPs, graph)", round(graph_ms(run_a), 3), flush=True)
-
     act = torch.zeros(F, device=dev, dtype=dt)
     counters = torch.zeros(2 * CHAIN, device=dev, dtype=torch.int32)
     for compute, label in ((True, "D"), (False, "D-loads")):
@@ -322,8 +285,7 @@ def main():
         if compute:
             print("D vs reference, max |diff|", (xs_d.float() - ref.float()).abs().max().item(), flush=True)
         ms = graph_ms(run_d)
-        gbytes = CHAIN * (2 * F * H + H * F) * 2 / 1e9
-        print(f"{label} ms (75 MLPs, graph) {ms:.3f}, weights {gbytes / ms:.2f} TB/s", flush=True)
+        print(f"{label} ms (75 MLPs, graph) {ms:.3f}, weights at {WEIGHT_BYTES / ms / 1e9:.2f} TB/s", flush=True)
 
 
 if __name__ == "__main__":
