@@ -15,10 +15,11 @@ at every barrier. Here one CUDA block per SM keeps the stream going:
     `add_rms_norm_reference`, products accumulated in float32 and rounded to bf16, silu and the gate, the
     residual add).
 Variants: D (the kernel), D-loads (the same kernel with the arithmetic skipped: the stream and barriers
-alone), against A (the frame's path, two fused_linear_triton launches per MLP with PDL) and the reference
-chain. The CUDA source is built for sm_90a at first run (torch.utils.cpp_extension; nvcc and ninja on the
-device). Run under `timeout`: a block that is not resident would make the grid barrier wait forever (the grid
-is one block per SM, and the probe checks that the device runs one per SM with this much shared memory).
+alone), D-stream (the weight stream alone, no barriers: the ceiling of this design), against A (the frame's
+path, two fused_linear_triton launches per MLP with PDL) and the reference chain. The CUDA source is built
+for sm_90a at first run (torch.utils.cpp_extension; nvcc and ninja on the device). Run under `timeout`: a
+block that is not resident would make the grid barrier wait forever (the grid is one block per SM, and the
+probe checks that the device runs one per SM with this much shared memory).
     timeout 300 python bench/stream_probe.py
 """
 
@@ -114,7 +115,8 @@ __device__ __forceinline__ float row_dot(const bf16* row, const float* vec, int 
   return warp_sum(acc);
 }
 
-template <bool COMPUTE>
+// MODE 0: the chain; 1: the weight stream and the barriers, no arithmetic; 2: the weight stream alone.
+template <int MODE>
 __global__ void __launch_bounds__(THREADS, 1) mlp_chain_kernel(
     bf16* xs, const bf16* norms, const bf16* gate_ups, const bf16* downs, bf16* act, uint32_t* counters,
     int chain, int layers, int gate_rows_max, float eps) {
@@ -174,7 +176,7 @@ __global__ void __launch_bounds__(THREADS, 1) mlp_chain_kernel(
     __syncthreads();
 
     mbarrier_wait(&bars[0], i & 1);
-    if (COMPUTE) {
+    if (MODE == 0) {
       for (int j = warp; j < n1 - n0; j += WARPS) {
         const float gate = round_bf16(row_dot(gate_buf + j * H, h, H, lane));
         const float up = round_bf16(row_dot(up_buf + j * H, h, H, lane));
@@ -186,12 +188,12 @@ __global__ void __launch_bounds__(THREADS, 1) mlp_chain_kernel(
       asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
       load_gate_up(i + 1);
     }
-    grid_barrier(counters + 2 * i, blocks);
+    if (MODE < 2) grid_barrier(counters + 2 * i, blocks);
 
     for (int k = tid; k < F; k += THREADS) a[k] = __bfloat162float(__ldcg(act + k));
     __syncthreads();
     mbarrier_wait(&bars[1], i & 1);
-    if (COMPUTE) {
+    if (MODE == 0) {
       for (int j = warp; j < r1 - r0; j += WARPS) {
         const float y = round_bf16(row_dot(down_buf + j * F, a, F, lane));
         if (lane == 0) out[r0 + j] = __float2bfloat16_rn(__bfloat162float(__ldcg(x + r0 + j)) + y);
@@ -202,7 +204,7 @@ __global__ void __launch_bounds__(THREADS, 1) mlp_chain_kernel(
       asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
       load_down(i + 1);
     }
-    grid_barrier(counters + 2 * i + 1, blocks);
+    if (MODE < 2) grid_barrier(counters + 2 * i + 1, blocks);
   }
 }
 
@@ -215,9 +217,9 @@ int64_t shared_bytes(int64_t blocks) {
 
 // Pointers and the stream come from Python as integers (this file needs no torch headers).
 void mlp_chain(int64_t xs, int64_t norms, int64_t gate_ups, int64_t downs, int64_t act, int64_t counters,
-               int64_t chain, int64_t layers, int64_t blocks, double eps, bool compute, int64_t stream) {
+               int64_t chain, int64_t layers, int64_t blocks, double eps, int64_t mode, int64_t stream) {
   const int64_t bytes = shared_bytes(blocks);
-  auto kernel = compute ? mlp_chain_kernel<true> : mlp_chain_kernel<false>;
+  auto kernel = mode == 0 ? mlp_chain_kernel<0> : mode == 1 ? mlp_chain_kernel<1> : mlp_chain_kernel<2>;
   if (cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes) != cudaSuccess)
     throw std::runtime_error("shared memory of " + std::to_string(bytes) + " bytes refused");
   kernel<<<blocks, THREADS, bytes, reinterpret_cast<cudaStream_t>(stream)>>>(
@@ -232,8 +234,8 @@ void mlp_chain(int64_t xs, int64_t norms, int64_t gate_ups, int64_t downs, int64
 int64_t resident_blocks(int64_t blocks) {
   int count = 0;
   const int64_t bytes = shared_bytes(blocks);
-  cudaFuncSetAttribute(mlp_chain_kernel<true>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
-  cudaOccupancyMaxActiveBlocksPerMultiprocessor(&count, mlp_chain_kernel<true>, THREADS, bytes);
+  cudaFuncSetAttribute(mlp_chain_kernel<0>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
+  cudaOccupancyMaxActiveBlocksPerMultiprocessor(&count, mlp_chain_kernel<0>, THREADS, bytes);
   return count;
 }
 """
@@ -241,7 +243,7 @@ int64_t resident_blocks(int64_t blocks) {
 CPP_SOURCE = """
 #include <torch/extension.h>
 void mlp_chain(int64_t xs, int64_t norms, int64_t gate_ups, int64_t downs, int64_t act, int64_t counters,
-               int64_t chain, int64_t layers, int64_t blocks, double eps, bool compute, int64_t stream);
+               int64_t chain, int64_t layers, int64_t blocks, double eps, int64_t mode, int64_t stream);
 int64_t resident_blocks(int64_t blocks);
 int64_t shared_bytes(int64_t blocks);
 """
@@ -268,21 +270,21 @@ def main():
         return
     act = torch.zeros(F, device=dev, dtype=dt)
     counters = torch.zeros(2 * CHAIN, device=dev, dtype=torch.int32)
-    for compute, label in ((True, "D"), (False, "D-loads")):
+    for mode, label in ((0, "D"), (1, "D-loads"), (2, "D-stream")):
         xs_d = torch.zeros(CHAIN + 1, H, device=dev, dtype=dt)
         xs_d[0] = x0
 
         def run_d():
             counters.zero_()
             module.mlp_chain(xs_d.data_ptr(), norms.data_ptr(), gate_ups.data_ptr(), downs.data_ptr(),
-                             act.data_ptr(), counters.data_ptr(), CHAIN, LAYERS, sms, EPS, compute,
+                             act.data_ptr(), counters.data_ptr(), CHAIN, LAYERS, sms, EPS, mode,
                              torch.cuda.current_stream().cuda_stream)
 
         began = time.time()
         run_d()
         torch.cuda.synchronize()
         print(f"{label}: first run {time.time() - began:.2f} s", flush=True)
-        if compute:
+        if mode == 0:
             print("D vs reference, max |diff|", (xs_d.float() - ref.float()).abs().max().item(), flush=True)
         ms = graph_ms(run_d)
         print(f"{label} ms (75 MLPs, graph) {ms:.3f}, weights at {WEIGHT_BYTES / ms / 1e9:.2f} TB/s", flush=True)
