@@ -12,9 +12,11 @@ import httpx
 
 
 class Server:
-    """A uvicorn server running `app` on a background thread, bound to a free port picked by the OS."""
+    """A uvicorn server running `app` on a background thread, bound to a free port picked by the OS; `closing`:
+    what to close once it has stopped (the TTS a test loaded for it: an app does not own its engine)."""
 
-    def __init__(self, app):
+    def __init__(self, app, closing=()):
+        self.closing = list(closing)
         import uvicorn
 
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -35,6 +37,8 @@ class Server:
         self.client.close()
         self.server.should_exit = True
         self.thread.join(30)
+        for owned in self.closing:
+            owned.close()
 
 
 class ServeProcess:

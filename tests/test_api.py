@@ -41,22 +41,26 @@ def reference_audio(seconds=2.0, seed=0):
     return wav.astype(np.float32), 24000
 
 
+def loaded(folder):
+    """(folder, our TTS, the official wrapper) for a module's tests; our engine is closed after them."""
+    tts = qtts.load(folder, device="cpu")
+    yield folder, tts, official_wrapper(folder)
+    tts.close()
+
+
 @pytest.fixture(scope="module")
 def custom(tiny_checkpoint):
-    folder = tiny_checkpoint("custom_voice")
-    return folder, qtts.load(folder, device="cpu"), official_wrapper(folder)
+    yield from loaded(tiny_checkpoint("custom_voice"))
 
 
 @pytest.fixture(scope="module")
 def base(tiny_checkpoint):
-    folder = tiny_checkpoint("base")
-    return folder, qtts.load(folder, device="cpu"), official_wrapper(folder)
+    yield from loaded(tiny_checkpoint("base"))
 
 
 @pytest.fixture(scope="module")
 def design(tiny_checkpoint):
-    folder = tiny_checkpoint("voice_design", mtp_projection=False)
-    return folder, qtts.load(folder, device="cpu"), official_wrapper(folder)
+    yield from loaded(tiny_checkpoint("voice_design", mtp_projection=False))
 
 
 def assert_same_audio(ours, theirs):

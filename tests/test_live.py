@@ -48,8 +48,11 @@ def one_torch_thread():
 def custom(tiny_checkpoint):
     """(server, reference TTS): the reference is a second copy of the model, used only by the test thread."""
     folder = tiny_checkpoint("custom_voice")
-    server = Server(create_app(qtts.load(folder, device="cpu"), model_name="tiny-custom"))
-    yield server, qtts.load(folder, device="cpu")
+    tts = qtts.load(folder, device="cpu")
+    server = Server(create_app(tts, model_name="tiny-custom"), closing=[tts])
+    reference = qtts.load(folder, device="cpu")
+    yield server, reference
+    reference.close()
     server.close()
 
 

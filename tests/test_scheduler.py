@@ -49,9 +49,23 @@ def plans(talker: Talker, lengths=((7, 3), (4, 6)), seed: int = 1) -> list[Promp
             for n, m in lengths]
 
 
+_engines: list[Scheduler] = []
+
+
+@pytest.fixture(autouse=True)
+def close_engines():
+    """Each engine a test makes is closed after it: its thread would keep it, KV cache pool and all, alive
+    for the rest of the run."""
+    yield
+    while _engines:
+        _engines.pop().close()
+
+
 def engine_for(talker: Talker, *, fused: bool = False, graphs: bool = False, max_len: int = 256,
                **options) -> Scheduler:
-    return Scheduler(talker, None, max_len=max_len, max_text=32, fused=fused, graphs=graphs, **options)
+    engine = Scheduler(talker, None, max_len=max_len, max_text=32, fused=fused, graphs=graphs, **options)
+    _engines.append(engine)
+    return engine
 
 
 def run(engine: Scheduler, batch: list[PromptPlan], params: SamplingParams, seeds=None) -> list[torch.Tensor]:
@@ -120,7 +134,7 @@ def test_fused_projection_weights_change_no_code_and_no_state_dict():
     state = {k: v.clone() for k, v in talker.state_dict().items()}
     batch = plans(talker, seed=13)
     expected = [reference.generate_codes(talker, plan, greedy(6)) for plan in batch]
-    engine = Scheduler(talker, None, max_len=256, max_text=32, fused=False, graphs=False)
+    engine = engine_for(talker)
     from qtts.engine.fused_weights import fuse_projections
     fuse_projections(talker)
     got = run(engine, batch, greedy(6))

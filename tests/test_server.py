@@ -49,7 +49,8 @@ def one_torch_thread():
 
 
 def start(folder, max_batch: int = 64, **options):
-    return Server(create_app(qtts.load(folder, device="cpu", max_batch=max_batch), **options))
+    tts = qtts.load(folder, device="cpu", max_batch=max_batch)
+    return Server(create_app(tts, **options), closing=[tts])
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +58,9 @@ def custom(tiny_checkpoint):
     """(server, reference TTS): the reference is a second copy of the model, used only by the test thread."""
     folder = tiny_checkpoint("custom_voice")
     server = start(folder, model_name="tiny-custom")
-    yield server, qtts.load(folder, device="cpu")
+    reference = qtts.load(folder, device="cpu")
+    yield server, reference
+    reference.close()
     server.close()
 
 
@@ -415,7 +418,7 @@ def test_full_queue_answers_503_with_retry_after(one_row):
 
 def test_a_request_that_would_wait_past_the_first_audio_target_answers_503(tiny_checkpoint):
     tts = qtts.load(tiny_checkpoint("custom_voice"), device="cpu", max_batch=1)
-    server = Server(create_app(tts, model_name="tiny-custom", first_audio_target=1e-6))
+    server = Server(create_app(tts, model_name="tiny-custom", first_audio_target=1e-6), closing=[tts])
     try:
         # Requests back to back through the only row teach the engine how fast rows free up; the last one
         # then holds the row, waiting for text.
@@ -440,7 +443,7 @@ def test_a_request_that_would_wait_past_the_first_audio_target_answers_503(tiny_
 
 def test_a_stuck_engine_is_unhealthy_and_refuses_requests_until_it_moves_again(tiny_checkpoint):
     tts = qtts.load(tiny_checkpoint("custom_voice"), device="cpu", max_batch=4)
-    server = Server(create_app(tts, model_name="tiny-custom", stall_limit=0.5))
+    server = Server(create_app(tts, model_name="tiny-custom", stall_limit=0.5), closing=[tts])
     try:
         running = tts.submit(TEXT, speaker=SPEAKER, max_new_tokens=2000, min_new_tokens=2000)
         next(iter(running))  # the engine has work in hand and is getting it done

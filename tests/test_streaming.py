@@ -16,7 +16,9 @@ from qtts.streaming import stream_audio
 
 @pytest.fixture(scope="module")
 def tts(tiny_checkpoint):
-    return qtts.load(tiny_checkpoint("custom_voice"), device="cpu")
+    tts = qtts.load(tiny_checkpoint("custom_voice"), device="cpu")
+    yield tts
+    tts.close()
 
 
 def random_codes(frames, seed=0):
