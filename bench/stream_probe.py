@@ -263,9 +263,9 @@ def main():
     dev, dt = "cuda", torch.bfloat16
     module = build()
     sms, norms, gate_ups, downs, x0, ref = start(dev)
-    print("shared bytes per block", module.shared_bytes(sms), "resident per SM", module.resident_blocks(sms),
-          flush=True)
-    if module.resident_blocks(sms) < 1:
+    resident = module.resident_blocks(sms)
+    print("shared bytes per block", module.shared_bytes(sms), "resident per SM", resident, flush=True)
+    if resident < 1:
         print("no block fits on an SM: stopping", flush=True)
         return
     act = torch.zeros(F, device=dev, dtype=dt)

@@ -16,9 +16,9 @@ class Server:
     what to close once it has stopped (the TTS a test loaded for it: an app does not own its engine)."""
 
     def __init__(self, app, closing=()):
-        self.closing = list(closing)
         import uvicorn
 
+        self.closing = list(closing)
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(("127.0.0.1", 0))
