@@ -14,6 +14,8 @@ at every barrier. Here one CUDA block per SM keeps the stream going:
   - stages compute from shared memory (a warp per output row) with the eager ops' roundings (RMSNorm as
     `add_rms_norm_reference`, products accumulated in float32 and rounded to bf16, silu and the gate, the
     residual add).
+The answer (H100, 2026-12-06, BENCHMARKS.md): no. D-stream 0.458 ms, D-loads 0.792, D 1.107, A 0.753.
+
 Variants: D (the kernel), D-loads (the same kernel with the arithmetic skipped: the stream and barriers
 alone), D-stream (the weight stream alone, no barriers: the ceiling of this design), against A (the frame's
 path, two fused_linear_triton launches per MLP with PDL) and the reference chain. The CUDA source is built
