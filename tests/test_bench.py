@@ -202,3 +202,24 @@ def test_orchestrator_keeps_results_printed_before_a_runner_overran(tmp_path, mo
     assert time.perf_counter() - start < 30
     assert [r.system for r in results] == ["slow engine"]
     assert "stopped after 5 s" in account and (tmp_path / "slow.log").exists()
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="Triton ships its CUDA tools (ptxas, cuobjdump) for Linux")
+def test_sass_probe_compiles_every_per_layer_kernel_of_a_frame_for_sm_90_without_a_gpu():
+    """bench/sass_probe.py in its own process (it turns Triton's interpreter off): one row per kernel that a
+    one-row 0.6B frame launches per layer, each compiled and read."""
+    import subprocess
+
+    pytest.importorskip("triton")
+    done = subprocess.run([sys.executable, str(BENCH_DIR / "sass_probe.py"), "--size", "0.6b"], capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = [line.split("|")[1:-1] for line in done.stdout.splitlines() if line.startswith("| talker")
+            or line.startswith("| predictor")]
+    names = [row[0].strip() for row in rows]
+    # the talker's cache is split across programs (so its merge runs); the predictor's 17 rows are not
+    assert names == [f"{stack}: {kernel}" for stack in ("talker", "predictor") for kernel in (
+        "q/k/v product", "q/k norm, RoPE, cache", "attention", "attention split merge", "o product + residual",
+        "gate/up product + SwiGLU", "down product + residual") if not (stack == "predictor" and "merge" in kernel)]
+    registers, instructions = [int(row[1]) for row in rows], [int(row[4]) for row in rows]
+    assert all(0 < r <= 255 for r in registers) and all(n > 100 for n in instructions)
