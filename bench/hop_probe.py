@@ -1,0 +1,128 @@
+"""What each class of a frame's small kernels costs it: the captured one-row frame replayed with that class's
+launches left out. The frame's results are then garbage; only its time is real. The difference from the
+whole frame bounds what fusing that class into its neighbours could save, before any fusion is written (the
+fifth and eighth sessions built one-launch attentions that came out slower).
+
+Classes left out (each replaced by an empty tensor of its output's shape, or zeros where a code must stay a
+valid index):
+  - `rope`: the q/k norm, RoPE and cache write before each attention (103 a frame);
+  - `merge`: the merge of the talker attention's cache splits (28: one per talker layer);
+  - `attention`: decode attention itself (103) and with it the merges;
+  - `rope+attention`: both;
+  - `sampler`: the 16 draws (their codes zeros; each predictor step then takes code 0's embedding).
+
+    python bench/hop_probe.py --size 0.6b --leave-out none rope merge attention rope+attention sampler
+Run under `PYTHONPATH=OTHER_TREE/src` to probe another tree's frame. Needs a GPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+sys.path.append(str(Path(__file__).resolve().parents[1] / "src"))  # after PYTHONPATH: an older tree wins
+
+import qtts  # noqa: E402
+from qtts.engine import frame as frame_module  # noqa: E402
+from qtts.kernels import decode_attention  # noqa: E402
+from qtts.testing import real_speech_tokenizer_config, real_tts_config, write_checkpoint  # noqa: E402
+
+from engine_probe import cuda_ms  # noqa: E402
+
+
+def no_rope(q, k, v, *args, **kwargs):
+    batch, seq, heads, head_dim = q.shape
+    return torch.empty(batch, heads, seq, head_dim, device=q.device, dtype=q.dtype)
+
+
+def no_attention(q, k_cache, v_cache, lengths, scale, *args, **kwargs):
+    batch, heads, seq, head_dim = q.shape
+    return torch.empty(batch, seq, heads * head_dim, device=q.device, dtype=q.dtype)
+
+
+class NoLaunch:
+    def __getitem__(self, grid):
+        return lambda *args, **kwargs: None
+
+
+def no_sampler(logits, *args, embedding=None, **kwargs):
+    codes = torch.zeros(logits.shape[0], device=logits.device, dtype=torch.long)
+    return codes if embedding is None else (codes, embedding[codes])
+
+
+@contextlib.contextmanager
+def leaving_out(name: str):
+    """The frame's kernels with the class `name` not launched ("none": as they are). Patched where the frame
+    looks them up when it is built and captured."""
+    patches = {
+        "none": [],
+        "rope": [(frame_module, "qk_norm_rope_cache_triton", no_rope)],
+        "merge": [(decode_attention, "_merge_splits_kernel", NoLaunch())],
+        "attention": [(frame_module, "decode_attention_triton", no_attention)],
+        "rope+attention": [(frame_module, "qk_norm_rope_cache_triton", no_rope),
+                           (frame_module, "decode_attention_triton", no_attention)],
+        "sampler": [(frame_module, "sample_codes_triton", no_sampler)],
+    }[name]
+    saved = [(module, attr, getattr(module, attr)) for module, attr, _ in patches]
+    for module, attr, replacement in patches:
+        setattr(module, attr, replacement)
+    try:
+        yield
+    finally:
+        for module, attr, original in saved:
+            setattr(module, attr, original)
+
+
+@torch.inference_mode()
+def frame_ms(tts, reps: int, context: int) -> float:
+    engine = tts.engine
+    store = engine.store
+    store.slot.fill_(context)
+    store.position.fill_(context)
+    store.first_row.zero_()
+    run = engine._run_frame[1]
+    for _ in range(3):
+        run()
+    return cuda_ms(run, reps)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", default="0.6b", choices=["0.6b", "1.7b"])
+    parser.add_argument("--checkpoint", help="a CustomVoice checkpoint folder (default: write a random one)")
+    parser.add_argument("--leave-out", nargs="+", default=["none", "rope", "merge", "attention", "rope+attention",
+                                                            "sampler"])
+    parser.add_argument("--rounds", type=int, default=2, help="times through the list, alternating")
+    parser.add_argument("--reps", type=int, default=40)
+    parser.add_argument("--context", type=int, default=300)
+    args = parser.parse_args()
+    out = Path(os.environ.get("OUT", "hop_probe_out"))
+    out.mkdir(parents=True, exist_ok=True)
+    folder = args.checkpoint
+    if folder is None:
+        folder = tempfile.mkdtemp(prefix=f"qtts-{args.size}-")
+        write_checkpoint(folder, real_tts_config("custom_voice", args.size), real_speech_tokenizer_config(),
+                         seed=0, dtype=torch.bfloat16, device="cuda")
+    with open(out / f"hop_probe_{args.size}.jsonl", "a") as log:
+        for round_ in range(args.rounds):
+            for name in args.leave_out:
+                with leaving_out(name):
+                    tts = qtts.load(folder, max_batch=1)
+                    try:
+                        ms = frame_ms(tts, args.reps, args.context)
+                    finally:
+                        tts.close()
+                record = {"size": args.size, "round": round_, "left_out": name, "frame_ms": round(ms, 3)}
+                print(json.dumps(record), flush=True)
+                log.write(json.dumps(record) + "\n")
+
+
+if __name__ == "__main__":
+    main()
