@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from qtts import kernels
+from qtts.kernels import jit, round_to, tl
 from qtts.errors import InputError
 from qtts.kernels.decode_attention import decode_attention_reference, decode_attention_triton
 from qtts.kernels.linear import (
@@ -46,6 +47,25 @@ def assert_same_function(out: torch.Tensor, ref: torch.Tensor):
         torch.testing.assert_close(out, ref, rtol=2e-6, atol=2e-6)
     else:
         torch.testing.assert_close(out.float(), ref.float(), rtol=2**-7, atol=2**-8 * ref.float().abs().max().item())
+
+
+@jit
+def _round_kernel(x_ptr, out_ptr, BLOCK: tl.constexpr):
+    offs = tl.arange(0, BLOCK)
+    tl.store(out_ptr + offs, round_to(tl.load(x_ptr + offs), out_ptr.dtype.element_ty))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_kernels_round_to_bfloat16_as_pytorch_does(device):
+    """Every kernel rounds its float32 results with `round_to`: nearest even, ties included, as PyTorch's
+    cast (the interpreter's own cast truncates)."""
+    ulp = 2.0**-7  # of bfloat16 in [1, 2)
+    ties = torch.tensor([1 + ulp / 2, 1 + 3 * ulp / 2, -(1 + ulp / 2), -(1 + 3 * ulp / 2)])
+    near = torch.tensor([1 + ulp / 2 + 2**-20, 1 + ulp / 2 - 2**-20, 3.0e38, -1.0e-30, 0.0, -0.0])
+    x = torch.cat([ties, near, torch.randn(1024 - 10) * 100]).to(device)
+    out = torch.empty(1024, device=device, dtype=torch.bfloat16)
+    _round_kernel[(1,)](x, out, BLOCK=1024)
+    assert torch.equal(out, x.to(torch.bfloat16))
 
 
 @pytest.mark.parametrize("device", DEVICES)
