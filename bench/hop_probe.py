@@ -3,15 +3,16 @@ launches left out. The frame's results are then garbage; only its time is real. 
 whole frame bounds what fusing that class into its neighbours could save, before any fusion is written (the
 fifth and eighth sessions built one-launch attentions that came out slower).
 
-Classes left out (each replaced by an empty tensor of its output's shape, or zeros where a code must stay a
-valid index):
+Classes left out (each replaced by zeros of its output's shape, so that no NaN reaches a sampler and every
+code stays a valid index):
   - `rope`: the q/k norm, RoPE and cache write before each attention (103 a frame);
-  - `merge`: the merge of the talker attention's cache splits (28: one per talker layer);
-  - `attention`: decode attention itself (103) and with it the merges;
+  - `attention`: decode attention itself (103) and the talker's split merges (28);
   - `rope+attention`: both;
   - `sampler`: the 16 draws (their codes zeros; each predictor step then takes code 0's embedding).
+And one variant that computes the frame's own results: `unsplit`, the talker's attention walking each row's
+cache in one program per KV head, so without the 28 merge launches (at the probe's context).
 
-    python bench/hop_probe.py --size 0.6b --leave-out none rope merge attention rope+attention sampler
+    python bench/hop_probe.py --size 0.6b --leave-out none rope unsplit attention rope+attention sampler
 Run under `PYTHONPATH=OTHER_TREE/src` to probe another tree's frame. Needs a GPU.
 """
 
@@ -39,17 +40,12 @@ from engine_probe import cuda_ms  # noqa: E402
 
 def no_rope(q, k, v, *args, **kwargs):
     batch, seq, heads, head_dim = q.shape
-    return torch.empty(batch, heads, seq, head_dim, device=q.device, dtype=q.dtype)
+    return torch.zeros(batch, heads, seq, head_dim, device=q.device, dtype=q.dtype)
 
 
 def no_attention(q, k_cache, v_cache, lengths, scale, *args, **kwargs):
     batch, heads, seq, head_dim = q.shape
-    return torch.empty(batch, seq, heads * head_dim, device=q.device, dtype=q.dtype)
-
-
-class NoLaunch:
-    def __getitem__(self, grid):
-        return lambda *args, **kwargs: None
+    return torch.zeros(batch, seq, heads * head_dim, device=q.device, dtype=q.dtype)
 
 
 def no_sampler(logits, *args, embedding=None, **kwargs):
@@ -59,12 +55,12 @@ def no_sampler(logits, *args, embedding=None, **kwargs):
 
 @contextlib.contextmanager
 def leaving_out(name: str):
-    """The frame's kernels with the class `name` not launched ("none": as they are). Patched where the frame
-    looks them up when it is built and captured."""
+    """The frame's kernels with the class `name` not launched ("none": as they are; "unsplit": attention in
+    one program per row and KV head). Patched where the frame looks them up when it is built and captured."""
     patches = {
         "none": [],
         "rope": [(frame_module, "qk_norm_rope_cache_triton", no_rope)],
-        "merge": [(decode_attention, "_merge_splits_kernel", NoLaunch())],
+        "unsplit": [(decode_attention, "default_splits", lambda cache_len: 1)],
         "attention": [(frame_module, "decode_attention_triton", no_attention)],
         "rope+attention": [(frame_module, "qk_norm_rope_cache_triton", no_rope),
                            (frame_module, "decode_attention_triton", no_attention)],
@@ -97,7 +93,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", default="0.6b", choices=["0.6b", "1.7b"])
     parser.add_argument("--checkpoint", help="a CustomVoice checkpoint folder (default: write a random one)")
-    parser.add_argument("--leave-out", nargs="+", default=["none", "rope", "merge", "attention", "rope+attention",
+    parser.add_argument("--leave-out", nargs="+", default=["none", "rope", "unsplit", "attention", "rope+attention",
                                                             "sampler"])
     parser.add_argument("--rounds", type=int, default=2, help="times through the list, alternating")
     parser.add_argument("--reps", type=int, default=40)
