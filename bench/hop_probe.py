@@ -1,18 +1,21 @@
-"""What each class of a frame's small kernels costs it: the captured one-row frame replayed with that class's
-launches left out. The frame's results are then garbage; only its time is real. The difference from the
-whole frame bounds what fusing that class into its neighbours could save, before any fusion is written (the
-fifth and eighth sessions built one-launch attentions that came out slower).
+"""What each part of a frame costs it: the captured one-row frame replayed with a part's launches left out.
+The frame's results are then garbage; only its time is real. The difference from the whole frame bounds
+what fusing that part into its neighbours could save, before any fusion is written (the fifth and eighth
+sessions built one-launch attentions that came out slower).
 
-Classes left out (each replaced by zeros of its output's shape, so that no NaN reaches a sampler and every
+Parts left out (each replaced by zeros of its output's shape, so that no NaN reaches a sampler and every
 code stays a valid index):
   - `rope`: the q/k norm, RoPE and cache write before each attention (103 a frame);
   - `attention`: decode attention itself (103) and the talker's split merges (28);
   - `rope+attention`: both;
-  - `sampler`: the 16 draws (their codes zeros; each predictor step then takes code 0's embedding).
+  - `sampler`: the 16 draws (their codes zeros; each predictor step then takes code 0's embedding);
+  - `talker`: the talker's layers (its input passed through; its head stays), and `predictor`: the code
+    predictor's 75 layer passes (its 15 heads and draws stay): with the weight bytes each stage reads and
+    the device's copy rate, the frame's distance from the memory floor by stage.
 And one variant that computes the frame's own results: `unsplit`, the talker's attention walking each row's
 cache in one program per KV head, so without the 28 merge launches (at the probe's context).
 
-    python bench/hop_probe.py --size 0.6b --leave-out none rope unsplit attention rope+attention sampler
+    python bench/hop_probe.py --size 0.6b [--leave-out none rope unsplit attention rope+attention sampler talker predictor]
 Run under `PYTHONPATH=OTHER_TREE/src` to probe another tree's frame. Needs a GPU.
 """
 
@@ -33,6 +36,7 @@ sys.path.append(str(Path(__file__).resolve().parents[1] / "src"))  # after PYTHO
 import qtts  # noqa: E402
 from qtts.engine import frame as frame_module  # noqa: E402
 from qtts.kernels import decode_attention  # noqa: E402
+from qtts.models.talker import TalkerModel  # noqa: E402
 from qtts.testing import real_speech_tokenizer_config, real_tts_config, write_checkpoint  # noqa: E402
 
 from engine_probe import cuda_ms  # noqa: E402
@@ -53,6 +57,16 @@ def no_sampler(logits, *args, embedding=None, **kwargs):
     return codes if embedding is None else (codes, embedding[codes])
 
 
+def stack_left_out(talker: bool):
+    """run_stack with the talker's (or else the predictor's) layers not run: its input passes through."""
+    run_stack = frame_module.run_stack
+
+    def run(stack, ops, caches, x, *args):
+        return x if isinstance(stack, TalkerModel) == talker else run_stack(stack, ops, caches, x, *args)
+
+    return run
+
+
 @contextlib.contextmanager
 def leaving_out(name: str):
     """The frame's kernels with the class `name` not launched ("none": as they are; "unsplit": attention in
@@ -65,6 +79,8 @@ def leaving_out(name: str):
         "rope+attention": [(frame_module, "qk_norm_rope_cache_triton", no_rope),
                            (frame_module, "decode_attention_triton", no_attention)],
         "sampler": [(frame_module, "sample_codes_triton", no_sampler)],
+        "talker": [(frame_module, "run_stack", stack_left_out(talker=True))],
+        "predictor": [(frame_module, "run_stack", stack_left_out(talker=False))],
     }[name]
     saved = [(module, attr, getattr(module, attr)) for module, attr, _ in patches]
     for module, attr, replacement in patches:
@@ -89,12 +105,34 @@ def frame_ms(tts, reps: int, context: int) -> float:
     return cuda_ms(run, reps)
 
 
+def stage_bytes(tts) -> dict:
+    """Weight bytes a one-row frame reads: the talker's layers once, the predictor's layers once per step
+    (15), each of the predictor's 15 heads and the talker's codec head once."""
+    talker = tts.engine.talker
+    predictor = talker.code_predictor
+
+    def size(module):
+        return sum(p.numel() * p.element_size() for p in module.parameters())
+
+    predictor_step = size(predictor.model.layers) + size(predictor.small_to_mtp_projection)  # (1.7B: 2048 -> 1024)
+    return {"talker_layers": size(talker.model.layers), "predictor_layers": 15 * predictor_step,
+            "heads": size(predictor.lm_head) + size(talker.codec_head)}
+
+
+def copy_tbps(gib: int = 2) -> float:
+    """The device's copy rate, bytes read and written per second (the rate a weight stream can reach)."""
+    src = torch.empty(gib << 30, dtype=torch.uint8, device="cuda")
+    dst = torch.empty_like(src)
+    ms = cuda_ms(lambda: dst.copy_(src), 10)
+    return 2 * src.numel() / (ms / 1e3) / 1e12
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", default="0.6b", choices=["0.6b", "1.7b"])
     parser.add_argument("--checkpoint", help="a CustomVoice checkpoint folder (default: write a random one)")
     parser.add_argument("--leave-out", nargs="+", default=["none", "rope", "unsplit", "attention", "rope+attention",
-                                                            "sampler"])
+                                                            "sampler", "talker", "predictor"])
     parser.add_argument("--rounds", type=int, default=2, help="times through the list, alternating")
     parser.add_argument("--reps", type=int, default=40)
     parser.add_argument("--context", type=int, default=300)
@@ -107,6 +145,11 @@ def main():
         write_checkpoint(folder, real_tts_config("custom_voice", args.size), real_speech_tokenizer_config(),
                          seed=0, dtype=torch.bfloat16, device="cuda")
     with open(out / f"hop_probe_{args.size}.jsonl", "a") as log:
+        tts = qtts.load(folder, max_batch=1)
+        record = {"size": args.size, "copy_tbps": round(copy_tbps(), 2), "weight_bytes": stage_bytes(tts)}
+        tts.close()
+        print(json.dumps(record), flush=True)
+        log.write(json.dumps(record) + "\n")
         for round_ in range(args.rounds):
             for name in args.leave_out:
                 with leaving_out(name):
