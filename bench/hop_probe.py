@@ -15,7 +15,8 @@ code stays a valid index):
 And one variant that computes the frame's own results: `unsplit`, the talker's attention walking each row's
 cache in one program per KV head, so without the 28 merge launches (at the probe's context).
 
-    python bench/hop_probe.py --size 0.6b [--leave-out none rope unsplit attention rope+attention sampler talker predictor]
+    python bench/hop_probe.py --size 0.6b [--leave-out none rope unsplit attention rope+attention sampler
+        talker predictor]
 Run under `PYTHONPATH=OTHER_TREE/src` to probe another tree's frame. Needs a GPU.
 """
 
