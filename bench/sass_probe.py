@@ -7,8 +7,9 @@ At one row these kernels run a few programs of one serial instruction stream per
 that stream is a first measure of their latency where launches are not the cost: the eighth session's fused
 frame attention was 2744 instructions against 664 + 808 for the two kernels it replaced, and 0.3 ms a frame
 slower on the GPU. Timings still need the GPU (`engine_probe.py --parts frames`). The counts come from this
-machine's Triton, which may compile differently from the device's; compare kernels within one run. Another Triton runs it
-from its wheel: `pip install --no-deps --target DIR triton==3.6.0` (the device's), then `PYTHONPATH=DIR`.
+machine's Triton, which may compile differently from the device's; compare kernels within one run. Another
+Triton runs it from its wheel: `pip install --no-deps --target DIR triton==3.6.0` (the device's), then
+`PYTHONPATH=DIR`.
 
     python bench/sass_probe.py [--size 0.6b] [--rows 1]
 """
