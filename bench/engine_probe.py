@@ -81,17 +81,27 @@ def cuda_ms(fn, reps: int) -> float:
     return statistics.median(times)
 
 
+def at_context(store, context: int) -> None:
+    """Every row of the store as if `context` positions were cached: what a frame's attention walks."""
+    store.slot.fill_(context)
+    store.position.fill_(context)
+    store.first_row.zero_()
+
+
+def frame_ms(run, reps: int) -> float:
+    """Median ms of a captured frame's replay, after three to warm up."""
+    for _ in range(3):
+        run()
+    return cuda_ms(run, reps)
+
+
 @torch.inference_mode()
 def frames(tts, emit, reps, context):
     engine = tts.engine
     store = engine.store
-    store.slot.fill_(context)
-    store.position.fill_(context)
-    store.first_row.zero_()
+    at_context(store, context)
     for bucket, run in engine._run_frame.items():
-        for _ in range(3):
-            run()
-        emit({"part": "frames", "batch": bucket, "context": context, "ms": round(cuda_ms(run, reps), 3)})
+        emit({"part": "frames", "batch": bucket, "context": context, "ms": round(frame_ms(run, reps), 3)})
     for tensor in store.per_row():
         tensor.zero_()
 
@@ -130,9 +140,7 @@ def profile(tts, emit, reps, context, top=25):
 
     engine, stage = tts.engine, tts.engine.decode_stage
     store = engine.store
-    store.slot.fill_(context)
-    store.position.fill_(context)
-    store.first_row.zero_()
+    at_context(store, context)
     steps = [(f"frame x{b}", engine._run_frame[b], None) for b in (1, 16, 64) if b in engine._run_frame]
     for bucket in (16, 64):
         if bucket in stage.lanes[BULK].buckets:

@@ -40,7 +40,7 @@ from qtts.kernels import decode_attention  # noqa: E402
 from qtts.models.talker import TalkerModel  # noqa: E402
 from qtts.testing import real_speech_tokenizer_config, real_tts_config, write_checkpoint  # noqa: E402
 
-from engine_probe import cuda_ms  # noqa: E402
+from engine_probe import at_context, cuda_ms, frame_ms  # noqa: E402
 
 
 def no_rope(q, k, v, *args, **kwargs):
@@ -94,16 +94,9 @@ def leaving_out(name: str):
 
 
 @torch.inference_mode()
-def frame_ms(tts, reps: int, context: int) -> float:
-    engine = tts.engine
-    store = engine.store
-    store.slot.fill_(context)
-    store.position.fill_(context)
-    store.first_row.zero_()
-    run = engine._run_frame[1]
-    for _ in range(3):
-        run()
-    return cuda_ms(run, reps)
+def one_row_frame_ms(tts, reps: int, context: int) -> float:
+    at_context(tts.engine.store, context)
+    return frame_ms(tts.engine._run_frame[1], reps)
 
 
 def stage_bytes(tts) -> dict:
@@ -156,7 +149,7 @@ def main():
                 with leaving_out(name):
                     tts = qtts.load(folder, max_batch=1)
                     try:
-                        ms = frame_ms(tts, args.reps, args.context)
+                        ms = one_row_frame_ms(tts, args.reps, args.context)
                     finally:
                         tts.close()
                 record = {"size": args.size, "round": round_, "left_out": name, "frame_ms": round(ms, 3)}

@@ -17,6 +17,7 @@ Triton runs it from its wheel: `pip install --no-deps --target DIR triton==3.6.0
 from __future__ import annotations
 
 import argparse
+import inspect
 import os
 import re
 import subprocess
@@ -34,6 +35,7 @@ import triton  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
+import qtts  # noqa: E402
 from qtts.kernels import decode_attention, linear, qk_norm_rope  # noqa: E402
 from qtts.kernels.decode_attention import decode_attention_triton  # noqa: E402
 from qtts.kernels.linear import fused_linear_triton  # noqa: E402
@@ -104,8 +106,8 @@ def static_cost(compiled) -> dict:
         found = re.match(r"\s+/\*[0-9a-f]{4}\*/\s+(?:@!?U?P\w+\s+)?([A-Z0-9_]+)", line)
         if found:
             opcodes[found.group(1)] += 1
-    return {"registers": int(resources.get("REG", 0)), "stack": int(resources.get("STACK", 0)),
-            "local": int(resources.get("LOCAL", 0)),
+    return {"registers": int(resources.get("REG", 0)),
+            "spilled": int(resources.get("STACK", 0)) + int(resources.get("LOCAL", 0)),
             "shared": int(resources.get("SHARED", 0)), "instructions": sum(opcodes.values()), "opcodes": opcodes}
 
 
@@ -116,8 +118,11 @@ def frame_launches(size: str, rows: int) -> list[tuple[str, tuple]]:
     talker, predictor = config["talker_config"], config["talker_config"]["code_predictor_config"]
     dt = torch.bfloat16
     out = []
-    # the talker's cache as `qtts.load` makes it; the predictor's holds a frame's 17 positions
-    for stack, label, cache_len in ((talker, "talker", 4096), (predictor, "predictor", 17)):
+    # the talker's cache as `qtts.load` makes it by default; the predictor's holds one position per code group
+    # (`CodePredictor.num_positions`)
+    talker_cache = inspect.signature(qtts.load).parameters["max_len"].default
+    for stack, label, cache_len in ((talker, "talker", talker_cache),
+                                    (predictor, "predictor", predictor["num_code_groups"])):
         hidden, heads, kv_heads = stack["hidden_size"], stack["num_attention_heads"], stack["num_key_value_heads"]
         head_dim, inter = stack["head_dim"], stack["intermediate_size"]
         x = torch.zeros(rows, 1, hidden, dtype=dt)
@@ -175,7 +180,7 @@ def main():
     for label, (kernel, call_args, kwargs) in frame_launches(args.size, args.rows):
         cost = static_cost(compile_launch(kernel, call_args, kwargs))
         top = ", ".join(f"{op} {n}" for op, n in cost["opcodes"].most_common(5))
-        print(f"| {label} | {cost['registers']} | {cost['stack'] + cost['local']} | {cost['shared']} | "
+        print(f"| {label} | {cost['registers']} | {cost['spilled']} | {cost['shared']} | "
               f"{cost['instructions']} | {top} |", flush=True)
 
 
