@@ -3,6 +3,9 @@
 import pytest
 import torch
 
+# First: without a GPU, qtts.kernels turns on Triton's interpreter, which only works if set before Triton is
+# imported, and PyTorch imports Triton on some paths (torch 2.13's `torch._native.ops` does).
+import qtts.kernels  # noqa: F401
 from qtts.testing import write_tiny_checkpoint
 
 

@@ -217,9 +217,38 @@ def test_sass_probe_compiles_every_per_layer_kernel_of_a_frame_for_sm_90_without
     rows = [line.split("|")[1:-1] for line in done.stdout.splitlines() if line.startswith("| talker")
             or line.startswith("| predictor")]
     names = [row[0].strip() for row in rows]
-    # the talker's cache is split across programs (so its merge runs); the predictor's 17 rows are not
+    # the talker's cache is split across programs (so its merge runs); the predictor's 16 rows are not
     assert names == [f"{stack}: {kernel}" for stack in ("talker", "predictor") for kernel in (
         "q/k/v product", "q/k norm, RoPE, cache", "attention", "attention split merge", "o product + residual",
         "gate/up product + SwiGLU", "down product + residual") if not (stack == "predictor" and "merge" in kernel)]
     registers, instructions = [int(row[1]) for row in rows], [int(row[4]) for row in rows]
     assert all(0 < r <= 255 for r in registers) and all(n > 100 for n in instructions)
+
+
+def test_frame_tune_tries_the_tables_block_first_then_each_other_block_once(monkeypatch):
+    """bench/frame_tune.py's candidates per product shape, and the shapes it records from real launches."""
+    from qtts import kernels
+
+    if not kernels.available():
+        pytest.skip("Triton is not installed")
+    monkeypatch.syspath_prepend(str(BENCH_DIR))
+    import frame_tune
+    from qtts.kernels import linear
+
+    device = "cpu" if kernels.interpreted() else "cuda"
+    recorded = set()
+    with frame_tune.recording_shapes(recorded):  # a real one-row launch, gated
+        linear.fused_linear_triton(torch.randn(1, 16, device=device), torch.randn(48, 16, device=device),
+                                   norm_weight=torch.ones(16, device=device), gated=True)
+    assert recorded == {(24, 16, True)}
+    monkeypatch.setattr(linear, "interpreted", lambda: False)  # the GPU's table, not the interpreter's blocks
+    for shape in ((4096, 1024, False), (3072, 1024, True), (1024, 3072, False)):
+        found = frame_tune.candidates(*shape)
+        assert found[0] == linear.DECODE_CONFIGS[shape]
+        assert len(found) == len(set(found)) > 10
+        assert all(block_k <= max(1024, 2 ** (shape[1] - 1).bit_length()) for _, block_k, _ in found)
+        assert (8, 512, 4) in found
+    with frame_tune.blocks({(4096, 1024, False): (4, 512, 2)}):
+        assert linear.linear_config(1, 4096, 1024, False) == (4, 512, 2)
+    assert linear.linear_config(1, 4096, 1024, False) == linear.DECODE_CONFIGS[(4096, 1024, False)]
+    assert frame_tune.parse_shape("3072x1024g") == (3072, 1024, True)
