@@ -37,8 +37,10 @@ from qtts.testing import real_speech_tokenizer_config, real_tts_config, write_ch
 from hop_probe import one_row_frame_ms  # noqa: E402
 from kernel_probe import CONFIGS  # noqa: E402
 
-# Beside the isolated sweep's blocks, ones that hold fewer weights in registers (under 128 registers a
-# thread at Triton 3.6, bench/sass_probe.py), so that the next kernel's programs fit beside them.
+# Beside the isolated sweep's blocks, ones that hold fewer weights in registers, so that the next kernel's
+# programs fit beside them: 48-128 registers a thread in every product of both sizes under Triton 3.6 (182
+# for gate/up with (16, 512, 8)), against 255 for the table's q/k/v and gate/up blocks of the 0.6B
+# (compiled for sm_90 as bench/sass_probe.py compiles).
 FEW_REGISTERS = [(4, 512, 2), (8, 512, 4), (16, 512, 8), (4, 1024, 8)]
 
 
