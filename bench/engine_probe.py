@@ -69,6 +69,15 @@ TEXT = ("The morning train to the coast was late again, so Maria bought a coffee
         "the platform, and read the first chapter of her new book.")
 
 
+def checkpoint_folder(folder: str | None, size: str) -> str:
+    """`folder`, or else a random real-size bf16 CustomVoice checkpoint of `size` written to a temporary one."""
+    if folder is None:
+        folder = tempfile.mkdtemp(prefix=f"qtts-{size}-")
+        write_checkpoint(folder, real_tts_config("custom_voice", size), real_speech_tokenizer_config(),
+                         seed=0, dtype=torch.bfloat16, device="cuda")
+    return folder
+
+
 def cuda_ms(fn, reps: int) -> float:
     times = []
     for _ in range(reps):
@@ -554,11 +563,7 @@ def main():
         log.write(json.dumps(record) + "\n")
         log.flush()
 
-    folder = args.checkpoint
-    if folder is None:
-        folder = tempfile.mkdtemp(prefix=f"qtts-{args.size}-")
-        write_checkpoint(folder, real_tts_config("custom_voice", args.size), real_speech_tokenizer_config(),
-                         seed=0, dtype=torch.bfloat16, device="cuda")
+    folder = checkpoint_folder(args.checkpoint, args.size)
     torch.backends.cudnn.benchmark = args.cudnn_benchmark
     if args.tile_rows_max is not None:  # before load: the frames are captured with it
         from qtts.kernels import linear

@@ -22,18 +22,15 @@ import contextlib
 import json
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
-
-import torch
 
 sys.path.append(str(Path(__file__).resolve().parents[1] / "src"))  # after PYTHONPATH: an older tree wins
 
 import qtts  # noqa: E402
 from qtts.kernels import linear, next_power_of_2  # noqa: E402
-from qtts.testing import real_speech_tokenizer_config, real_tts_config, write_checkpoint  # noqa: E402
 
+from engine_probe import checkpoint_folder  # noqa: E402
 from hop_probe import one_row_frame_ms  # noqa: E402
 from kernel_probe import CONFIGS  # noqa: E402
 
@@ -111,11 +108,7 @@ def main():
     began = time.monotonic()
     out = Path(os.environ.get("OUT", "frame_tune_out"))
     out.mkdir(parents=True, exist_ok=True)
-    folder = args.checkpoint
-    if folder is None:
-        folder = tempfile.mkdtemp(prefix=f"qtts-{args.size}-")
-        write_checkpoint(folder, real_tts_config("custom_voice", args.size), real_speech_tokenizer_config(),
-                         seed=0, dtype=torch.bfloat16, device="cuda")
+    folder = checkpoint_folder(args.checkpoint, args.size)
 
     with open(out / f"frame_tune_{args.size}.jsonl", "a") as log:
         def emit(record):
@@ -141,9 +134,9 @@ def main():
         emit({"part": "chosen", "blocks": [[list(shape), list(config)] for shape, config in chosen.items()]})
         if not chosen:
             return
+        both = [("table", {}), ("chosen", chosen)]
         for round_ in range(args.rounds):
-            for name, overrides in (("table", {}), ("chosen", chosen)) if round_ % 2 == 0 else (
-                    ("chosen", chosen), ("table", {})):
+            for name, overrides in both if round_ % 2 == 0 else both[::-1]:
                 ms = frame_ms_with(folder, overrides, args.reps, args.context)
                 emit({"part": "verify", "round": round_, "blocks": name, "frame_ms": round(ms, 3)})
 

@@ -27,7 +27,6 @@ import contextlib
 import json
 import os
 import sys
-import tempfile
 from pathlib import Path
 
 import torch
@@ -38,9 +37,8 @@ import qtts  # noqa: E402
 from qtts.engine import frame as frame_module  # noqa: E402
 from qtts.kernels import decode_attention  # noqa: E402
 from qtts.models.talker import TalkerModel  # noqa: E402
-from qtts.testing import real_speech_tokenizer_config, real_tts_config, write_checkpoint  # noqa: E402
 
-from engine_probe import at_context, cuda_ms, frame_ms  # noqa: E402
+from engine_probe import at_context, checkpoint_folder, cuda_ms, frame_ms  # noqa: E402
 
 
 def no_rope(q, k, v, *args, **kwargs):
@@ -133,11 +131,7 @@ def main():
     args = parser.parse_args()
     out = Path(os.environ.get("OUT", "hop_probe_out"))
     out.mkdir(parents=True, exist_ok=True)
-    folder = args.checkpoint
-    if folder is None:
-        folder = tempfile.mkdtemp(prefix=f"qtts-{args.size}-")
-        write_checkpoint(folder, real_tts_config("custom_voice", args.size), real_speech_tokenizer_config(),
-                         seed=0, dtype=torch.bfloat16, device="cuda")
+    folder = checkpoint_folder(args.checkpoint, args.size)
     with open(out / f"hop_probe_{args.size}.jsonl", "a") as log:
         tts = qtts.load(folder, max_batch=1)
         record = {"size": args.size, "copy_tbps": round(copy_tbps(), 2), "weight_bytes": stage_bytes(tts)}
