@@ -14,13 +14,16 @@ Parts (each timed with CUDA events, median of `--reps`, after warm-up):
   - `timeline`: one request alone, `--reps` times: when the engine thread finished each step on the way
     to its first audio (prefill, first frame, its codes on the host, decode, audio copy, hand-out) and
     when the caller got the chunk, in ms from `submit`;
+  - `gpu_timeline`: the same path on the GPU, from a profiler trace of one request: its kernels and copies
+    merged per stream into busy spans, in ms from `submit`, and the GPU's idle time before the first chunk;
   - `steady`: closed loop in steady state: N clients each sending its next request when the last ends,
     for `--duration` seconds (serve_load's closed-loop step without HTTP), with the engine's counters;
-  - `profile`: the kernels of one captured frame (buckets 1, 16, 64) and of one bulk decode call (16 and 64
-    requests x 16 frames), by name, from the profiler (CUPTI sees the kernels a graph replays): what to
-    make cheaper, with each kernel's share of the step (under PDL a kernel starts while the one before it
-    finishes, so durations overlap: set QTTS_PDL=0 for kernel times that add up), and the decode calls run
-    eagerly with each kernel charged to the PyTorch op (and input shapes) that launched it;
+  - `profile`: the kernels of one captured frame (buckets 1, 16, 64), of one bulk decode call (16 and 64
+    requests x 16 frames) and of one arrival's prefill (64 and 128 tokens), by name, from the profiler
+    (CUPTI sees the kernels a graph replays): what to make cheaper, with each kernel's share of the step
+    (under PDL a kernel starts while the one before it finishes, so durations overlap: set QTTS_PDL=0 for
+    kernel times that add up), and the decode calls run eagerly with each kernel charged to the PyTorch op
+    (and input shapes) that launched it;
   - `arrivals`: host time to start a request on the caller's thread (building its prompt and submitting
     it, as a server's event loop does for each arrival): 16 arrivals in series, `open_text` with a first
     `feed("Well, ")` and `submit` of a sentence, idle and with `--concurrency` streams running;
@@ -97,6 +100,12 @@ def at_context(store, context: int) -> None:
     store.first_row.zero_()
 
 
+def frame_steps(engine) -> dict:
+    """The engine's whole frame step per bucket. Trees before 2026-12-06j (measured against through
+    PYTHONPATH) kept a callable there, not a frame with `step`."""
+    return {b: getattr(run, "step", run) for b, run in engine._run_frame.items()}
+
+
 def frame_ms(run, reps: int) -> float:
     """Median ms of a captured frame's replay, after three to warm up."""
     for _ in range(3):
@@ -109,7 +118,7 @@ def frames(tts, emit, reps, context):
     engine = tts.engine
     store = engine.store
     at_context(store, context)
-    for bucket, run in engine._run_frame.items():
+    for bucket, run in frame_steps(engine).items():
         emit({"part": "frames", "batch": bucket, "context": context, "ms": round(frame_ms(run, reps), 3)})
     for tensor in store.per_row():
         tensor.zero_()
@@ -150,12 +159,17 @@ def profile(tts, emit, reps, context, top=25):
     engine, stage = tts.engine, tts.engine.decode_stage
     store = engine.store
     at_context(store, context)
-    steps = [(f"frame x{b}", engine._run_frame[b], None) for b in (1, 16, 64) if b in engine._run_frame]
+    steps = [(f"frame x{b}", run, None) for b, run in frame_steps(engine).items() if b in (1, 16, 64)]
     for bucket in (16, 64):
         if bucket in stage.lanes[BULK].buckets:
             codes = torch.randint(0, 2048, (bucket, 16, 16))
             steps.append((f"decode {bucket}x16", lambda b=bucket, c=codes: stage.decode(BULK, list(range(b)), c),
                           BULK))
+    for (count, length), graph in sorted(engine._prefills.items()):
+        if count == 1 and length <= 128:  # one arrival's prefill: on the way to its first audio
+            embeds = torch.randn(1, length, tts.hidden_size, device="cuda", dtype=tts.dtype)
+            valid = torch.ones(1, length, device="cuda", dtype=torch.bool)
+            steps.append((f"prefill 1x{length}", lambda g=graph, e=embeds, v=valid: g(e, v), None))
     for name, run, lane in steps:
         with stage.on_stream(lane) if lane else contextlib.nullcontext():
             for _ in range(3):
@@ -491,6 +505,61 @@ def timeline(tts, emit, speaker, runs):
         if all(label in row for row in rows)}})
 
 
+def gpu_timeline(tts, emit, speaker, out: Path, gap_us: float = 20.0):
+    """Where the GPU's time goes on one request's way to its first audio, alone on the engine: the kernels
+    and copies of a profiler trace, merged per stream into busy spans (gaps under `gap_us` joined), in ms
+    from the start of `submit`, up to the first chunk in the caller, with the idle time between them. The
+    host side of the same path is `timeline`."""
+    from torch.profiler import ProfilerActivity, profile as profiler
+
+    def one(seed):
+        generation = tts.submit(TEXT, speaker=speaker, max_new_tokens=9, min_new_tokens=8, seed=seed)
+        next(iter(generation))
+        return generation
+
+    for seed in range(2):  # warm-up: the shapes of one request's path
+        one(seed).result()
+    time.sleep(0.05)  # the engine goes idle first, as between a user's requests
+    with profiler(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        with torch.profiler.record_function("qtts submit to first chunk"):
+            generation = one(2)
+        generation.result()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+    trace = out / "gpu_timeline_trace.json"
+    prof.export_chrome_trace(str(trace))
+    events = json.loads(trace.read_text())["traceEvents"]
+    (mark,) = [e for e in events if e.get("name") == "qtts submit to first chunk" and e.get("ph") == "X"]
+    start, end = mark["ts"], mark["ts"] + mark["dur"]
+    device = sorted((e for e in events if e.get("ph") == "X" and e.get("cat") in ("kernel", "gpu_memcpy",
+                                                                                    "gpu_memset")
+                     and start <= e["ts"] <= end), key=lambda e: e["ts"])
+    spans = []
+    for e in device:
+        stream = e.get("args", {}).get("stream")
+        last = next((s for s in reversed(spans) if s["stream"] == stream), None)
+        if last is not None and e["ts"] - last["_end"] < gap_us:
+            last["_end"] = max(last["_end"], e["ts"] + e["dur"])
+            last["kernels"] += 1
+            continue
+        spans.append({"stream": stream, "_start": e["ts"], "_end": e["ts"] + e["dur"], "kernels": 1,
+                      "first": e["name"][:60]})
+    busy_until, idle = start, 0.0
+    for s in spans:
+        idle += max(0.0, s["_start"] - busy_until)
+        busy_until = max(busy_until, s["_end"])
+    # the host's side as the driver saw it (any thread): graph launches and waits, in ms from `submit`
+    host = [{"call": e["name"], "from_ms": round((e["ts"] - start) / 1e3, 3), "ms": round(e["dur"] / 1e3, 3)}
+            for e in sorted(events, key=lambda e: e.get("ts", 0))
+            if e.get("cat") == "cuda_runtime" and start <= e["ts"] <= end
+            and e["name"] in ("cudaGraphLaunch", "cudaEventSynchronize", "cudaStreamSynchronize")]
+    emit({"part": "gpu_timeline", "first_chunk_ms": round((end - start) / 1e3, 2), "host": host,
+          "gpu_idle_ms": round((idle + max(0.0, end - busy_until)) / 1e3, 2),
+          "spans": [{"stream": s["stream"], "from_ms": round((s["_start"] - start) / 1e3, 3),
+                     "to_ms": round((s["_end"] - start) / 1e3, 3), "kernels": s["kernels"], "first": s["first"]}
+                    for s in spans]})
+
+
 def poisson(tts, emit, speaker, frames_per_request, rates, duration):
     from serve_load import Playback, summary  # the listener model and figures of the HTTP benchmark
 
@@ -593,6 +662,8 @@ def main():
                 poisson(tts, emit, speaker, args.frames, args.rates, args.duration)
             elif part == "timeline":
                 timeline(tts, emit, speaker, args.reps)
+            elif part == "gpu_timeline":
+                gpu_timeline(tts, emit, speaker, out)
             elif part == "steady":
                 steady(tts, emit, speaker, args.frames, args.concurrency, args.duration)
             elif part == "bookkeeping":

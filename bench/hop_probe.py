@@ -38,7 +38,7 @@ from qtts.engine import frame as frame_module  # noqa: E402
 from qtts.kernels import decode_attention  # noqa: E402
 from qtts.models.talker import TalkerModel  # noqa: E402
 
-from engine_probe import at_context, checkpoint_folder, cuda_ms, frame_ms  # noqa: E402
+from engine_probe import at_context, checkpoint_folder, cuda_ms, frame_ms, frame_steps  # noqa: E402
 
 
 def no_rope(q, k, v, *args, **kwargs):
@@ -94,7 +94,7 @@ def leaving_out(name: str):
 @torch.inference_mode()
 def one_row_frame_ms(tts, reps: int, context: int) -> float:
     at_context(tts.engine.store, context)
-    return frame_ms(tts.engine._run_frame[1], reps)
+    return frame_ms(frame_steps(tts.engine)[1], reps)
 
 
 def stage_bytes(tts) -> dict:
