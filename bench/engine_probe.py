@@ -18,12 +18,12 @@ Parts (each timed with CUDA events, median of `--reps`, after warm-up):
     merged per stream into busy spans, in ms from `submit`, and the GPU's idle time before the first chunk;
   - `steady`: closed loop in steady state: N clients each sending its next request when the last ends,
     for `--duration` seconds (serve_load's closed-loop step without HTTP), with the engine's counters;
-  - `profile`: the kernels of one captured frame (buckets 1, 16, 64), of one bulk decode call (16 and 64
-    requests x 16 frames) and of one arrival's prefill (64 and 128 tokens), by name, from the profiler
-    (CUPTI sees the kernels a graph replays): what to make cheaper, with each kernel's share of the step
-    (under PDL a kernel starts while the one before it finishes, so durations overlap: set QTTS_PDL=0 for
-    kernel times that add up), and the decode calls run eagerly with each kernel charged to the PyTorch op
-    (and input shapes) that launched it;
+  - `profile`: the kernels of one captured frame (buckets 1, 16, 64), of decode calls (16 and 64 requests x
+    16 frames on the bulk lane; one request's 1-frame first chunk on the urgent lane) and of one arrival's
+    prefill (64 and 128 tokens), by name, from the profiler (CUPTI sees the kernels a graph replays): what
+    to make cheaper, with each kernel's share of the step (under PDL a kernel starts while the one before it
+    finishes, so durations overlap: set QTTS_PDL=0 for kernel times that add up), and the decode calls run
+    eagerly with each kernel charged to the PyTorch op (and input shapes) that launched it;
   - `arrivals`: host time to start a request on the caller's thread (building its prompt and submitting
     it, as a server's event loop does for each arrival): 16 arrivals in series, `open_text` with a first
     `feed("Well, ")` and `submit` of a sentence, idle and with `--concurrency` streams running;
@@ -62,7 +62,7 @@ import torch
 sys.path.append(str(Path(__file__).resolve().parents[1] / "src"))
 
 import qtts  # noqa: E402
-from qtts.engine.decode_stage import BULK, CHUNK_SIZES, DecodeCursor  # noqa: E402
+from qtts.engine.decode_stage import BULK, CHUNK_SIZES, URGENT, DecodeCursor  # noqa: E402
 from qtts.engine.requests import LENGTH, Request, Sink  # noqa: E402
 from qtts.engine.scheduler import Scheduler  # noqa: E402
 from qtts.testing import real_speech_tokenizer_config, real_tts_config, write_checkpoint  # noqa: E402
@@ -165,6 +165,8 @@ def profile(tts, emit, reps, context, top=25):
             codes = torch.randint(0, 2048, (bucket, 16, 16))
             steps.append((f"decode {bucket}x16", lambda b=bucket, c=codes: stage.decode(BULK, list(range(b)), c),
                           BULK))
+    one_frame = torch.randint(0, 2048, (1, 1, 16))  # a request's first chunk, as it is decoded
+    steps.append(("decode 1x1 urgent", lambda: stage.decode(URGENT, [0], one_frame), URGENT))
     for (count, length), graph in sorted(engine._prefills.items()):
         if count == 1 and length <= 128:  # one arrival's prefill: on the way to its first audio
             embeds = torch.randn(1, length, tts.hidden_size, device="cuda", dtype=tts.dtype)
