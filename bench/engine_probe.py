@@ -101,8 +101,8 @@ def at_context(store, context: int) -> None:
 
 
 def frame_steps(engine) -> dict:
-    """The engine's whole frame step per bucket. Trees before 2026-12-06j (measured against through
-    PYTHONPATH) kept a callable there, not a frame with `step`."""
+    """The engine's whole frame step per bucket, in this tree (a callable) or in one measured through
+    PYTHONPATH whose frame runs in two halves (branch `first-audio`: a frame whose `step` runs both)."""
     return {b: getattr(run, "step", run) for b, run in engine._run_frame.items()}
 
 
