@@ -531,7 +531,8 @@ def gpu_timeline(tts, emit, speaker, out: Path, gap_us: float = 20.0):
     trace = out / "gpu_timeline_trace.json"
     prof.export_chrome_trace(str(trace))
     events = json.loads(trace.read_text())["traceEvents"]
-    (mark,) = [e for e in events if e.get("name") == "qtts submit to first chunk" and e.get("ph") == "X"]
+    (mark,) = [e for e in events if e.get("name") == "qtts submit to first chunk" and e.get("ph") == "X"
+               and e.get("cat") == "user_annotation"]  # the host's range (the trace also has a GPU-side one)
     start, end = mark["ts"], mark["ts"] + mark["dur"]
     device = sorted((e for e in events if e.get("ph") == "X" and e.get("cat") in ("kernel", "gpu_memcpy",
                                                                                     "gpu_memset")
