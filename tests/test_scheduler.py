@@ -278,7 +278,7 @@ def test_graph_frames_run_without_host_sync_and_match_eager():
         torch.cuda.set_sync_debug_mode("error")
         try:
             for _ in range(5):
-                engine._run_frame[frame.batch]()
+                engine._run_frame[frame.batch].step()
         finally:
             torch.cuda.set_sync_debug_mode(0)
 

@@ -1,5 +1,5 @@
 """One frame of speech for the first b rows of a `RowStore`, as a static, sync-free step: the engine's
-unit of work and of CUDA-graph capture (one graph per batch bucket b).
+unit of work and of CUDA-graph capture (per batch bucket b, one graph for each of its two halves).
 
 A frame samples code 0 from the talker's last logits, runs the 15 code-predictor steps with their sampling,
 feeds back the sum of the 16 code embeddings plus each row's next text-track vector, and runs one talker
@@ -7,7 +7,7 @@ step, which leaves the next frame's logits. Every row carries its own frame coun
 sampling settings, so requests that started at different times and with different settings share it. It
 reads the weights of the `Talker` module it is given (no copies). Nothing in `step` reads a tensor value on
 the host, branches on one, or changes a shape, so the same code runs eagerly on CPU (CI) and replays as
-one CUDA graph.
+CUDA graphs.
 """
 
 from __future__ import annotations
@@ -161,6 +161,7 @@ class Frame:
                                   for p in self.predictor_positions]
         self.predictor_starts = torch.zeros(batch, device=device, dtype=torch.int32)
         self.row_index = torch.arange(batch, device=device)
+        self.active = torch.zeros(batch, device=device, dtype=torch.bool)  # rows this frame advances
 
     def sample_code0(self) -> torch.Tensor:
         s = self.sampling
@@ -200,12 +201,21 @@ class Frame:
         return self.ops.linear(stream, predictor.lm_head[group - 1].weight, norm_weight=norm.weight, eps=norm.eps)
 
     def step(self) -> None:
-        """One frame for every row: its codes into `codes`, the talker's next hidden state and logits.
+        """One frame for every row: its codes into `codes`, the talker's next hidden state and logits."""
+        self.draw_codes()
+        self.advance()
 
-        A row waiting for text (its track open, its counter at the text it has) runs too but keeps its state:
-        its frame is dropped, and the frame it makes once text comes is the one it would have made at once."""
+    def draw_codes(self) -> None:
+        """The frame's first half: every row's 16 codes into `codes`, from the talker's last logits (code 0)
+        and the code predictor. The codes are final here, before the talker's step: the engine copies them
+        out between the halves, so a frame's audio need not wait for the step that only the next frame uses.
+
+        A row waiting for text (its track open, its counter at the text it has) runs too but keeps its state
+        (`advance`): its frame is dropped, and the frame it makes once text comes is the one it would have
+        made at once."""
         talker = self.talker
         active = ~self.text_open | (self.step_count < self.text_len)
+        self.active.copy_(active)
         code0 = self.sample_code0()
         self.seen.scatter_(1, code0[:, None], active[:, None] | self.seen.gather(1, code0[:, None]))
 
@@ -219,11 +229,15 @@ class Frame:
             else:
                 code = drawn
             codes.append(code)
-        codes = torch.stack(codes, dim=-1)
-        self.codes.copy_(codes)
+        self.codes.copy_(torch.stack(codes, dim=-1))
 
+    def advance(self) -> None:
+        """The frame's second half: the sum of the 16 code embeddings plus each row's next text-track vector
+        through one talker step, which leaves the next frame's hidden state and logits; the active rows'
+        counters move on."""
+        talker, active = self.talker, self.active
         text = self.text[self.row_index, self.step_count.clamp(max=self.max_text)]
-        x = talker.embed_frame(codes)[:, None] + text[:, None]
+        x = talker.embed_frame(self.codes)[:, None] + text[:, None]
         lengths = (self.slot[:, 0] + 1).to(torch.int32)
         stream = run_stack(talker.model, self.ops, self.caches, x, self.position, self.slot, lengths,
                            self.first_row)

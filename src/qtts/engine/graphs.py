@@ -1,7 +1,7 @@
 """Capture a `Frame`'s step per batch bucket, and the prefill per arrival count and prompt length, as CUDA
-graphs: replaying one is the whole step, with no launch or host cost per kernel. (torch.compile before
-capture was tried on torch 2.11: Inductor failed recompiling the Triton kernels, and took over 5 minutes
-without them, so the fused eager step is captured.)
+graphs: replaying one is the whole step (a frame's is two, one per half), with no launch or host cost per
+kernel. (torch.compile before capture was tried on torch 2.11: Inductor failed recompiling the Triton
+kernels, and took over 5 minutes without them, so the fused eager step is captured.)
 """
 
 from __future__ import annotations
@@ -35,7 +35,8 @@ def capture(fn, *, warmup: int, stream: torch.cuda.Stream, pool=None):
 
 
 class FrameGraph:
-    """One CUDA graph of `frame.step` for the frame's batch bucket.
+    """A `Frame`'s step for its batch bucket as two CUDA graphs, one per half (`Frame.draw_codes`,
+    `Frame.advance`): the engine copies the codes out between them.
 
     Capture runs the step a few times first, which advances the rows' state: capture before any request
     is loaded."""
@@ -45,11 +46,19 @@ class FrameGraph:
             raise QttsError("CUDA graphs need the talker on a CUDA device; run frame.step() eagerly instead")
         self.frame = frame
         began = time.perf_counter()
-        self.graph, _ = capture(frame.step, warmup=warmup, stream=stream, pool=pool)
+        self.codes_graph, _ = capture(frame.draw_codes, warmup=warmup, stream=stream, pool=pool)
+        self.advance_graph, _ = capture(frame.advance, warmup=warmup, stream=stream, pool=pool)
         self.capture_s = time.perf_counter() - began
 
-    def __call__(self) -> None:
-        self.graph.replay()
+    def draw_codes(self) -> None:
+        self.codes_graph.replay()
+
+    def advance(self) -> None:
+        self.advance_graph.replay()
+
+    def step(self) -> None:
+        self.codes_graph.replay()
+        self.advance_graph.replay()
 
 
 class PrefillGraph:

@@ -112,7 +112,8 @@ class Scheduler:
             self.frames = {b: Frame(talker, self.ops, self.store, b) for b in self.buckets}
             self.decode_stage = (None if decoder is None
                                  else DecodeStage(decoder, max_batch, ladder, self.graphs))
-            self._run_frame = {b: f.step for b, f in self.frames.items()}
+            # each bucket's frame, eager or as graphs: `draw_codes`, `advance`, `step` (both)
+            self._run_frame: dict[int, Frame | FrameGraph] = dict(self.frames)
             self._prefills: dict[tuple[int, int], PrefillGraph] = {}
             if self.graphs:
                 pool = torch.cuda.graph_pool_handle()
@@ -454,16 +455,20 @@ class Scheduler:
         count = len(self._running)
         bucket = _bucket(count, self.buckets)
         self._measure_frame(bucket, time.perf_counter())
-        self._run_frame[bucket]()
+        frame = self._run_frame[bucket]
+        frame.draw_codes()
         index = self._ring_next
         self._ring_next = (index + 1) % self._ring.shape[0]
         host = self._ring[index]
         cuda = self.device.type == "cuda"
+        # The codes leave before the talker's step, which only the next frame needs: a frame's audio (a
+        # request's first above all) waits for half of the frame less.
         host[:count].copy_(self.store.codes[:count], non_blocking=cuda)
         event = None
         if cuda:
             event = torch.cuda.Event()
             event.record()
+        frame.advance()
         # counted before the rows advance, so that a reader who sees a row's count sees this frame too
         self.stats["frames"] += 1
         # which rows this frame advances: those the device sees as active (the text copied so far)
