@@ -459,4 +459,6 @@ def test_sigusr1_prints_every_threads_stack_and_the_server_goes_on(tiny_checkpoi
     finally:
         server.close()
     printed = server.process.stderr.read()
-    assert "most recent call first" in printed and "scheduler.py" in printed  # the engine thread's stack
+    # (separate checks, each with what the server printed: one CI run failed here once, unexplained since)
+    assert "most recent call first" in printed, printed[-4000:]  # a stack was printed
+    assert "scheduler.py" in printed, printed[-4000:]  # the engine thread's among them
