@@ -101,8 +101,8 @@ def at_context(store, context: int) -> None:
 
 
 def frame_steps(engine) -> dict:
-    """The engine's whole frame step per bucket, in this tree (a callable) or in one measured through
-    PYTHONPATH whose frame runs in two halves (branch `first-audio`: a frame whose `step` runs both)."""
+    """The engine's whole frame step per bucket: `step` (both halves) of this tree's frames, eager or graphs,
+    or the callable that trees before the frame's split (5a6b74c) kept, measured through PYTHONPATH."""
     return {b: getattr(run, "step", run) for b, run in engine._run_frame.items()}
 
 

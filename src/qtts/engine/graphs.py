@@ -57,8 +57,8 @@ class FrameGraph:
         self.advance_graph.replay()
 
     def step(self) -> None:
-        self.codes_graph.replay()
-        self.advance_graph.replay()
+        self.draw_codes()
+        self.advance()
 
 
 class PrefillGraph:
