@@ -5,8 +5,11 @@ Needs the `server` extra (FastAPI, uvicorn, python-multipart).
 
 from __future__ import annotations
 
-import faulthandler
+import os
 import signal
+import sys
+import threading
+import traceback
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -45,8 +48,12 @@ def serve(model: str, *, host: str = "127.0.0.1", port: int = 8000, device: str 
     for number in (signal.SIGTERM, signal.SIGINT):
         signal.signal(number, _stopped)
     # `kill -USR1 <pid>` prints every thread's stack to stderr and the server goes on: how to see where a
-    # server that answers slowly spends its time, without stopping it.
-    faulthandler.register(signal.SIGUSR1, all_threads=True)
+    # server that answers slowly spends its time, without stopping it. A Python handler, not faulthandler's:
+    # that one reads the other threads' frames from inside the signal while they run, and on Python 3.11 a
+    # thread starting or ending meanwhile can crash the process (CPython issue 116008; it killed a test
+    # server here twice). System calls the signal lands in are restarted, not failed with EINTR.
+    signal.signal(signal.SIGUSR1, _print_stacks)
+    signal.siginterrupt(signal.SIGUSR1, False)
     try:
         # No permessage-deflate on the live WebSocket, whose traffic is nearly all PCM: deflating it took
         # 53-125 us per 80 ms frame per session on the event loop, which every other session's messages
@@ -59,3 +66,17 @@ def serve(model: str, *, host: str = "127.0.0.1", port: int = 8000, device: str 
 
 def _stopped(signal_number, frame) -> None:
     """The server has already shut down when uvicorn passes the signal on: nothing is left to do."""
+
+
+def _print_stacks(signal_number, frame) -> None:
+    """Every thread's stack, most recent call first, to stderr. Runs in the main thread between bytecodes
+    with the GIL held, so no other thread's frames change while they are read; written with one os.write
+    because the main thread may have been inside a write to sys.stderr when the signal came."""
+    names = {thread.ident: thread.name for thread in threading.enumerate()}
+    lines = []
+    for ident, top in sys._current_frames().items():
+        lines.append(f"Thread {ident:#x} {names.get(ident, '(not started by threading)')} (most recent call first):")
+        lines += [f'  File "{call.filename}", line {call.lineno} in {call.name}'
+                  for call in reversed(traceback.extract_stack(top))]
+        lines.append("")
+    os.write(sys.stderr.fileno(), "\n".join(lines).encode(errors="replace"))
