@@ -444,26 +444,32 @@ def test_shutdown_with_a_stream_and_a_whole_file_request_running_exits_0_within_
         server.close()
 
 
-def test_sigusr1_prints_every_threads_stack_and_the_server_goes_on(tiny_checkpoint):
+def test_sigusr1_prints_every_threads_stack_and_the_server_goes_on_and_a_crash_prints_them_too(tiny_checkpoint):
     server = ServeProcess(tiny_checkpoint("custom_voice"))
     received = 0
     try:
         body = {"input": "A sentence spoken while the stacks are printed.", "voice": "aiden", "response_format": "pcm",
                 "max_new_tokens": 40, "min_new_tokens": 40}
-        # The signal lands while the server's first request starts its threads: faulthandler's handler, used
-        # before, crashed the server here (twice in CI) by reading a thread's frames as that thread changed.
+        # The signal lands while the server runs its first request. With faulthandler's handler, used before,
+        # the server dropped the stream here twice in CI (never locally): that handler reads the threads'
+        # frames while they run, which can crash Python 3.11.
         with server.client.stream("POST", "/v1/audio/speech", json=body) as stream:
             chunks = stream.iter_raw()
             received = len(next(chunks))  # the engine thread is running this request
             server.process.send_signal(signal.SIGUSR1)
             received += sum(len(chunk) for chunk in chunks)
         healthy = server.client.get("/health").status_code == 200
+        server.process.send_signal(signal.SIGSEGV)  # as a crash in an extension would end it
+        crashed = server.process.wait(30)
     except httpx.TransportError:
-        healthy = False
+        healthy = crashed = False
     finally:
         server.close()
     printed = server.process.stderr.read()
     assert received == 39 * 1920 * 2 and healthy, printed[-4000:]  # the whole request, after the signal
+    fatal = "Fatal Python error: Segmentation fault"
+    assert crashed == -signal.SIGSEGV and fatal in printed, printed[-4000:]
+    assert "scheduler.py" in printed[printed.index(fatal):], printed[-4000:]  # the engine thread's stack too
     heading = " qtts-engine (most recent call first):"
     assert heading in printed, printed[-4000:]  # every thread's stack, the engine thread's under its name
     engine = printed[printed.index(heading):].split("\n\n")[0]

@@ -5,6 +5,7 @@ Needs the `server` extra (FastAPI, uvicorn, python-multipart).
 
 from __future__ import annotations
 
+import faulthandler
 import os
 import signal
 import sys
@@ -50,10 +51,13 @@ def serve(model: str, *, host: str = "127.0.0.1", port: int = 8000, device: str 
     # `kill -USR1 <pid>` prints every thread's stack to stderr and the server goes on: how to see where a
     # server that answers slowly spends its time, without stopping it. A Python handler, not faulthandler's:
     # that one reads the other threads' frames from inside the signal while they run, and on Python 3.11 a
-    # thread starting or ending meanwhile can crash the process (CPython issue 116008; it killed a test
-    # server here twice). System calls the signal lands in are restarted, not failed with EINTR.
+    # thread starting or ending meanwhile can crash the process (CPython issue 116008; the likely reason a
+    # CI test server dropped its stream at the signal, twice). System calls the signal lands in are
+    # restarted, not failed with EINTR.
     signal.signal(signal.SIGUSR1, _print_stacks)
     signal.siginterrupt(signal.SIGUSR1, False)
+    # A crash (a segfault in an extension, an abort) prints every thread's stack before the process ends.
+    faulthandler.enable(all_threads=True)
     try:
         # No permessage-deflate on the live WebSocket, whose traffic is nearly all PCM: deflating it took
         # 53-125 us per 80 ms frame per session on the event loop, which every other session's messages
