@@ -457,13 +457,14 @@ def test_a_script_that_exits_without_closing_the_engine_exits_cleanly(tiny_check
     assert time.monotonic() - began < 100
 
 
-def test_freeze_loaded_heap_leaves_what_exists_out_of_later_collections_but_not_what_comes_later():
-    # In a child process: freezing is process-wide and permanent.
+def test_freeze_loaded_heap_leaves_what_exists_out_of_later_collections_but_not_what_comes_later_until_exit():
+    # In a child process: freezing is process-wide and lasts until exit.
     import subprocess
     import sys
 
     script = ("import gc\n"
               "import qtts\n"
+              "import qtts.kernels\n"  # Triton's bindings: they report objects still frozen at exit as leaks
               "loaded = [[] for _ in range(5000)]\n"
               "cycle = []; cycle.append(cycle); del cycle\n"
               "qtts.freeze_loaded_heap()\n"
@@ -475,3 +476,4 @@ def test_freeze_loaded_heap_leaves_what_exists_out_of_later_collections_but_not_
     assert result.returncode == 0, result.stderr
     # the loaded objects are frozen (no collection walks them), objects made later are collected as usual
     assert result.stdout.split() == ["True", "False", "True"]
+    assert "leaked" not in result.stderr, result.stderr[-2000:]  # thawed at exit: no false leak reports
