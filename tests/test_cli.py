@@ -60,6 +60,9 @@ def test_user_errors_are_one_line_and_exit_2(tiny_checkpoint, tmp_path):
     result = run("serve", "--model", model, "--ingress", "proxy")  # no replicas: nothing for an ingress to front
     assert result.returncode == 2 and "--ingress is for Ray Serve replicas" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+    result = run("bench", tiny_checkpoint("base"), "--device", "cpu")  # bench speaks with preset voices
+    assert result.returncode == 2 and "no preset speakers" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
 
 
 def test_make_tiny_writes_a_loadable_checkpoint(tmp_path):

@@ -372,9 +372,14 @@ def parse_args(argv: Sequence[str] | None, prog: str, description: str) -> argpa
 
 def main(argv: Sequence[str] | None = None) -> int:
     """`qtts bench CHECKPOINT`: print one JSON line per text, then the markdown table."""
+    from qtts.errors import QttsError
+
     args = parse_args(argv, "qtts bench", main.__doc__)
-    texts = args.texts
-    results = bench_qtts(args.checkpoint, texts, args.frames, args.runs, args.model, args.device)
+    try:
+        results = bench_qtts(args.checkpoint, args.texts, args.frames, args.runs, args.model, args.device)
+    except QttsError as e:  # as every qtts command reports a user's mistake: one line, exit 2
+        print(f"qtts bench: error: {e}", file=sys.stderr)
+        return 2
     for r in results:
         print(r.to_json(), flush=True)
     print(markdown_table(results), file=sys.stderr)
