@@ -436,6 +436,15 @@ def test_synthesize_batch_rejects_mismatched_lists(custom):
         tts.synthesize_batch("just one text", speaker="ryan")
 
 
+def test_a_with_block_closes_the_engine_at_its_end(tiny_checkpoint):
+    from qtts.engine.requests import EngineStopped
+
+    with qtts.load(tiny_checkpoint("custom_voice"), device="cpu") as tts:
+        assert len(tts.synthesize("Inside the block.", speaker="ryan", max_new_tokens=4).samples) > 0
+    with pytest.raises(EngineStopped):
+        tts.synthesize("After the block.", speaker="ryan", max_new_tokens=4)
+
+
 def test_a_script_that_exits_without_closing_the_engine_exits_cleanly(tiny_checkpoint):
     """The engine thread is stopped at interpreter exit, here with a stream still half read: exit status
     0, at once, nothing on stderr about threads."""

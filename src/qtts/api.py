@@ -395,6 +395,13 @@ class TTS:
         """Stop the engine: requests still running end with an error."""
         self.engine.close()
 
+    def __enter__(self) -> "TTS":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        """`with qtts.load(...) as tts:` closes the engine when the block ends."""
+        self.close()
+
     # -- audio -> codes, voices ---------------------------------------------------------------------------
     @torch.inference_mode()
     def encode(self, audio) -> torch.Tensor:
