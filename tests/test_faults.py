@@ -375,6 +375,17 @@ def test_serve_checks_its_flags_before_loading_anything(tmp_path, flag, value, m
     assert_one_line_exit_2(cli("serve", "--model", tmp_path / "no-model", flag, value, timeout=60), message)
 
 
+def test_serve_checks_its_port_before_loading_anything(tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert_one_line_exit_2(cli("serve", "--model", tmp_path / "no-model", "--port", port, timeout=60),
+                               f"port {port} on 127.0.0.1 is in use")
+    assert_one_line_exit_2(cli("serve", "--model", tmp_path / "no-model", "--port", 99999, timeout=60),
+                           "port 99999 is not a TCP port")
+
+
 def test_cli_config_errors_are_one_line(tiny_checkpoint, tmp_path):
     import shutil
 

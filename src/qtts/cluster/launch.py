@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import errno
 import importlib.util
 import logging
 import os
@@ -17,6 +16,7 @@ import ray
 from ray import serve
 
 from ..errors import QttsError
+from ..server import check_port_free
 from .application import build_app
 from .options import ServeArgs
 
@@ -74,7 +74,7 @@ def serve_replicas(args: ServeArgs, *, host: str = "127.0.0.1", port: int = 8000
                         "RAY_SERVE_ENABLE_HA_PROXY=1 (HAProxy) or without it (Ray's proxy), not --ingress")
     voices_temp = None
     if local:
-        _check_port_free(host, port)
+        check_port_free(host, port)
         # The cluster's processes inherit this environment: set before ray.init starts them.
         ingress = ingress or default_ingress()
         if ingress == "haproxy" and not haproxy_found():
@@ -135,14 +135,3 @@ def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("", 0))
         return sock.getsockname()[1]
-
-
-def _check_port_free(host: str, port: int) -> None:
-    """Fail now, with the port named, rather than after Ray has started and its HTTP proxy cannot bind."""
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError as exc:
-            reason = "is in use" if exc.errno == errno.EADDRINUSE else f"cannot be used ({exc.strerror})"
-            raise QttsError(f"port {port} on {host} {reason}; choose another with --port") from None

@@ -5,20 +5,23 @@ Needs the `server` extra (FastAPI, uvicorn, python-multipart).
 
 from __future__ import annotations
 
+import errno
 import faulthandler
 import os
 import signal
+import socket
 import sys
 import threading
 import traceback
 from collections.abc import Sequence
 from pathlib import Path
 
+from ..errors import InputError
 from .app import DEFAULT_MAX_QUEUE, FIRST_AUDIO_TARGET, create_app
 from .guards import CLIENT_TIMEOUT
 from .voice_store import MAX_VOICES
 
-__all__ = ["create_app", "serve"]
+__all__ = ["check_port_free", "create_app", "serve"]
 
 SHUTDOWN_GRACE = 10.0  # seconds open responses get to finish once shutdown begins
 
@@ -39,6 +42,7 @@ def serve(model: str, *, host: str = "127.0.0.1", port: int = 8000, device: str 
 
     from .connections import header_timeout_protocol
 
+    check_port_free(host, port)  # before the model loads, which can take a minute
     tts = qtts.load(model, device=device, max_batch=max_batch, max_len=max_len, codec_dtype=codec_dtype)
     app = create_app(tts, model_name=model_name or model, voices_dir=voices_dir, max_queue=max_queue,
                      max_voices=max_voices, api_key=api_key, cors_origins=cors_origins,
@@ -66,6 +70,20 @@ def serve(model: str, *, host: str = "127.0.0.1", port: int = 8000, device: str 
                     timeout_graceful_shutdown=shutdown_grace, ws_per_message_deflate=False)
     finally:
         tts.close()
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Fail now, with the port named, rather than once the model has loaded (or Ray has started) and the
+    server cannot listen."""
+    if not 0 < port < 65536:
+        raise InputError(f"port {port} is not a TCP port: choose one from 1 to 65535 with --port")
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server binds: TIME_WAIT is free
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            reason = "is in use" if exc.errno == errno.EADDRINUSE else f"cannot be used ({exc.strerror})"
+            raise InputError(f"port {port} on {host} {reason}; choose another with --port") from None
 
 
 def _stopped(signal_number, frame) -> None:
