@@ -1,5 +1,6 @@
 """The `qtts` command line, run as a real subprocess on tiny checkpoints."""
 
+import io
 import subprocess
 import sys
 
@@ -23,6 +24,37 @@ def test_speak_writes_a_wav_of_the_requested_length(tiny_checkpoint, tmp_path):
     assert rate == 24000
     assert len(samples) <= 8 * 1920 and len(samples) % 1920 == 0 and len(samples) > 0
     assert np.abs(samples).max() > 0
+
+
+def test_speak_to_standard_output_streams_the_samples_of_the_file(tiny_checkpoint, tmp_path):
+    speak = ["speak", "Hello there.", "--model", tiny_checkpoint("custom_voice"), "--speaker", "ryan", "--greedy",
+             "--max-new-tokens", 9]
+    assert run(*speak, "-o", tmp_path / "file.wav").returncode == 0
+    expected, _ = sf.read(tmp_path / "file.wav", dtype="int16")
+    for fmt in ("wav", "pcm"):
+        result = subprocess.run([sys.executable, "-m", "qtts.cli", *map(str, speak), "-o", "-", "--format", fmt],
+                                capture_output=True, timeout=300)
+        assert result.returncode == 0, result.stderr
+        if fmt == "wav":  # the streaming header: sizes unknown, read to the end
+            samples, rate = sf.read(io.BytesIO(result.stdout), dtype="int16")
+            assert rate == 24000
+        else:
+            samples = np.frombuffer(result.stdout, dtype="<i2")
+        np.testing.assert_array_equal(samples, expected)
+        assert b"to standard output" in result.stderr  # the report goes to stderr: stdout is audio only
+
+
+def test_speak_to_a_reader_that_goes_away_stops_without_a_traceback(tiny_checkpoint):
+    # Far more audio than the pipe holds (64 KiB, 17 frames): the writer meets the closed end.
+    text = "A sentence nobody hears to its end. " * 4
+    process = subprocess.Popen([sys.executable, "-m", "qtts.cli", "speak", text, "--model",
+                                str(tiny_checkpoint("custom_voice")), "--greedy", "-o", "-", "--format", "pcm"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert len(process.stdout.read(1920 * 2)) == 1920 * 2  # the first frame's audio
+    process.stdout.close()  # the player went away
+    code = process.wait(120)
+    stderr = process.stderr.read().decode()
+    assert code == 1 and "Traceback" not in stderr, stderr
 
 
 def test_speak_reads_text_from_stdin_and_writes_flac(tiny_checkpoint, tmp_path):

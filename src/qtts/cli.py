@@ -88,8 +88,14 @@ def cmd_speak(args) -> None:
 
     if args.voice and (args.speaker or args.instruct):
         raise QttsError("--voice cannot be combined with --speaker or --instruct")
-    format_for_path(args.output)  # an extension qtts cannot write fails now, not after the synthesis
-    _check_output(args.output)
+    to_stdout = args.output == "-"
+    if to_stdout:
+        stream_format = _stdout_format(args.format)
+    elif args.format is not None:
+        raise QttsError("--format is for -o - (standard output); a file's extension picks its format")
+    else:
+        format_for_path(args.output)  # an extension qtts cannot write fails now, not after the synthesis
+        _check_output(args.output)
     _check_device(args.device)
     text = _read_text(args.text)
     variant = "base" if args.voice else "voice_design" if (args.instruct and not args.speaker) else "custom_voice"
@@ -103,31 +109,75 @@ def cmd_speak(args) -> None:
         speaker = tts.speakers[0]
     chunks = tts.synthesize(text, language=args.language, voice=voice, speaker=speaker, instruct=args.instruct,
                             stream=True, **_sampling(args))
-    audio = _with_progress(chunks, show=args.progress)
+    if to_stdout:
+        seconds = _write_stream(_with_progress(chunks, show=args.progress), stream_format)
+        print(f"wrote {seconds:.2f} s of audio to standard output ({stream_format.name})", file=sys.stderr)
+        return
+    audio = _joined(_with_progress(chunks, show=args.progress))
     audio.save(args.output)
     print(f"wrote {args.output}: {audio.duration:.2f} s of {audio.sample_rate} Hz audio")
 
 
+def _stdout_format(name: str | None):
+    """The format `-o -` streams in: one that can leave chunk by chunk (default WAV, with the streaming
+    header that players read to the end of the stream)."""
+    from .audio_formats import FORMATS
+
+    name = name or "wav"
+    streamable = [fmt for fmt in FORMATS.values() if fmt.incremental]
+    for fmt in streamable:
+        if fmt.name == name:
+            return fmt
+    raise QttsError(f"--format {name} cannot be streamed to standard output; use one of "
+                    f"{', '.join(fmt.name for fmt in streamable)}")
+
+
 def _with_progress(chunks, *, show: bool | None):
-    """The streamed chunks joined into one `Audio` (joined, they equal the non-streamed audio), with a
-    progress bar of audio seconds made and the speed against real time. `show` None: when stderr is a
-    terminal."""
-    import numpy as np
+    """The streamed chunks, passed on as they come, with a progress bar of audio seconds made and the speed
+    against real time. `show` None: when stderr is a terminal."""
     from tqdm import tqdm
 
-    from .audio import SAMPLE_RATE, Audio
-
-    parts = []
     started = time.perf_counter()
     with tqdm(desc="speaking", unit="s", disable=None if show is None else not show, file=sys.stderr,
               bar_format="{desc}: {n:.2f} s of audio [{elapsed}{postfix}]") as bar:
         for chunk in chunks:
-            parts.append(chunk.samples)
+            yield chunk
             bar.update(chunk.duration)
             bar.set_postfix_str(f"{bar.n / max(time.perf_counter() - started, 1e-9):.2f}x real time",
                                 refresh=False)
-    samples = np.concatenate(parts) if parts else np.zeros(0, dtype=np.float32)
-    return Audio(samples, SAMPLE_RATE)
+
+
+def _joined(chunks):
+    """The chunks as one `Audio` (joined, they equal the non-streamed audio)."""
+    import numpy as np
+
+    from .audio import SAMPLE_RATE, Audio
+
+    parts = [chunk.samples for chunk in chunks]
+    return Audio(np.concatenate(parts) if parts else np.zeros(0, dtype=np.float32), SAMPLE_RATE)
+
+
+def _write_stream(chunks, fmt) -> float:
+    """Each chunk to standard output as soon as it is made, so a player can start at once; the audio
+    seconds written. A reader that goes away (`| head`, a player closed) ends the synthesis quietly."""
+    from .audio import SAMPLE_RATE
+    from .audio_formats import StreamEncoder
+
+    encoder = StreamEncoder(fmt, SAMPLE_RATE)
+    out = sys.stdout.buffer
+    seconds = 0.0
+    try:
+        for chunk in chunks:
+            out.write(encoder.encode(chunk.samples))
+            out.flush()
+            seconds += chunk.duration
+        out.write(encoder.finish())
+        out.flush()
+    except BrokenPipeError:
+        # Python flushes stdout again at exit: point it at nothing so that flush cannot fail too.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise SystemExit(1) from None
+    return seconds
 
 
 def cmd_clone(args) -> None:
@@ -272,7 +322,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("text", metavar="TEXT", help="the text, @FILE to read it from a file, or - for stdin")
     p.add_argument("-o", "--output", default="out.wav",
                    help="output file; its extension picks the format: .wav .flac .mp3 .opus/.ogg .pcm "
-                   "(default out.wav)")
+                   "(default out.wav); - streams to standard output as the audio is made")
+    p.add_argument("--format", help="what -o - streams: wav (default), pcm (16-bit 24 kHz mono), mp3 or opus")
     common(p)
     p.add_argument("--speaker", "-s", help="preset speaker (CustomVoice models)")
     p.add_argument("--voice", "-v", help="voice file made by `qtts clone` (Base models)")
