@@ -123,13 +123,11 @@ def _stdout_format(name: str | None):
     header that players read to the end of the stream)."""
     from .audio_formats import FORMATS
 
-    name = name or "wav"
-    streamable = [fmt for fmt in FORMATS.values() if fmt.incremental]
-    for fmt in streamable:
-        if fmt.name == name:
-            return fmt
-    raise QttsError(f"--format {name} cannot be streamed to standard output; use one of "
-                    f"{', '.join(fmt.name for fmt in streamable)}")
+    fmt = FORMATS.get(name or "wav")
+    if fmt is None or not fmt.incremental:
+        raise QttsError(f"--format {name} cannot be streamed to standard output; use one of "
+                        f"{', '.join(fmt.name for fmt in FORMATS.values() if fmt.incremental)}")
+    return fmt
 
 
 def _with_progress(chunks, *, show: bool | None):
