@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from qtts import bench
+from qtts import bench, long_text
 
 BENCH_DIR = Path(__file__).resolve().parents[1] / "bench"
 
@@ -162,10 +162,15 @@ def test_qtts_bench_gives_the_forced_frame_count_on_cpu(tmp_path):
     from qtts.testing import write_tiny_checkpoint
 
     write_tiny_checkpoint(tmp_path, "custom_voice")
-    (result,) = bench.bench_qtts(str(tmp_path), ["sentence"], frames=10, runs=1, model="tiny", device="cpu")
-    assert (result.frames, result.runs, result.text) == (10, 1, "sentence")
-    assert result.xrt.median > 0 and result.decode_ms_per_frame.median > 0
-    assert math.isfinite(result.step_ms_per_frame.median)
+    # the passage is longer than one segment of long text: the bench still speaks it as one request
+    assert len(bench.TEXTS["passage"]) > long_text.SEGMENT_CHARS
+    results = bench.bench_qtts(str(tmp_path), ["sentence", "passage"], frames=10, runs=1, model="tiny",
+                               device="cpu")
+    assert [(r.frames, r.runs, r.text) for r in results] == [(10, 1, "sentence"), (10, 1, "passage")]
+    for result in results:
+        assert result.xrt.median > 0 and result.decode_ms_per_frame.median > 0
+        assert math.isfinite(result.step_ms_per_frame.median)
+    assert long_text.SEGMENT_CHARS == long_text.DEFAULT_MAX_CHARS  # put back for every other caller
 
 
 @pytest.mark.gpu

@@ -283,12 +283,19 @@ def bench_qtts(checkpoint: str, texts: Sequence[str], frames: int, runs: int, mo
 
     import qtts
 
+    from qtts import long_text
+
     dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
     tts = qtts.load(checkpoint, device=device, dtype=dtype)
     streams = "stream" in inspect.signature(tts.synthesize).parameters
+    # Every text is one request with the whole text in its prompt, as the peers run it. qtts speaks a text
+    # over SEGMENT_CHARS as consecutive requests, each of which the forced length would make `frames` long.
+    segment_chars = long_text.SEGMENT_CHARS
+    long_text.SEGMENT_CHARS = max(segment_chars, *(len(TEXTS[name]) for name in texts))
     try:
         return _measure(tts, texts, frames, runs, model, streams)
     finally:
+        long_text.SEGMENT_CHARS = segment_chars
         tts.close()
 
 
