@@ -60,8 +60,8 @@ def stack_left_out(talker: bool):
     """run_stack with the talker's (or else the predictor's) layers not run: its input passes through."""
     run_stack = frame_module.run_stack
 
-    def run(stack, ops, caches, x, *args):
-        return x if isinstance(stack, TalkerModel) == talker else run_stack(stack, ops, caches, x, *args)
+    def run(stack, ops, caches, x, *args, **kwargs):
+        return x if isinstance(stack, TalkerModel) == talker else run_stack(stack, ops, caches, x, *args, **kwargs)
 
     return run
 

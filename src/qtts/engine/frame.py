@@ -17,7 +17,7 @@ import functools
 import torch
 from torch import nn
 
-from ..kernels.decode_attention import decode_attention_reference, decode_attention_triton
+from ..kernels.decode_attention import decode_attention_reference, decode_attention_triton, default_splits
 from ..kernels.linear import fused_linear_reference, fused_linear_triton
 from ..kernels.qk_norm_rope import qk_norm_rope_cache_reference, qk_norm_rope_cache_triton
 from ..kernels.rms_norm import add_rms_norm_reference, add_rms_norm_triton
@@ -77,11 +77,12 @@ class LayerOps:
 
 
 def run_stack(stack: DecoderStack, ops: LayerOps, caches: list, x: torch.Tensor, positions: torch.Tensor,
-              cache_index: torch.Tensor, lengths: torch.Tensor, starts: torch.Tensor) -> torch.Tensor:
+              cache_index: torch.Tensor, lengths: torch.Tensor, starts: torch.Tensor,
+              attention_splits: int | None = None) -> torch.Tensor:
     """The residual stream after every layer of `stack` (final norm not applied: callers fuse it into the
     product that reads it). x [B, S, H] are new tokens at RoPE `positions` and cache rows `cache_index`
     [B, S] of `caches` (one `KVCache` [B, ...] per layer); attention sees cache rows `starts` [B] ..
-    `lengths` [B] - 1.
+    `lengths` [B] - 1, split `attention_splits` ways (default: by the caches' whole length).
 
     Each residual add is fused into the product in front of it and rounds to the activation dtype, as the
     official math does after every add."""
@@ -90,7 +91,8 @@ def run_stack(stack: DecoderStack, ops: LayerOps, caches: list, x: torch.Tensor,
         q, k, v = ops.qkv(layer, x)
         q = ops.qk_norm_rope_cache(q, k, v, attn.q_norm.weight, attn.k_norm.weight, attn.q_norm.eps,
                                    stack.inv_freq, positions, cache.k, cache.v, cache_index)
-        attended = ops.decode_attention(q, cache.k, cache.v, lengths, attn.head_dim**-0.5, starts)
+        attended = ops.decode_attention(q, cache.k, cache.v, lengths, attn.head_dim**-0.5, starts,
+                                        splits=attention_splits)
         x = ops.linear(attended, attn.o_proj.weight, residual=x)
         x = ops.mlp(layer, x)
     return x
@@ -125,8 +127,10 @@ def prefill(talker: Talker, ops: LayerOps, store: RowStore, rows: slice, embeds:
     starts = (~valid).sum(-1).to(torch.int32)
     cache_rows = torch.arange(length, device=valid.device).expand(batch, length)
     lengths = torch.full((batch,), length, device=valid.device, dtype=torch.int32)
+    # No query of the prompt sees past its length: split the attention by that, not by the cache's whole
+    # length (16 ways for 4096 rows, where a 64-token prompt fills at most 2 of them, plus a merge launch).
     stream = run_stack(talker.model, ops, row_caches(store.caches, rows), embeds, positions, cache_rows,
-                       lengths, starts)
+                       lengths, starts, attention_splits=default_splits(length))
     talker_head(talker, ops, stream[:, -1], store.hidden[rows], store.logits[rows])
 
 

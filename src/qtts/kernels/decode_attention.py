@@ -27,10 +27,11 @@ from qtts.kernels import enabled, interpreted, jit, next_power_of_2, pdl_launch,
 
 def decode_attention_reference(
     q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, lengths: torch.Tensor, scale: float,
-    starts: torch.Tensor | None = None,
+    starts: torch.Tensor | None = None, splits: int | None = None,
 ) -> torch.Tensor:
     """q [B, Hq, S, D]; caches [B, Hkv, L, D]; lengths [B] = cache rows in use, the S new ones included;
-    starts [B] = first valid row (rows before it are left padding; default 0).
+    starts [B] = first valid row (rows before it are left padding; default 0). `splits` is how the fused
+    kernel divides a long cache; the result does not depend on it.
 
     Query s sits at row lengths - S + s and sees rows starts..itself. Returns [B, S, Hq * D].
     """
@@ -179,7 +180,7 @@ def decode_attention_triton(
 
 def decode_attention(
     q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, lengths: torch.Tensor, scale: float,
-    starts: torch.Tensor | None = None,
+    starts: torch.Tensor | None = None, splits: int | None = None,
 ) -> torch.Tensor:
     impl = decode_attention_triton if enabled(q.device) else decode_attention_reference
-    return impl(q, k_cache, v_cache, lengths, scale, starts)
+    return impl(q, k_cache, v_cache, lengths, scale, starts, splits)
