@@ -14,7 +14,7 @@ from qtts.kernels import jit, round_to, tl
 from qtts.errors import InputError
 from qtts.kernels.decode_attention import decode_attention_reference, decode_attention_triton
 from qtts.kernels.linear import (
-    GRID_Y_MAX, ROWS_PER_PROGRAM_MAX, TILE_SCRATCH_BYTES, fused_linear_reference, fused_linear_triton,
+    DECODE_CONFIGS, GRID_Y_MAX, ROWS_PER_PROGRAM_MAX, TILE_SCRATCH_BYTES, fused_linear_reference, fused_linear_triton,
     tile_config,
 )
 from qtts.kernels.qk_norm_rope import qk_norm_rope_cache_reference, qk_norm_rope_cache_triton
@@ -298,6 +298,23 @@ MODEL_PRODUCTS = [(4096, 1024, False), (1024, 2048, False), (3072, 1024, True), 
                   (2048, 1024, False), (3072, 1024, False), (4096, 2048, False), (2048, 2048, False),
                   (6144, 2048, True), (2048, 6144, False)]
 
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("shape", sorted(DECODE_CONFIGS))
+def test_every_one_row_block_of_the_table_computes_the_product(device, shape):
+    """Each measured block at its product's K (the part the block's loop and masks depend on), over three
+    output blocks and a masked edge rather than all N outputs (the interpreter runs programs one by one)."""
+    n, k, gated = shape
+    block_n, block_k, warps = DECODE_CONFIGS[shape]
+    n = 3 * block_n + 1
+    for rows in (1, 2):
+        x = torch.randn(rows, k, device=device)
+        weight = torch.randn(2 * n if gated else n, k, device=device) / k**0.5
+        norm = 1 + 0.3 * torch.randn(k, device=device)
+        options = {"gated": True} if gated else {"residual": torch.randn(rows, n, device=device)}
+        ref = fused_linear_reference(x, weight, norm_weight=norm, **options)
+        out = fused_linear_triton(x, weight, norm_weight=norm, config=(block_n, block_k, warps), **options)
+        assert_same_function(out, ref)
 
 @pytest.mark.parametrize("shared_memory", [232448, 167936, 101376, 65536])  # H100/H200, A100, L4/RTX, small
 @pytest.mark.parametrize("element_size", [2, 4])

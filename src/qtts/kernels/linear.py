@@ -116,12 +116,15 @@ def _fused_linear_kernel(
 # over distinct weights), by (N, K, gated): each the fastest of BLOCK_N 2-32 x BLOCK_K 256-4096 x 2-8 warps
 # for the products of the 0.6B and 1.7B models. Few output rows per program and long stretches of K win:
 # every SM streams weights, 1.5-2.6 TB/s here against 0.8-2.1 TB/s for cuBLAS with the norm, gate and add
-# as separate kernels.
+# as separate kernels. Then chosen again by the frame's own time (bench/frame_tune.py, H100, 2026-12-07: each
+# candidate in a freshly captured one-row frame, then the best of each shape together against the old table
+# in alternating rounds): 1.7B frame 3.41 against 3.47 ms at one row, 4.64 against 4.67 at two. The shapes
+# the 0.6B shares with it (all of its own) chose the same blocks or ones within 0.01 ms of them.
 DECODE_CONFIGS = {
-    (4096, 1024, False): (8, 1024, 2), (1024, 2048, False): (8, 2048, 4), (3072, 1024, True): (8, 1024, 2),
+    (4096, 1024, False): (8, 1024, 4), (1024, 2048, False): (4, 2048, 4), (3072, 1024, True): (4, 1024, 2),
     (1024, 3072, False): (2, 4096, 4), (2048, 1024, False): (8, 1024, 4), (3072, 1024, False): (8, 1024, 4),
-    (4096, 2048, False): (4, 1024, 4), (2048, 2048, False): (8, 2048, 4), (6144, 2048, True): (4, 2048, 4),
-    (2048, 6144, False): (2, 2048, 2),
+    (4096, 2048, False): (2, 2048, 4), (2048, 2048, False): (8, 2048, 4), (6144, 2048, True): (2, 2048, 4),
+    (2048, 6144, False): (4, 2048, 4),
 }
 
 
