@@ -26,6 +26,31 @@ def test_speak_writes_a_wav_of_the_requested_length(tiny_checkpoint, tmp_path):
     assert np.abs(samples).max() > 0
 
 
+def test_speak_samples_with_the_settings_given(tiny_checkpoint, tmp_path):
+    """--temperature, --top-k, --top-p and --repetition-penalty reach the request: the file holds what the
+    Python API makes with the same settings and seed, and not what the defaults make."""
+    model = tiny_checkpoint("custom_voice")
+    settings = dict(temperature=1.7, top_k=7, top_p=0.6, repetition_penalty=1.5)
+    flags = [item for name, value in settings.items() for item in (f"--{name.replace('_', '-')}", value)]
+    out = tmp_path / "set.wav"
+    result = run("speak", "Hello there.", "--model", model, "--speaker", "ryan", "--seed", 5,
+                 "--max-new-tokens", 9, *flags, "-o", out)
+    assert result.returncode == 0, result.stderr
+    samples, _ = sf.read(out, dtype="float32")
+    tts = qtts.load(model, device="cpu")
+    try:
+        kwargs = dict(speaker="ryan", seed=5, max_new_tokens=9)
+        given = tts.synthesize("Hello there.", **kwargs, **settings).samples
+        default = tts.synthesize("Hello there.", **kwargs).samples
+    finally:
+        tts.close()
+    assert len(samples) == len(given) and np.allclose(samples, given, atol=2 / 32768)
+    assert len(default) != len(given) or not np.allclose(default, given, atol=2 / 32768)
+    result = run("speak", "Hi.", "--model", model, "--top-p", 0, "-o", tmp_path / "x.wav")
+    assert result.returncode == 2 and "top_p must be in (0, 1]" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
 def test_speak_to_standard_output_streams_the_samples_of_the_file(tiny_checkpoint, tmp_path):
     speak = ["speak", "Hello there.", "--model", tiny_checkpoint("custom_voice"), "--speaker", "ryan", "--greedy",
              "--max-new-tokens", 9]
@@ -84,6 +109,8 @@ def test_user_errors_are_one_line_and_exit_2(tiny_checkpoint, tmp_path):
     result = run("speak", "Hi.", "--model", model, "--speaker", "nobody", "-o", tmp_path / "x.wav")
     assert result.returncode == 2
     assert "unknown speaker 'nobody'" in result.stderr and "Traceback" not in result.stderr
+    result = run("speak", "Hi.", "--model", model, "-o", f"{tmp_path}/")
+    assert result.returncode == 2 and "it is a folder; give a file name" in result.stderr
     result = run("clone", tmp_path / "missing.wav", "--model", tiny_checkpoint("base"),
                  "-o", tmp_path / "v.safetensors")
     assert result.returncode == 2 and "missing.wav" in result.stderr

@@ -59,6 +59,9 @@ def _sampling(args) -> dict:
         out["max_new_tokens"] = args.max_new_tokens
     if args.greedy:
         out.update(do_sample=False, subtalker_dosample=False)
+    for name in ("temperature", "top_k", "top_p", "repetition_penalty"):
+        if getattr(args, name) is not None:
+            out[name] = getattr(args, name)
     return out
 
 
@@ -94,8 +97,8 @@ def cmd_speak(args) -> None:
     elif args.format is not None:
         raise QttsError("--format is for -o - (standard output); a file's extension picks its format")
     else:
+        _check_output(args.output)  # first: a folder given for the file is named as one
         format_for_path(args.output)  # an extension qtts cannot write fails now, not after the synthesis
-        _check_output(args.output)
     _check_device(args.device)
     text = _read_text(args.text)
     variant = "base" if args.voice else "voice_design" if (args.instruct and not args.speaker) else "custom_voice"
@@ -330,6 +333,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, help="random seed for reproducible sampling")
     p.add_argument("--max-new-tokens", type=int, help="upper bound on generated frames")
     p.add_argument("--greedy", action="store_true", help="greedy decoding instead of sampling")
+    # The talker's sampling (code 0 of each frame), as generation_config.json and the server's requests name
+    # them; the code predictor keeps the checkpoint's settings.
+    p.add_argument("--temperature", type=float, help="sampling temperature (default: the checkpoint's, 0.9)")
+    p.add_argument("--top-k", type=int, help="sample from the k likeliest codes; 0 turns it off (default 50)")
+    p.add_argument("--top-p", type=float, help="nucleus sampling threshold in (0, 1] (default 1.0)")
+    p.add_argument("--repetition-penalty", type=float, help="penalty on codes already spoken (default 1.05)")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="show a progress bar (default: when standard error is a terminal)")
     p.set_defaults(func=cmd_speak)
