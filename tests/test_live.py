@@ -378,6 +378,8 @@ def test_bad_messages_get_a_clear_error_and_the_session_carries_on(custom, sessi
     assert "unknown field 'colour'" in error_for(json.dumps({"type": "session.config", "colour": 1}))["message"]
     assert error_for(json.dumps({"type": "session.config", "voice": "ryan", "language": "klingon"}))["code"] \
         == "unsupported_language"
+    bad_sampling = error_for(json.dumps({"type": "session.config", "voice": "ryan", "temperature": -1}))
+    assert bad_sampling["param"] == "temperature" and "positive number" in bad_sampling["message"]
 
     configure(session)
     assert error_for(json.dumps({"type": "input.text", "text": 5}))["param"] == "text"

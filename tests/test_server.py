@@ -355,8 +355,10 @@ def test_models_health_and_metrics(custom):
     ({"model": "someone-elses-model"}, 404, ["someone-elses-model", "tiny-custom"], "model"),
     ({"temprature": 0.5}, 400, ["temprature"], "temprature"),
     ({"stream_format": "ogg"}, 400, ["stream_format"], "stream_format"),
-    ({"temperature": -1}, 400, ["temperature"], None),
-    ({"max_new_tokens": 0}, 400, ["max_new_tokens"], None),
+    ({"temperature": -1}, 400, ["temperature"], "temperature"),
+    ({"top_p": 1.5}, 400, ["top_p", "(0, 1]"], "top_p"),
+    ({"subtalker_top_k": -2}, 400, ["subtalker_top_k"], "subtalker_top_k"),
+    ({"max_new_tokens": 0}, 400, ["max_new_tokens"], "max_new_tokens"),
     ({"max_new_tokens": 10**9}, 400, ["max_new_tokens", "limit"], "max_new_tokens"),
 ])
 def test_bad_speech_requests_get_a_clear_openai_error(custom, fields, status, words, param):

@@ -206,6 +206,11 @@ def create_app(tts, *, model_name: str | None = None, voices_dir: str | Path | N
             raise ApiError(400, f"max_new_tokens {body.max_new_tokens} exceeds this server's limit of "
                            f"{max_new_tokens} frames (the checkpoint's generation_config.json)",
                            code="unsupported_value", param="max_new_tokens")
+        for field, value in body.sampling().items():  # one at a time, so that a 400 names its field
+            try:
+                tts.sampling_params(**{field: value})
+            except InputError as exc:
+                raise ApiError(400, str(exc), code="invalid_input", param=field) from None
         if body.language.lower() not in tts.languages:
             raise ApiError(400, f"unsupported language {body.language!r}; choose one of: "
                            f"{', '.join(tts.languages)}", code="unsupported_language", param="language")
