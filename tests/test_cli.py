@@ -51,6 +51,41 @@ def test_speak_samples_with_the_settings_given(tiny_checkpoint, tmp_path):
     assert len(result.stderr.strip().splitlines()) == 1
 
 
+def test_batch_writes_one_file_per_line_each_the_audio_of_its_line_alone(tiny_checkpoint, tmp_path):
+    """`qtts batch`: the lines spoken together, each file named by its line number and equal to what the
+    Python API makes for that line alone (line i of those spoken draws with seed + i)."""
+    model = tiny_checkpoint("custom_voice")
+    lines = tmp_path / "lines.txt"
+    lines.write_text("First line here.\n\nSecond line, a bit longer.\n   \nThird.\n", encoding="utf-8")
+    out = tmp_path / "out"
+    result = run("batch", lines, "-o", out, "--model", model, "--speaker", "serena", "--seed", 3,
+                 "--max-new-tokens", 9, "--temperature", 1.3)
+    assert result.returncode == 0, result.stderr
+    assert "wrote 3 files" in result.stdout
+    assert sorted(path.name for path in out.iterdir()) == ["1.wav", "3.wav", "5.wav"]
+    tts = qtts.load(model, device="cpu")
+    try:
+        for index, (name, text) in enumerate([("1", "First line here."), ("3", "Second line, a bit longer."),
+                                              ("5", "Third.")]):
+            alone = tts.synthesize(text, speaker="serena", seed=3 + index, max_new_tokens=9, temperature=1.3)
+            samples, _ = sf.read(out / f"{name}.wav", dtype="float32")
+            assert len(samples) == len(alone.samples) > 0
+            assert np.allclose(samples, alone.samples, atol=2 / 32768)
+    finally:
+        tts.close()
+
+
+def test_batch_refuses_a_bad_line_before_speaking_any(tiny_checkpoint, tmp_path):
+    lines = tmp_path / "lines.txt"
+    lines.write_text("Fine.\nNot <|im_start|> fine.\n", encoding="utf-8")
+    out = tmp_path / "out"
+    result = run("batch", lines, "-o", out, "--model", tiny_checkpoint("custom_voice"))
+    assert result.returncode == 2 and "line 2" in result.stderr and "<|im_start|>" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and not out.exists()
+    result = run("batch", "-", "-o", out, "--model", tiny_checkpoint("custom_voice"), stdin="\n \n")
+    assert result.returncode == 2 and "standard input: no line has text to speak" in result.stderr
+
+
 def test_speak_to_standard_output_streams_the_samples_of_the_file(tiny_checkpoint, tmp_path):
     speak = ["speak", "Hello there.", "--model", tiny_checkpoint("custom_voice"), "--speaker", "ryan", "--greedy",
              "--max-new-tokens", 9]

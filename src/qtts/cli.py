@@ -1,4 +1,5 @@
-"""`qtts` on the command line: speak, clone, serve, make checkpoints, benchmark, inspect.
+"""`qtts` on the command line: speak, speak a file line by line, clone, serve, make checkpoints, benchmark,
+inspect.
 
 A thin shell over the Python API; every user mistake surfaces as one line naming the problem, exit code 2.
 """
@@ -120,6 +121,75 @@ def cmd_speak(args) -> None:
     audio.save(args.output)
     print(f"wrote {args.output}: {audio.duration:.2f} s of {audio.sample_rate} Hz audio")
 
+
+
+def cmd_batch(args) -> None:
+    """One audio file per line of a text file, the lines spoken together through the engine's batch."""
+    from collections import deque
+
+    import numpy as np
+    from tqdm import tqdm
+
+    import qtts
+
+    from .audio import SAMPLE_RATE, Audio
+    from .audio_formats import FORMATS
+    from .limits import check_text
+
+    if args.voice and (args.speaker or args.instruct):
+        raise QttsError("--voice cannot be combined with --speaker or --instruct")
+    fmt = FORMATS.get(args.format)
+    if fmt is None:
+        raise QttsError(f"--format {args.format} is not one qtts writes here; use one of {', '.join(FORMATS)}")
+    lines = _read_text(args.lines if args.lines == "-" else "@" + args.lines).splitlines()
+    items = [(number, line.strip()) for number, line in enumerate(lines, 1) if line.strip()]
+    if not items:
+        raise QttsError(f"{'standard input' if args.lines == '-' else args.lines}: no line has text to speak")
+    folder = Path(args.output)
+    if folder.exists() and not folder.is_dir():
+        raise QttsError(f"cannot write into {str(folder)!r}: it is a file; give a folder")
+    if not folder.parent.is_dir():
+        raise QttsError(f"cannot write into {str(folder)!r}: the folder {str(folder.parent)!r} does not exist")
+    _check_device(args.device)
+    variant = "base" if args.voice else "voice_design" if (args.instruct and not args.speaker) else "custom_voice"
+    model = _model_or_demo(args.model, variant)
+    if not args.model and args.max_new_tokens is None:
+        args.max_new_tokens = DEMO_MAX_FRAMES
+    tts = qtts.load(model, device=args.device, max_batch=args.max_batch)
+    for number, text in items:  # every line before any is spoken: a bad line 900 fails now, not in an hour
+        try:
+            check_text(tts.tokenizer, "text", text, tts.limits.input_tokens)
+        except QttsError as exc:
+            raise QttsError(f"{args.lines}, line {number}: {exc}") from None
+    voice = qtts.Voice.load(args.voice) if args.voice else None
+    speaker = args.speaker
+    if tts.model_type == "custom_voice" and speaker is None:
+        speaker = tts.speakers[0]
+    sampling = _sampling(args)
+    seed = sampling.pop("seed", None)
+    folder.mkdir(exist_ok=True)
+    width = len(str(len(lines)))
+    # Twice the engine's batch in flight: a full batch runs while finished files are written.
+    window = 2 * tts.engine.max_batch
+    waiting, in_flight = deque(enumerate(items)), deque()
+    started, seconds = time.perf_counter(), 0.0
+    with tqdm(total=len(items), desc="speaking", unit="file", file=sys.stderr,
+              disable=None if args.progress is None else not args.progress) as bar:
+        while waiting or in_flight:
+            while waiting and len(in_flight) < window:
+                index, (number, text) = waiting.popleft()
+                job = tts.submit(text, language=args.language, voice=voice, speaker=speaker,
+                                 instruct=args.instruct, seed=None if seed is None else seed + index, **sampling)
+                in_flight.append((number, job))
+            number, job = in_flight.popleft()
+            chunks, _ = job.result()
+            audio = Audio(np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.float32), SAMPLE_RATE)
+            audio.save(folder / f"{number:0{width}d}.{fmt.extensions[0].lstrip('.')}")
+            seconds += audio.duration
+            bar.update(1)
+    wall = time.perf_counter() - started
+    print(f"wrote {len(items)} files to {folder}: {seconds:.2f} s of audio in {wall:.2f} s "
+          f"({seconds / max(wall, 1e-9):.1f}x real time)")
 
 def _stdout_format(name: str | None):
     """The format `-o -` streams in: one that can leave chunk by chunk (default WAV, with the streaming
@@ -319,6 +389,24 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--model", "-m", help=model_help)
         p.add_argument("--device", help="cuda, cuda:N or cpu (default: cuda when available)")
 
+    def speech_options(p, seed_help="random seed for reproducible sampling"):
+        p.add_argument("--speaker", "-s", help="preset speaker (CustomVoice models)")
+        p.add_argument("--voice", "-v", help="voice file made by `qtts clone` (Base models)")
+        p.add_argument("--instruct", "-i",
+                       help="style instruction (1.7B CustomVoice) or voice description (VoiceDesign)")
+        p.add_argument("--language", "-l", default="auto", help="language name or auto (default)")
+        p.add_argument("--seed", type=int, help=seed_help)
+        p.add_argument("--max-new-tokens", type=int, help="upper bound on generated frames")
+        p.add_argument("--greedy", action="store_true", help="greedy decoding instead of sampling")
+        # The talker's sampling (code 0 of each frame), as generation_config.json and the server's requests
+        # name them; the code predictor keeps the checkpoint's settings.
+        p.add_argument("--temperature", type=float, help="sampling temperature (default: the checkpoint's, 0.9)")
+        p.add_argument("--top-k", type=int, help="sample from the k likeliest codes; 0 turns it off (default 50)")
+        p.add_argument("--top-p", type=float, help="nucleus sampling threshold in (0, 1] (default 1.0)")
+        p.add_argument("--repetition-penalty", type=float, help="penalty on codes already spoken (default 1.05)")
+        p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                       help="show a progress bar (default: when standard error is a terminal)")
+
     p = sub.add_parser("speak", help="synthesize TEXT to an audio file")
     p.add_argument("text", metavar="TEXT", help="the text, @FILE to read it from a file, or - for stdin")
     p.add_argument("-o", "--output", default="out.wav",
@@ -326,22 +414,19 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default out.wav); - streams to standard output as the audio is made")
     p.add_argument("--format", help="what -o - streams: wav (default), pcm (16-bit 24 kHz mono), mp3 or opus")
     common(p)
-    p.add_argument("--speaker", "-s", help="preset speaker (CustomVoice models)")
-    p.add_argument("--voice", "-v", help="voice file made by `qtts clone` (Base models)")
-    p.add_argument("--instruct", "-i", help="style instruction (1.7B CustomVoice) or voice description (VoiceDesign)")
-    p.add_argument("--language", "-l", default="auto", help="language name or auto (default)")
-    p.add_argument("--seed", type=int, help="random seed for reproducible sampling")
-    p.add_argument("--max-new-tokens", type=int, help="upper bound on generated frames")
-    p.add_argument("--greedy", action="store_true", help="greedy decoding instead of sampling")
-    # The talker's sampling (code 0 of each frame), as generation_config.json and the server's requests name
-    # them; the code predictor keeps the checkpoint's settings.
-    p.add_argument("--temperature", type=float, help="sampling temperature (default: the checkpoint's, 0.9)")
-    p.add_argument("--top-k", type=int, help="sample from the k likeliest codes; 0 turns it off (default 50)")
-    p.add_argument("--top-p", type=float, help="nucleus sampling threshold in (0, 1] (default 1.0)")
-    p.add_argument("--repetition-penalty", type=float, help="penalty on codes already spoken (default 1.05)")
-    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
-                   help="show a progress bar (default: when standard error is a terminal)")
+    speech_options(p)
     p.set_defaults(func=cmd_speak)
+
+    p = sub.add_parser("batch", help="one audio file per line of a text file, spoken together")
+    p.add_argument("lines", metavar="LINES", help="text file with one utterance per line (blank lines are "
+                   "skipped), or - for stdin")
+    p.add_argument("-o", "--output", required=True,
+                   help="folder for the files (made if missing), named by line number: 007.wav is line 7")
+    p.add_argument("--format", default="wav", help="wav (default), flac, mp3, opus or pcm")
+    common(p)
+    p.add_argument("--max-batch", type=int, help="utterances the engine speaks at once (default 64)")
+    speech_options(p, seed_help="random seed: line i of the ones spoken (from 0) draws with SEED + i")
+    p.set_defaults(func=cmd_batch)
 
     p = sub.add_parser("clone", help="make a reusable voice file from reference audio")
     p.add_argument("ref_audio", metavar="REF_AUDIO", help="reference recording (wav, flac, ogg), 1 to 60 s")
