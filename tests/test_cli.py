@@ -146,6 +146,12 @@ def test_user_errors_are_one_line_and_exit_2(tiny_checkpoint, tmp_path):
     assert "unknown speaker 'nobody'" in result.stderr and "Traceback" not in result.stderr
     result = run("speak", "Hi.", "--model", model, "-o", f"{tmp_path}/")
     assert result.returncode == 2 and "it is a folder; give a file name" in result.stderr
+    # the voice flags a model takes, named as flags rather than as the Python API's keywords
+    result = run("speak", "Hi.", "--model", tiny_checkpoint("base"), "-o", tmp_path / "x.wav")
+    assert result.returncode == 2 and "give --voice FILE" in result.stderr and "voice=" not in result.stderr
+    result = run("batch", "-", "--model", model, "--voice", tmp_path / "v.safetensors", "-o", tmp_path / "out",
+                 stdin="Hi.\n")
+    assert result.returncode == 2 and "--voice is for Base models" in result.stderr and "use --speaker" in result.stderr
     result = run("clone", tmp_path / "missing.wav", "--model", tiny_checkpoint("base"),
                  "-o", tmp_path / "v.safetensors")
     assert result.returncode == 2 and "missing.wav" in result.stderr

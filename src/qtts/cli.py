@@ -78,6 +78,22 @@ def _check_output(path: str, suffixes: tuple[str, ...] | None = None) -> None:
         raise QttsError(f"cannot write {str(target)!r}: the folder {str(target.parent)!r} does not exist")
 
 
+def _check_voice_flags(model: str, args) -> None:
+    """The voice flags this model takes, said in flags (the API's own errors name its keywords), from its
+    config before its weights are loaded."""
+    from .checkpoint import open_checkpoint
+
+    kind = open_checkpoint(model).config.tts_model_type
+    if kind == "base" and not args.voice:
+        raise QttsError("this is a Base (voice clone) model: give --voice FILE, made from a recording by "
+                        "`qtts clone REF_AUDIO -o FILE`" + ("; it has no preset speakers" if args.speaker else ""))
+    if kind != "base" and args.voice:
+        raise QttsError(f"--voice is for Base models; this is a {kind} model: "
+                        + ("use --speaker" if kind == "custom_voice" else "describe the voice with --instruct"))
+    if kind == "voice_design" and args.speaker:
+        raise QttsError("a VoiceDesign model has no preset speakers; describe the voice with --instruct")
+
+
 def _check_device(device: str | None) -> None:
     if device is not None:
         from .api import resolve_device
@@ -106,6 +122,7 @@ def cmd_speak(args) -> None:
     model = _model_or_demo(args.model, variant)
     if not args.model and args.max_new_tokens is None:
         args.max_new_tokens = DEMO_MAX_FRAMES
+    _check_voice_flags(model, args)
     tts = qtts.load(model, device=args.device)
     voice = qtts.Voice.load(args.voice) if args.voice else None
     speaker = args.speaker
@@ -155,6 +172,7 @@ def cmd_batch(args) -> None:
     model = _model_or_demo(args.model, variant)
     if not args.model and args.max_new_tokens is None:
         args.max_new_tokens = DEMO_MAX_FRAMES
+    _check_voice_flags(model, args)
     tts = qtts.load(model, device=args.device, max_batch=args.max_batch)
     for number, text in items:  # every line before any is spoken: a bad line 900 fails now, not in an hour
         try:
