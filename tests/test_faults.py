@@ -354,7 +354,7 @@ def assert_one_line_exit_2(result, message: str):
     (["speak", "Hi.", "-o", "{tmp}/x.ogx"], "extension '.ogx'"),
     (["speak", "Hi.", "-o", "{tmp}/out"], "no extension"),
     (["speak", "Hi.", "-o", "{tmp}/missing/x.wav"], "does not exist"),
-    (["speak", "Hi.", "-o", "{tmp}"], "no extension"),
+    (["speak", "Hi.", "-o", "{tmp}"], "it is a folder; give a file name"),
     (["speak", "Hi.", "-o", "{tmp}/x.wav", "--device", "tpu"], "unknown device 'tpu'"),
     (["clone", "ref.wav", "-o", "{tmp}/v.wav"], "must end in .safetensors"),
     (["clone", "ref.wav", "-o", "{tmp}/missing/v.safetensors"], "does not exist"),
