@@ -78,11 +78,18 @@ def _check_output(path: str, suffixes: tuple[str, ...] | None = None) -> None:
         raise QttsError(f"cannot write {str(target)!r}: the folder {str(target.parent)!r} does not exist")
 
 
-def _check_voice_flags(model: str, args) -> None:
-    """The voice flags this model takes, said in flags (the API's own errors name its keywords), from its
-    config before its weights are loaded."""
+def _speech_model(args) -> str:
+    """The model a speech command (speak, batch) loads: --model, or the demo of the kind its voice flags ask
+    for. Its voice flags are checked against it from its config, before the weights load, and said as flags
+    (the Python API's own errors name its keywords)."""
     from .checkpoint import open_checkpoint
 
+    if args.voice and (args.speaker or args.instruct):
+        raise QttsError("--voice cannot be combined with --speaker or --instruct")
+    variant = "base" if args.voice else "voice_design" if (args.instruct and not args.speaker) else "custom_voice"
+    model = _model_or_demo(args.model, variant)
+    if not args.model and args.max_new_tokens is None:
+        args.max_new_tokens = DEMO_MAX_FRAMES
     kind = open_checkpoint(model).config.tts_model_type
     if kind == "base" and not args.voice:
         raise QttsError("this is a Base (voice clone) model: give --voice FILE, made from a recording by "
@@ -92,6 +99,18 @@ def _check_voice_flags(model: str, args) -> None:
                         + ("use --speaker" if kind == "custom_voice" else "describe the voice with --instruct"))
     if kind == "voice_design" and args.speaker:
         raise QttsError("a VoiceDesign model has no preset speakers; describe the voice with --instruct")
+    return model
+
+
+def _voice_and_speaker(tts, args):
+    """The loaded --voice, and --speaker or a CustomVoice model's first speaker."""
+    import qtts
+
+    voice = qtts.Voice.load(args.voice) if args.voice else None
+    speaker = args.speaker
+    if tts.model_type == "custom_voice" and speaker is None:
+        speaker = tts.speakers[0]
+    return voice, speaker
 
 
 def _check_device(device: str | None) -> None:
@@ -106,8 +125,6 @@ def cmd_speak(args) -> None:
 
     from .audio_formats import format_for_path
 
-    if args.voice and (args.speaker or args.instruct):
-        raise QttsError("--voice cannot be combined with --speaker or --instruct")
     to_stdout = args.output == "-"
     if to_stdout:
         stream_format = _stdout_format(args.format)
@@ -118,16 +135,8 @@ def cmd_speak(args) -> None:
         format_for_path(args.output)  # an extension qtts cannot write fails now, not after the synthesis
     _check_device(args.device)
     text = _read_text(args.text)
-    variant = "base" if args.voice else "voice_design" if (args.instruct and not args.speaker) else "custom_voice"
-    model = _model_or_demo(args.model, variant)
-    if not args.model and args.max_new_tokens is None:
-        args.max_new_tokens = DEMO_MAX_FRAMES
-    _check_voice_flags(model, args)
-    tts = qtts.load(model, device=args.device)
-    voice = qtts.Voice.load(args.voice) if args.voice else None
-    speaker = args.speaker
-    if tts.model_type == "custom_voice" and speaker is None:
-        speaker = tts.speakers[0]
+    tts = qtts.load(_speech_model(args), device=args.device)
+    voice, speaker = _voice_and_speaker(tts, args)
     chunks = tts.synthesize(text, language=args.language, voice=voice, speaker=speaker, instruct=args.instruct,
                             stream=True, **_sampling(args))
     if to_stdout:
@@ -137,7 +146,6 @@ def cmd_speak(args) -> None:
     audio = _joined(_with_progress(chunks, show=args.progress))
     audio.save(args.output)
     print(f"wrote {args.output}: {audio.duration:.2f} s of {audio.sample_rate} Hz audio")
-
 
 
 def cmd_batch(args) -> None:
@@ -153,8 +161,6 @@ def cmd_batch(args) -> None:
     from .audio_formats import FORMATS
     from .limits import check_text
 
-    if args.voice and (args.speaker or args.instruct):
-        raise QttsError("--voice cannot be combined with --speaker or --instruct")
     fmt = FORMATS.get(args.format)
     if fmt is None:
         raise QttsError(f"--format {args.format} is not one qtts writes here; use one of {', '.join(FORMATS)}")
@@ -168,21 +174,13 @@ def cmd_batch(args) -> None:
     if not folder.parent.is_dir():
         raise QttsError(f"cannot write into {str(folder)!r}: the folder {str(folder.parent)!r} does not exist")
     _check_device(args.device)
-    variant = "base" if args.voice else "voice_design" if (args.instruct and not args.speaker) else "custom_voice"
-    model = _model_or_demo(args.model, variant)
-    if not args.model and args.max_new_tokens is None:
-        args.max_new_tokens = DEMO_MAX_FRAMES
-    _check_voice_flags(model, args)
-    tts = qtts.load(model, device=args.device, max_batch=args.max_batch)
+    tts = qtts.load(_speech_model(args), device=args.device, max_batch=args.max_batch)
     for number, text in items:  # every line before any is spoken: a bad line 900 fails now, not in an hour
         try:
             check_text(tts.tokenizer, "text", text, tts.limits.input_tokens)
         except QttsError as exc:
             raise QttsError(f"{args.lines}, line {number}: {exc}") from None
-    voice = qtts.Voice.load(args.voice) if args.voice else None
-    speaker = args.speaker
-    if tts.model_type == "custom_voice" and speaker is None:
-        speaker = tts.speakers[0]
+    voice, speaker = _voice_and_speaker(tts, args)
     sampling = _sampling(args)
     seed = sampling.pop("seed", None)
     folder.mkdir(exist_ok=True)
@@ -208,6 +206,7 @@ def cmd_batch(args) -> None:
     wall = time.perf_counter() - started
     print(f"wrote {len(items)} files to {folder}: {seconds:.2f} s of audio in {wall:.2f} s "
           f"({seconds / max(wall, 1e-9):.1f}x real time)")
+
 
 def _stdout_format(name: str | None):
     """The format `-o -` streams in: one that can leave chunk by chunk (default WAV, with the streaming
