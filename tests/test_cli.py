@@ -1,8 +1,10 @@
 """The `qtts` command line, run as a real subprocess on tiny checkpoints."""
 
 import io
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import soundfile as sf
@@ -84,6 +86,25 @@ def test_batch_refuses_a_bad_line_before_speaking_any(tiny_checkpoint, tmp_path)
     assert len(result.stderr.strip().splitlines()) == 1 and not out.exists()
     result = run("batch", "-", "-o", out, "--model", tiny_checkpoint("custom_voice"), stdin="\n \n")
     assert result.returncode == 2 and "standard input: no line has text to speak" in result.stderr
+
+
+def test_ctrl_c_stops_a_batch_with_one_line_and_keeps_the_files_written(tiny_checkpoint, tmp_path):
+    lines = tmp_path / "lines.txt"
+    lines.write_text("".join(f"Line number {i} is here.\n" for i in range(60)), encoding="utf-8")
+    out = tmp_path / "out"
+    args = ["batch", lines, "-o", out, "--model", tiny_checkpoint("custom_voice"), "--max-batch", 4,
+            "--max-new-tokens", 20]
+    process = subprocess.Popen([sys.executable, "-m", "qtts.cli", *map(str, args)], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (out.is_dir() and any(out.iterdir())) and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.1)
+    assert process.poll() is None and any(out.iterdir()), "no file came before the deadline"
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130 and stderr.strip() == "qtts: interrupted", stderr
+    written = sorted(out.iterdir())
+    assert 0 < len(written) < 60 and all(sf.info(path).frames > 0 for path in written)
 
 
 def test_speak_to_standard_output_streams_the_samples_of_the_file(tiny_checkpoint, tmp_path):

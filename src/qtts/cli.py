@@ -523,6 +523,9 @@ def main(argv: list[str] | None = None) -> int:
     except QttsError as e:
         print(f"qtts: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C: what was written stays; no traceback for asking to stop
+        print("qtts: interrupted", file=sys.stderr)
+        return 130
     return 0
 
 
