@@ -282,7 +282,6 @@ def bench_qtts(checkpoint: str, texts: Sequence[str], frames: int, runs: int, mo
     import torch
 
     import qtts
-
     from qtts import long_text
 
     dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
