@@ -16,6 +16,9 @@ Parts (each timed with CUDA events, median of `--reps`, after warm-up):
     when the caller got the chunk, in ms from `submit`;
   - `gpu_timeline`: the same path on the GPU, from a profiler trace of one request: its kernels and copies
     merged per stream into busy spans, in ms from `submit`, and the GPU's idle time before the first chunk;
+  - `gpu_stamps`: the same path without a profiler: CUDA events recorded around the prefill, the first
+    frame's two halves and the first decode call, and host marks at each engine step (woken, prompt padded,
+    prefill launched ...), all in ms from `submit` on an idle device, median of `--reps`;
   - `steady`: closed loop in steady state: N clients each sending its next request when the last ends,
     for `--duration` seconds (serve_load's closed-loop step without HTTP), with the engine's counters;
   - `profile`: the kernels of one captured frame (buckets 1, 16, 64), of decode calls (16 and 64 requests x
@@ -563,6 +566,142 @@ def gpu_timeline(tts, emit, speaker, out: Path, gap_us: float = 20.0):
                     for s in spans]})
 
 
+class _Stamps:
+    """Host marks and CUDA events of one run, in ms from `begin` (called with the device idle). On a CPU
+    only the host marks are taken."""
+
+    def __init__(self, cuda: bool):
+        self.cuda = cuda
+        self.host: dict[str, float] = {}
+        self.events: dict[str, torch.cuda.Event] = {}
+
+    def begin(self) -> None:
+        self.host.clear()
+        self.events.clear()
+        if self.cuda:
+            torch.cuda.synchronize()
+            self.base = torch.cuda.Event(enable_timing=True)
+            self.base.record()
+        self.began = time.perf_counter()
+
+    def mark(self, label: str) -> None:
+        self.host.setdefault(label, time.perf_counter())
+
+    def gpu(self, label: str) -> None:
+        """An event on the current stream (the first `label` of the run only)."""
+        if self.cuda and label not in self.events:
+            event = self.events[label] = torch.cuda.Event(enable_timing=True)
+            event.record()
+
+    def read(self) -> dict[str, float]:
+        if self.cuda:
+            torch.cuda.synchronize()
+        row = {f"host: {k}": (at - self.began) * 1e3 for k, at in self.host.items()}
+        row.update({f"gpu: {k}": self.base.elapsed_time(e) for k, e in self.events.items()})
+        return row
+
+
+def gpu_stamps(tts, emit, speaker, runs):
+    """One request alone, `runs` times: host marks at the engine's steps and CUDA events around its GPU
+    work on the way to the first chunk, ms from the start of `submit` (the device idle then, so the base
+    event's time is the host's), median. Where `timeline` says when the host finished a step, this says
+    when the device did, without a profiler's slowdown. The wrappers are the probe's only."""
+    engine, stage = tts.engine, tts.engine.decode_stage
+    stamps = _Stamps(engine.device.type == "cuda")
+    patched = []  # (owner, name, original)
+
+    def patch(owner, name, wrapper):
+        original = getattr(owner, name)
+        patched.append((owner, name, original, name in vars(owner)))
+        setattr(owner, name, wrapper(original))
+
+    def admit(original):
+        def wrapped():
+            if engine._inbox:
+                stamps.mark("engine woke")
+            return original()
+        return wrapped
+
+    def prefill_graph(original):
+        def wrapped(embeds, valid):
+            stamps.mark("prompt padded")
+            stamps.gpu("prefill queued")
+            original(embeds, valid)
+            stamps.gpu("prefill done")
+            stamps.mark("prefill launched")
+        return wrapped
+
+    def half(label):
+        def wrapper(original):
+            def wrapped():
+                stamps.gpu(f"{label} queued")
+                original()
+                stamps.gpu(f"{label} done")
+                stamps.mark(f"{label} launched")
+            return wrapped
+        return wrapper
+
+    def decode(original):
+        def wrapped(lane, slots, codes):
+            stamps.mark("decode called")
+            stamps.gpu("decode queued")
+            audio = original(lane, slots, codes)
+            stamps.gpu("decode done")
+            return audio
+        return wrapped
+
+    def step(label):
+        def wrapper(original):
+            def wrapped(*args, **kwargs):
+                result = original(*args, **kwargs)
+                stamps.mark(label)
+                return result
+            return wrapped
+        return wrapper
+
+    patch(engine, "_admit", admit)
+    # a graph is called, and a call is looked up on the type: each is wrapped in a `_Called` instead
+    engine._prefills = {key: _Called(graph, prefill_graph(graph.__call__)) for key, graph in engine._prefills.items()}
+    for run_frame in engine._run_frame.values():
+        patch(run_frame, "draw_codes", half("codes"))
+        patch(run_frame, "advance", half("talker step"))
+    patch(stage, "decode", decode)
+    patch(engine, "_prefill", step("prefill returned"))
+    patch(engine, "_hand_out", step("audio handed out"))
+    rows = []
+    try:
+        for run in range(runs + 2):  # two warm-up runs
+            stamps.begin()
+            generation = tts.submit(TEXT, speaker=speaker, max_new_tokens=9, min_new_tokens=8, seed=run)
+            stamps.mark("submit returned")
+            for _ in generation:
+                stamps.mark("first chunk in the caller")
+            if run >= 2:
+                rows.append(stamps.read())
+            time.sleep(0.05)  # the engine goes idle between runs, as between a user's requests
+    finally:
+        engine._prefills = {key: called.graph for key, called in engine._prefills.items()}
+        for owner, name, original, own in reversed(patched):
+            if own:
+                setattr(owner, name, original)
+            else:
+                delattr(owner, name)
+    labels = sorted(set().union(*rows), key=lambda k: statistics.median(row.get(k, 0.0) for row in rows))
+    emit({"part": "gpu_stamps", "runs": runs, "ms_from_submit": {
+        label: round(statistics.median(row[label] for row in rows), 3) for label in labels
+        if all(label in row for row in rows)}})
+
+
+class _Called:
+    """A prefill graph replaced by `call` for the probe, kept to put back."""
+
+    def __init__(self, graph, call):
+        self.graph, self.call = graph, call
+
+    def __call__(self, embeds, valid):
+        self.call(embeds, valid)
+
+
 def poisson(tts, emit, speaker, frames_per_request, rates, duration):
     from serve_load import Playback, summary  # the listener model and figures of the HTTP benchmark
 
@@ -667,6 +806,8 @@ def main():
                 timeline(tts, emit, speaker, args.reps)
             elif part == "gpu_timeline":
                 gpu_timeline(tts, emit, speaker, out)
+            elif part == "gpu_stamps":
+                gpu_stamps(tts, emit, speaker, args.reps)
             elif part == "steady":
                 steady(tts, emit, speaker, args.frames, args.concurrency, args.duration)
             elif part == "bookkeeping":
