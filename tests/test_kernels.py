@@ -101,8 +101,9 @@ def test_dispatch_uses_the_reference_off_gpu():
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("head_dim", [128, 16])
-def test_qk_norm_rope_cache_matches_reference(device, dtype, head_dim):
-    batch, seq, n_q, n_kv, cache_len = 2, 3, 4, 2, 24
+@pytest.mark.parametrize("heads", [None, 1, 4])  # heads per program: the default's, one, groups with a partial one
+def test_qk_norm_rope_cache_matches_reference(device, dtype, head_dim, heads):
+    batch, seq, n_q, n_kv, cache_len = 2, 3, 6, 3, 24
     # q, k, v as strided views of one fused projection output, as a caller may pass them
     qkv = torch.randn(batch, seq, (n_q + 2 * n_kv) * head_dim, device=device).to(dtype)
     q, k, v = qkv.split([n_q * head_dim, n_kv * head_dim, n_kv * head_dim], dim=-1)
@@ -115,7 +116,7 @@ def test_qk_norm_rope_cache_matches_reference(device, dtype, head_dim):
     caches = [torch.full((batch, n_kv, cache_len, head_dim), float("nan"), device=device, dtype=dtype)
               for _ in range(4)]
     q_out = qk_norm_rope_cache_triton(q, k, v, q_weight, k_weight, 1e-6, inv_freq, positions,
-                                      caches[0], caches[1], cache_index)
+                                      caches[0], caches[1], cache_index, heads=heads)
     q_ref = qk_norm_rope_cache_reference(q, k, v, q_weight, k_weight, 1e-6, inv_freq, positions,
                                          caches[2], caches[3], cache_index)
     assert_same_function(q_out, q_ref)

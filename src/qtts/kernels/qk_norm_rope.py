@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from qtts.errors import InputError
-from qtts.kernels import cos, enabled, jit, pdl_launch, round_to, sin, tl, use_libdevice, wait_for_previous
+from qtts.kernels import cdiv, cos, enabled, jit, pdl_launch, round_to, sin, tl, use_libdevice, wait_for_previous
 from qtts.models.layers import apply_rope, rope_cos_sin
 
 
@@ -40,13 +40,13 @@ def qk_norm_rope_cache_reference(
 
 
 @jit
-def _norm_rope(x_ptr, w_ptr, heads, cos_a, sin_a, eps, half, HALF: tl.constexpr):
-    """Rows of `heads` [BLOCK_H] heads of one token: RMSNorm over each head, weight, rotation. Returns the
-    two rotated halves [BLOCK_H, HALF], rounded to the activation dtype."""
+def _norm_rope(x_ptr, w_ptr, heads, live, cos_a, sin_a, eps, half, HALF: tl.constexpr):
+    """Rows of `heads` [BLOCK_H] heads of one token (those where `live`): RMSNorm over each head, weight,
+    rotation. Returns the two rotated halves [BLOCK_H, HALF], rounded to the activation dtype."""
     dtype = x_ptr.dtype.element_ty
     offs = heads[:, None] * (2 * HALF) + half[None, :]
-    x1 = tl.load(x_ptr + offs).to(tl.float32)
-    x2 = tl.load(x_ptr + HALF + offs).to(tl.float32)
+    x1 = tl.load(x_ptr + offs, mask=live[:, None], other=0.0).to(tl.float32)
+    x2 = tl.load(x_ptr + HALF + offs, mask=live[:, None], other=0.0).to(tl.float32)
     inv_rms = tl.math.rsqrt((tl.sum(x1 * x1, axis=1) + tl.sum(x2 * x2, axis=1)) / (2 * HALF) + eps)[:, None]
     w1 = tl.load(w_ptr + half).to(tl.float32)[None, :]
     w2 = tl.load(w_ptr + HALF + half).to(tl.float32)[None, :]
@@ -64,14 +64,14 @@ def _qk_norm_rope_cache_kernel(
     q_out_ptr, k_cache_ptr, v_cache_ptr,
     q_batch_stride, q_seq_stride, k_batch_stride, k_seq_stride, v_batch_stride, v_seq_stride,
     seq_len, cache_len, eps,
-    N_Q_HEADS: tl.constexpr, N_KV_HEADS: tl.constexpr, HALF: tl.constexpr, LIBDEVICE: tl.constexpr,
-    PDL: tl.constexpr,
+    N_Q_HEADS: tl.constexpr, N_KV_HEADS: tl.constexpr, HEADS: tl.constexpr, HALF: tl.constexpr,
+    LIBDEVICE: tl.constexpr, PDL: tl.constexpr,
 ):
-    """One program per (token, head): a query head, or a key head with its cache writes (key and value).
-    A head per program rather than a token: at decode a token's heads would be one program's serial work."""
+    """One program per (token, group of HEADS heads): query heads, or key heads with their cache writes (key
+    and value). Groups never mix query and key heads."""
     wait_for_previous(PDL)
     token = tl.program_id(0).to(tl.int64)
-    head = tl.program_id(1)
+    group = tl.program_id(1)
     batch = token // seq_len
     step = token % seq_len
     half = tl.arange(0, HALF)
@@ -82,25 +82,42 @@ def _qk_norm_rope_cache_kernel(
     cos_a = round_to(cos(angle, LIBDEVICE), dtype).to(tl.float32)
     sin_a = round_to(sin(angle, LIBDEVICE), dtype).to(tl.float32)
 
-    if head < N_Q_HEADS:
-        heads = head + tl.arange(0, 1)
+    q_groups = (N_Q_HEADS + HEADS - 1) // HEADS
+    if group < q_groups:
+        heads = group * HEADS + tl.arange(0, HEADS)
+        live = heads < N_Q_HEADS
         q_row = q_ptr + batch * q_batch_stride + step * q_seq_stride
-        o1, o2 = _norm_rope(q_row, q_weight_ptr, heads, cos_a, sin_a, eps, half, HALF)
+        o1, o2 = _norm_rope(q_row, q_weight_ptr, heads, live, cos_a, sin_a, eps, half, HALF)
         out = q_out_ptr + ((batch * N_Q_HEADS + heads[:, None]) * seq_len + step) * head_dim + half[None, :]
-        tl.store(out, o1)
-        tl.store(out + HALF, o2)
+        tl.store(out, o1, mask=live[:, None])
+        tl.store(out + HALF, o2, mask=live[:, None])
     else:
-        heads = head - N_Q_HEADS + tl.arange(0, 1)
+        heads = (group - q_groups) * HEADS + tl.arange(0, HEADS)
+        live = heads < N_KV_HEADS
         k_row = k_ptr + batch * k_batch_stride + step * k_seq_stride
-        o1, o2 = _norm_rope(k_row, k_weight_ptr, heads, cos_a, sin_a, eps, half, HALF)
+        o1, o2 = _norm_rope(k_row, k_weight_ptr, heads, live, cos_a, sin_a, eps, half, HALF)
         slot = tl.load(cache_index_ptr + token).to(tl.int64)
         rows = ((batch * N_KV_HEADS + heads[:, None]) * cache_len + slot) * head_dim + half[None, :]
         cache_dtype = k_cache_ptr.dtype.element_ty
-        tl.store(k_cache_ptr + rows, o1.to(cache_dtype))
-        tl.store(k_cache_ptr + rows + HALF, o2.to(cache_dtype))
+        tl.store(k_cache_ptr + rows, o1.to(cache_dtype), mask=live[:, None])
+        tl.store(k_cache_ptr + rows + HALF, o2.to(cache_dtype), mask=live[:, None])
         v = v_ptr + batch * v_batch_stride + step * v_seq_stride + heads[:, None] * head_dim + half[None, :]
-        tl.store(v_cache_ptr + rows, tl.load(v).to(cache_dtype))
-        tl.store(v_cache_ptr + rows + HALF, tl.load(v + HALF).to(cache_dtype))
+        tl.store(v_cache_ptr + rows, tl.load(v, mask=live[:, None]).to(cache_dtype), mask=live[:, None])
+        tl.store(v_cache_ptr + rows + HALF, tl.load(v + HALF, mask=live[:, None]).to(cache_dtype),
+                 mask=live[:, None])
+
+
+# Heads a program takes: four from two tokens on, one below (bench/rope_probe.py and engine_probe, H100,
+# 1.7B: at 64 tokens 2.76 us a launch against 3.77 with one head; the 64-row frame 6.31 against 6.42 ms, a
+# 256-token prefill 3.87-3.94 against 4.08 ms; eight heads made the 16- to 48-row frames slower).
+HEADS_FROM_TOKENS, HEADS_MANY_TOKENS = 2, 4
+
+
+def heads_per_program(tokens: int) -> int:
+    """Heads one program normalises and rotates. With one token, one: a program's heads are serial work
+    while the rest of the device idles. With more, a program per head recomputes the token's sin/cos per
+    head and pays a program's start each."""
+    return 1 if tokens < HEADS_FROM_TOKENS else HEADS_MANY_TOKENS
 
 
 def _token_strides(x: torch.Tensor, name: str) -> tuple[int, int]:
@@ -114,7 +131,9 @@ def qk_norm_rope_cache_triton(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_weight: torch.Tensor, k_weight: torch.Tensor,
     eps: float, inv_freq: torch.Tensor, positions: torch.Tensor,
     k_cache: torch.Tensor, v_cache: torch.Tensor, cache_index: torch.Tensor | None = None, pdl: bool = False,
+    heads: int | None = None,
 ) -> torch.Tensor:
+    """`heads`: heads per program, a power of two (default: `heads_per_program` of the token count)."""
     batch, seq_len, n_q_heads, head_dim = q.shape
     n_kv_heads = k.shape[2]
     if head_dim & (head_dim - 1) or head_dim < 4:
@@ -122,13 +141,15 @@ def qk_norm_rope_cache_triton(
     if not (k_cache.is_contiguous() and v_cache.is_contiguous()):
         raise InputError("KV caches must be contiguous [B, Hkv, L, D] tensors")
     cache_index = positions if cache_index is None else cache_index
+    heads = heads_per_program(batch * seq_len) if heads is None else heads
+    groups = cdiv(n_q_heads, heads) + cdiv(n_kv_heads, heads)
     q_out = torch.empty(batch, n_q_heads, seq_len, head_dim, device=q.device, dtype=q.dtype)
-    _qk_norm_rope_cache_kernel[(batch * seq_len, n_q_heads + n_kv_heads)](
+    _qk_norm_rope_cache_kernel[(batch * seq_len, groups)](
         q, k, v, q_weight, k_weight, inv_freq, positions.contiguous(), cache_index.contiguous(),
         q_out, k_cache, v_cache,
         *_token_strides(q, "q"), *_token_strides(k, "k"), *_token_strides(v, "v"), seq_len, k_cache.shape[2], eps,
-        N_Q_HEADS=n_q_heads, N_KV_HEADS=n_kv_heads, HALF=head_dim // 2, LIBDEVICE=use_libdevice(), PDL=pdl,
-        num_warps=4, **pdl_launch(pdl),
+        N_Q_HEADS=n_q_heads, N_KV_HEADS=n_kv_heads, HEADS=heads, HALF=head_dim // 2, LIBDEVICE=use_libdevice(),
+        PDL=pdl, num_warps=4, **pdl_launch(pdl),
     )
     return q_out
 
