@@ -9,10 +9,12 @@ import threading
 import time
 import shutil
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 import qtts
@@ -201,6 +203,19 @@ def test_impossible_budgets_are_refused_by_every_entry_point(custom):
 def test_unusable_devices_are_input_errors(tiny_checkpoint, device, message):
     with pytest.raises(InputError, match=message):
         qtts.load(tiny_checkpoint("custom_voice"), device=device)
+
+
+def test_loaded_codebooks_are_views_of_their_tables(custom):
+    """The GPU decode looks every codebook up in one launch from the group's tables; loading must fill
+    those tables (in place), or the decode quietly takes the slow path."""
+    folder, tts, _ = custom
+    with safe_open(str(Path(folder) / "speech_tokenizer" / "model.safetensors"), framework="pt") as f:
+        for name in ("rvq_first", "rvq_rest"):
+            group = getattr(tts.codec_decoder.quantizer, name)
+            assert group._tables()
+            stored = f.get_tensor(f"decoder.quantizer.{name}.vq.layers.0._codebook.embedding_sum")
+            assert torch.equal(group.sums[0], stored.to(group.sums.dtype))
+            assert group.sums.abs().max() > 0
 
 
 def test_the_codec_decoder_follows_the_talker_dtype_unless_told():

@@ -105,7 +105,8 @@ def test_a_dilated_conv_folded_into_the_batch_is_the_same_conv(dilation, length)
 @pytest.mark.skipif(not kernels.available(), reason="Triton is not installed")
 @pytest.mark.parametrize("device", ["cpu"] if kernels.interpreted() else [pytest.param("cuda", marks=pytest.mark.gpu)])
 def test_the_fused_path_decodes_as_the_plain_one(decoder, monkeypatch, device):
-    """The GPU's decoder path (activations written into the causal convs' padded inputs, each conv bias in
+    """The GPU's decoder path (the codebooks in one lookup, the transformer's norms fused with their residual
+    adds, its RoPE in one kernel; activations written into the causal convs' padded inputs, each conv bias in
     the kernel behind it, dilations folded into the batch, the 1x1 convs as products), on CPU through
     Triton's interpreter: the same audio, one pass and streamed, in float32; in bfloat16 no further from
     the float32 decode than the plain path's bfloat16 decode."""
@@ -115,6 +116,8 @@ def test_the_fused_path_decodes_as_the_plain_one(decoder, monkeypatch, device):
     half = CodecDecoder(decoder_config(), device=device, dtype=torch.bfloat16).eval()
     full.load_state_dict(decoder.state_dict())
     half.load_state_dict(decoder.state_dict())
+    for loaded in (full, half):  # else the codebooks would take the plain path in both runs
+        assert loaded.quantizer.rvq_first._tables() and loaded.quantizer.rvq_rest._tables()
     runs = {}
     for path in (False, True):
         monkeypatch.setattr(codec_decoder, "fused", lambda x, path=path: path)

@@ -12,6 +12,7 @@ import torch
 from qtts import kernels
 from qtts.kernels import jit, round_to, tl
 from qtts.errors import InputError
+from qtts.kernels.codebook import codebook_sum_reference, codebook_sum_triton
 from qtts.kernels.decode_attention import decode_attention_reference, decode_attention_triton
 from qtts.kernels.linear import (
     DECODE_CONFIGS, GRID_Y_MAX, ROWS_PER_PROGRAM_MAX, TILE_SCRATCH_BYTES, fused_linear_reference, fused_linear_triton,
@@ -19,6 +20,7 @@ from qtts.kernels.linear import (
 )
 from qtts.kernels.qk_norm_rope import qk_norm_rope_cache_reference, qk_norm_rope_cache_triton
 from qtts.kernels.rms_norm import add_rms_norm, add_rms_norm_reference, add_rms_norm_triton
+from qtts.kernels.rope import rope_reference, rope_triton
 from qtts.kernels.sample import exponential_noise, sample_codes_reference, sample_codes_triton
 from qtts.sampling import DrawSettings
 from qtts.kernels.snake import (
@@ -27,7 +29,7 @@ from qtts.kernels.snake import (
 from qtts.kernels.swiglu import (
     silu_mul_halves_reference, silu_mul_halves_triton, silu_mul_reference, silu_mul_triton,
 )
-from qtts.models.layers import RMSNorm, rope_inverse_frequencies
+from qtts.models.layers import RMSNorm, rope_cos_sin, rope_inverse_frequencies
 
 pytestmark = pytest.mark.skipif(not kernels.available(), reason="Triton is not installed")
 
@@ -82,6 +84,16 @@ def test_add_rms_norm_matches_reference(device, dtype, cols):
     alone, same_x = add_rms_norm_triton(x, weight, 1e-6)
     assert same_x is x
     assert_same_function(alone, add_rms_norm_reference(x, weight, 1e-6)[0])
+    # a scaled branch (the codec transformer's LayerScale): the stream is residual + scale * x, as eager
+    scale = (0.01 * torch.randn(cols, device=device)).to(dtype)
+    out, summed = add_rms_norm_triton(x, weight, 1e-6, residual, scale)
+    ref_out, ref_summed = add_rms_norm_reference(x, weight, 1e-6, residual, scale)
+    assert torch.equal(ref_summed, residual + scale * x)
+    if dtype == torch.float32:  # the compiled kernel may fuse the product and the add (one rounding fewer)
+        assert_same_function(summed, ref_summed)
+    else:
+        assert torch.equal(summed, ref_summed)
+    assert_same_function(out, ref_out)
 
 
 def test_rms_norm_reference_is_the_official_norm():
@@ -123,6 +135,34 @@ def test_qk_norm_rope_cache_matches_reference(device, dtype, head_dim, heads):
     for out, ref in ((caches[0], caches[2]), (caches[1], caches[3])):
         assert torch.equal(out.isnan(), ref.isnan())  # the same rows written, no others
         assert_same_function(out.nan_to_num(), ref.nan_to_num())
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("steps", [1, 3, 71])  # a chunk's queries, a window of keys (two blocks of steps)
+def test_rope_matches_reference(device, dtype, steps):
+    # queries as the codec's attention has them: a strided view [B, H, T, D] of one projection's output
+    x = torch.randn(2, steps, 4 * 64, device=device).to(dtype).view(2, steps, 4, 64).transpose(1, 2)
+    cos, sin = rope_cos_sin(torch.arange(steps + 5, device=device)[None], rope_inverse_frequencies(64, 1e4, device),
+                            dtype)
+    cos, sin = cos[0, -steps:], sin[0, -steps:]  # the last positions of a table, as a chunk's queries take
+    assert_same_function(rope_triton(x, cos, sin), rope_reference(x, cos, sin))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("books", [1, 15])  # the codec's two groups
+def test_codebook_sum_matches_reference(device, dtype, books):
+    size, dim = 64, 96
+    sums = torch.randn(books, size, dim, device=device).to(dtype)
+    usage = torch.rand(books, size, device=device).to(dtype)
+    usage[:, :4] = 0.0  # unused codes: the clamp's floor divides
+    codes = torch.randint(0, size, (2, 3, books), device=device)
+    codes[0, 0] = 1
+    out = codebook_sum_triton(codes, sums, usage, 1e-5)
+    ref = codebook_sum_reference(codes, sums, usage, 1e-5)
+    assert out.shape == (2, 3, dim)
+    assert torch.equal(out, ref)  # each quotient and partial sum rounds as eager
 
 
 @pytest.mark.parametrize("device", DEVICES)

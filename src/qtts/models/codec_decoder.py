@@ -25,6 +25,10 @@ from .. import kernels
 from ..config import CodecDecoderConfig
 from ..errors import CheckpointError, InputError
 from ..kernels import snake
+from ..kernels.codebook import codebook_sum_triton
+from ..kernels.rms_norm import add_rms_norm_triton
+from ..kernels.rope import rope_triton
+from ..kernels.swiglu import silu_mul_triton
 from .layers import LayerScale, RMSNorm, SwiGLU, apply_rope, rope_cos_sin, rope_inverse_frequencies
 
 # The official codebooks divide by usage counts clamped to this floor (unused codes have usage ~0).
@@ -258,8 +262,10 @@ class DecoderAttention(nn.Module):
             window.values.copy_(v[:, :, -self.history:])
         # Keys are rotated here, not when cached: only relative positions matter, and keeping the
         # rotation positions small keeps long streams as accurate as short ones.
-        q = apply_rope(q, cos[:, -frames:], sin[:, -frames:])
-        k = apply_rope(k, cos, sin)
+        if fused(x):
+            q, k = rope_triton(q, cos[0, -frames:], sin[0, -frames:]), rope_triton(k, cos[0], sin[0])
+        else:
+            q, k = apply_rope(q, cos[:, -frames:], sin[:, -frames:]), apply_rope(k, cos, sin)
         if self.kv_heads != self.heads:
             k = k.repeat_interleave(self.heads // self.kv_heads, dim=1)
             v = v.repeat_interleave(self.heads // self.kv_heads, dim=1)
@@ -323,9 +329,27 @@ class DecoderTransformer(nn.Module):
             filled.copy_(slots[:, -filled.shape[1]:])
         h = self.input_proj(x)
         cos, sin = rope_cos_sin(positions[None], self.inv_freq, h.dtype)
+        if fused(h):
+            return self.output_proj(self._fused_layers(h, cos, sin, mask, state))
         for layer in self.layers:
             h = layer(h, cos, sin, mask, state)
         return self.output_proj(self.norm(h))
+
+    def _fused_layers(self, h, cos, sin, mask, state) -> torch.Tensor:
+        """The layers and the final norm, each residual add with its LayerScale and the norm after it in one
+        kernel, the SwiGLU gate in one: about 20 launches fewer a layer. A streamed first chunk is one frame,
+        whose decode costs launches, not arithmetic. Returns the final norm's output."""
+        first = self.layers[0].input_layernorm
+        normed = add_rms_norm_triton(h, first.weight, first.eps)[0]
+        after = [layer.input_layernorm for layer in self.layers[1:]] + [self.norm]
+        for layer, next_norm in zip(self.layers, after):
+            update = layer.self_attn(normed, cos, sin, mask, state)
+            norm = layer.post_attention_layernorm
+            normed, h = add_rms_norm_triton(update, norm.weight, norm.eps, h, layer.self_attn_layer_scale.scale)
+            mlp = layer.mlp
+            update = mlp.down_proj(silu_mul_triton(mlp.gate_proj(normed), mlp.up_proj(normed)))
+            normed, h = add_rms_norm_triton(update, next_norm.weight, next_norm.eps, h, layer.mlp_layer_scale.scale)
+        return normed
 
 
 class Codebook(nn.Module):
@@ -343,7 +367,11 @@ class Codebook(nn.Module):
 
 
 class CodebookGroup(nn.Module):
-    """`quantizer.rvq_first` / `quantizer.rvq_rest`: sum of codebook vectors, projected 1x1 to codebook_dim."""
+    """`quantizer.rvq_first` / `quantizer.rvq_rest`: sum of codebook vectors, projected 1x1 to codebook_dim.
+
+    The codebooks' parameters are views of one table per kind (`sums` [codebooks, size, dim], `usage`
+    [codebooks, size]), which loading fills in place, so the fused path looks all codebooks up in one
+    launch. Should the views be broken (a module moved with `.to()`), the plain path runs."""
 
     def __init__(self, codebooks: int, size: int, dim: int, io_dim: int, device=None, dtype=None):
         super().__init__()
@@ -354,12 +382,30 @@ class CodebookGroup(nn.Module):
         # Nested containers reproduce the checkpoint names `vq.layers.N._codebook.*`.
         self.vq = nn.ModuleDict({"layers": nn.ModuleList(
             nn.ModuleDict({"_codebook": Codebook(size, dim, **factory)}) for _ in range(codebooks))})
+        # plain attributes, not buffers: not in the state dict, and not moved by `.to()` (see `_tables`)
+        self.sums = torch.stack([book.embedding_sum.detach() for book in self._books()])
+        self.usage = torch.stack([book.cluster_usage.detach() for book in self._books()])
+        for index, book in enumerate(self._books()):
+            book.embedding_sum = nn.Parameter(self.sums[index], requires_grad=book.embedding_sum.requires_grad)
+            book.cluster_usage = nn.Parameter(self.usage[index], requires_grad=book.cluster_usage.requires_grad)
+
+    def _books(self) -> list[Codebook]:
+        return [layer["_codebook"] for layer in self.vq["layers"]]
+
+    def _tables(self) -> bool:
+        """Whether every codebook's parameters are still views of `sums` and `usage`."""
+        return all(book.embedding_sum.data_ptr() == self.sums[index].data_ptr()
+                   and book.cluster_usage.data_ptr() == self.usage[index].data_ptr()
+                   for index, book in enumerate(self._books()))
 
     def forward(self, codes: torch.Tensor) -> torch.Tensor:
         """codes [batch, frames, codebooks] -> [batch, io_dim, frames]."""
+        if fused(codes) and self._tables():
+            total = codebook_sum_triton(codes, self.sums, self.usage, CLUSTER_USAGE_FLOOR)
+            return self.output_proj(total.transpose(1, 2))
         total = None
-        for index, layer in enumerate(self.vq["layers"]):
-            vectors = layer["_codebook"].lookup(codes[..., index])
+        for index, book in enumerate(self._books()):
+            vectors = book.lookup(codes[..., index])
             total = vectors if total is None else total + vectors
         return self.output_proj(total.transpose(1, 2))
 
