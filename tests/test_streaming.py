@@ -159,6 +159,39 @@ def test_on_the_gpu_streams_decoded_in_both_lanes_equal_their_official_decode(ti
         tts.close()
 
 
+@pytest.mark.gpu
+def test_on_the_gpu_a_first_chunk_decodes_before_the_talker_step_and_no_code_changes(tiny_checkpoint):
+    """A request's first codes decode with the device to themselves: its first frame's talker step (which
+    only the next frame needs) is enqueued after that decode. Holding the step back changes no code: a
+    request gets the same codes alone and while others arrive beside it."""
+    tts = qtts.load(tiny_checkpoint("custom_voice"), device="cuda", dtype=torch.float32)
+    try:
+        engine, order = tts.engine, []
+        stage, frame = engine.decode_stage, engine._run_frame[engine.buckets[0]]
+        decode, advance = stage.decode, frame.advance
+
+        def recorded_decode(*args):
+            order.append("decode")
+            return decode(*args)
+
+        def recorded_advance():
+            order.append("advance")
+            advance()
+
+        stage.decode, frame.advance = recorded_decode, recorded_advance
+        mine = dict(speaker="ryan", language="english", max_new_tokens=12, min_new_tokens=11, seed=5)
+        alone = tts.submit("The first words of a voice.", **mine).result()[1].codes
+        del stage.decode, frame.advance
+        assert "decode" in order and order.index("decode") < order.index("advance"), order
+        others = [tts.submit(f"Voice number {i} arrives beside it.", speaker="ryan", language="english",
+                             max_new_tokens=40, min_new_tokens=39, seed=i) for i in range(3)]
+        assert torch.equal(tts.submit("The first words of a voice.", **mine).result()[1].codes, alone)
+        for handle in others:
+            handle.result()
+    finally:
+        tts.close()
+
+
 @pytest.mark.parametrize("context_frames", [0, 20], ids=["plain", "icl-context"])
 def test_the_engines_decode_pieces_decoded_in_order_equal_the_official_decode(tts, context_frames):
     """`DecodeCursor` as the engine drives it (a frame or a few added, then a cut, each iteration; the rest

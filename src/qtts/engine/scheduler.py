@@ -132,6 +132,7 @@ class Scheduler:
         ring = torch.zeros(RUN_AHEAD + 2, self.buckets[-1], talker.config.num_code_groups, dtype=torch.int64)
         self._ring = ring.pin_memory() if device.type == "cuda" else ring
         self._ring_next = 0
+        self._advance_due = None  # a frame whose talker step waits for a first chunk (`_enqueue_frame`)
         self._lock = threading.Condition()
         self._inbox: deque[Request] = deque()
         self._running: list[Request] = []  # row i holds _running[i]
@@ -382,6 +383,7 @@ class Scheduler:
                 longest = length
             self._inbox.extend(waiting[len(taken):])
         if taken:
+            self._advance_now()  # the prefill moves rows into the batch the talker step runs over
             self._prefill(taken)
         if not self._inbox and len(self._running) < self.max_batch:
             self._departures.clear()  # nobody waits for a row: how fast rows free up starts anew
@@ -438,6 +440,7 @@ class Scheduler:
         for request in self._running:
             if not request.text_pieces:
                 continue
+            self._advance_now()  # the talker step of the frame before reads the track as it was
             with self._lock:  # what the next frame sees changes with the pieces, for readers of both
                 pieces, request.text_pieces = request.text_pieces, []
                 self._set_limit(request)
@@ -452,6 +455,7 @@ class Scheduler:
                 self.store.extend_text(request.row, vectors, start, final)
 
     def _enqueue_frame(self) -> None:
+        self._advance_now()
         count = len(self._running)
         bucket = _bucket(count, self.buckets)
         self._measure_frame(bucket, time.perf_counter())
@@ -468,7 +472,13 @@ class Scheduler:
         if cuda:
             event = torch.cuda.Event()
             event.record()
-        frame.advance()
+        # A request's first codes decode with the device to themselves where `_first_audio_first` lets
+        # them: the talker step, which only the next frame needs, is enqueued after that decode.
+        first_codes = any(r.enqueued == 0 and r.cursor is not None and _advances(r) for r in self._running)
+        if first_codes and cuda and self._streams_ahead():
+            self._advance_due = frame
+        else:
+            frame.advance()
         # counted before the rows advance, so that a reader who sees a row's count sees this frame too
         self.stats["frames"] += 1
         # which rows this frame advances: those the device sees as active (the text copied so far)
@@ -525,7 +535,10 @@ class Scheduler:
 
     def _retire(self) -> None:
         """Rows of requests that stopped generating leave the batch; the last row moves into each hole."""
-        for request in [r for r in self._running if not r.generating]:
+        leaving = [r for r in self._running if not r.generating]
+        if leaving:
+            self._advance_now()  # rows move: the talker step runs over them as they were
+        for request in leaving:
             hole, last = request.row, len(self._running) - 1
             if hole != last:
                 moved = self._running[last]
@@ -576,16 +589,25 @@ class Scheduler:
 
     def _first_audio_first(self) -> None:
         """A request whose first chunk is decoding gets it before more frames are enqueued, so that the
-        chunk has the GPU to itself, when every stream already playing is well ahead of playback."""
+        chunk has the GPU to itself, when every stream already playing is well ahead of playback; then
+        the talker step `_enqueue_frame` held back for it."""
         waiting = {id(r) for r in self._running if r.first_audio is None and r.audio_in_flight}
-        if not waiting:
-            return
+        if waiting and self._streams_ahead():
+            for event, request, _ in self._audio_in_flight:
+                if id(request) in waiting and event is not None:
+                    event.synchronize()
+        self._advance_now()
+
+    def _streams_ahead(self) -> bool:
+        """Whether every stream already playing is well ahead of playback."""
         now = time.perf_counter()
-        if any(self._lead(r, now) < self.lead_low_s for r in self._running if r.first_audio is not None):
-            return
-        for event, request, _ in self._audio_in_flight:
-            if id(request) in waiting and event is not None:
-                event.synchronize()
+        return all(self._lead(r, now) >= self.lead_low_s for r in self._running if r.first_audio is not None)
+
+    def _advance_now(self) -> None:
+        """Enqueue the talker step `_enqueue_frame` held back, if any."""
+        if self._advance_due is not None:
+            self._advance_due.advance()
+            self._advance_due = None
 
     def _decode_rounds(self, lane: str, active: list[Request]) -> None:
         stage = self.decode_stage
