@@ -32,7 +32,7 @@ MAKE_CHECKPOINT = (
     "import sys, torch; from qtts.testing import write_checkpoint; "
     "from qtts.testing.configs import real_tts_config, real_speech_tokenizer_config; "
     "write_checkpoint(sys.argv[1], real_tts_config('custom_voice', sys.argv[2]), real_speech_tokenizer_config(), "
-    "seed=0, dtype=torch.bfloat16, device='cuda')"
+    "seed=0, dtype=torch.bfloat16, device='cuda', qwen_vocabulary=True)"
 )
 
 

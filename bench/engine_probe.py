@@ -80,7 +80,7 @@ def checkpoint_folder(folder: str | None, size: str) -> str:
     if folder is None:
         folder = tempfile.mkdtemp(prefix=f"qtts-{size}-")
         write_checkpoint(folder, real_tts_config("custom_voice", size), real_speech_tokenizer_config(),
-                         seed=0, dtype=torch.bfloat16, device="cuda")
+                         seed=0, dtype=torch.bfloat16, device="cuda", qwen_vocabulary=True)
     return folder
 
 

@@ -71,3 +71,20 @@ def test_real_vocabulary_matches_transformers_qwen2_tokenizer(folder):
         assert ours.encode(text) == theirs.encode(text, add_special_tokens=False), text
     decoded = ours.decode(ours.encode(SAMPLES[1]))
     assert decoded == SAMPLES[1]
+
+
+def test_a_benchmark_checkpoints_tokenizer_files_are_the_real_vocabulary(folder, tmp_path):
+    """`qtts make-checkpoint` writes the real vocabulary (`write_qwen_tokenizer_files`), so that a benchmark's
+    prompts take as many positions as with a released checkpoint; its added tokens sit at the real ids."""
+    from qtts.testing.tokenizer import write_qwen_tokenizer_files, write_tokenizer_files
+
+    written = TextTokenizer.from_folder(write_qwen_tokenizer_files(tmp_path / "qwen"))
+    real = TextTokenizer.from_folder(folder)
+    for text in SAMPLES:
+        assert written.encode(text) == real.encode(text), text
+    assert written.token_id("<|im_end|>") == 151645 and written.token_id("<tts_pad>") == 151671
+    stand_in = TextTokenizer.from_folder(write_tokenizer_files(tmp_path / "stand-in"))
+    # why benchmarks need the real one: engine_probe's sentence is 110 stand-in tokens, 42 real ones
+    sentence = assistant_text("The morning train to the coast was late again, so Maria bought a coffee, found a "
+                              "quiet bench near the platform, and read the first chapter of her new book.")
+    assert len(stand_in.encode(sentence)) > 2 * len(written.encode(sentence))

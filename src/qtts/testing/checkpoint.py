@@ -19,7 +19,7 @@ from safetensors.torch import save_file
 from ..checkpoint import MODEL_FILE, SPEECH_TOKENIZER_DIR, build_empty
 from ..config import SpeechTokenizerConfig, TTSConfig
 from .configs import generation_config, tiny_speech_tokenizer_config, tiny_tts_config
-from .tokenizer import write_tokenizer_files
+from .tokenizer import write_qwen_tokenizer_files, write_tokenizer_files
 
 
 def random_value(name: str, tensor: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
@@ -75,12 +75,15 @@ def write_checkpoint(
     seed: int = 0,
     dtype: torch.dtype = torch.float32,
     device: str | torch.device = "cpu",
+    qwen_vocabulary: bool = False,
 ) -> Path:
     """Write a complete checkpoint folder (configs, tokenizer files, weights) and return its path.
 
     `dtype` is the dtype of `model.safetensors` (released files are bf16); the speech tokenizer is
     always float32, as released. `device` is where the random numbers are drawn: "cuda" makes a
     real-size checkpoint in seconds. The same seed gives the same weights on the same device.
+    `qwen_vocabulary`: the real Qwen vocabulary (`write_qwen_tokenizer_files`, for benchmarks: prompts of
+    real length) instead of the small stand-in.
     """
     from ..models.codec_decoder import CodecDecoder
     from ..models.codec_encoder import CodecEncoder
@@ -120,7 +123,7 @@ def write_checkpoint(
         {"feature_extractor_type": "EncodecFeatureExtractor", "feature_size": 1, "sampling_rate": 24000,
          "padding_side": "right", "padding_value": 0.0, "return_attention_mask": True},
     )
-    write_tokenizer_files(folder)
+    (write_qwen_tokenizer_files if qwen_vocabulary else write_tokenizer_files)(folder)
     return folder
 
 
