@@ -115,6 +115,20 @@ def test_short_decode_equals_official(models):
     assert_same_audio(reference.decode(codes, return_dict=True).audio_values, decode_official(ours, codes))
 
 
+def test_a_decoder_moved_with_to_still_looks_its_codebooks_up(models):
+    """Loading fills the codebook groups' tables in place; `.to()` gives the parameters new storage, and the
+    groups then read their codebooks' own parameters: the same audio as a decoder built in that dtype."""
+    _, ours = models
+    moved = CodecDecoder(decoder_config())
+    moved.load_state_dict(ours.state_dict())
+    moved.to(torch.float64)
+    built = CodecDecoder(decoder_config(), dtype=torch.float64)
+    built.load_state_dict(ours.state_dict())
+    assert not moved.quantizer.rvq_rest._tables() and built.quantizer.rvq_rest._tables()
+    codes = random_codes(1, 6, seed=5)
+    assert torch.equal(moved(codes), built(codes))
+
+
 def test_decode_past_300_frames_equals_official_chunk_seams(models):
     reference, ours = models
     codes = random_codes(1, 310, seed=2)

@@ -16,7 +16,8 @@ from qtts.kernels import cdiv, enabled, jit, next_power_of_2, round_to, tl
 
 def codebook_sum_reference(codes: torch.Tensor, sums: torch.Tensor, usage: torch.Tensor, floor: float) -> torch.Tensor:
     """codes [..., n] (one code per codebook), sums [n, size, dim], usage [n, size] -> [..., dim]:
-    sum over codebooks i of sums[i, code_i] / usage[i, code_i].clamp(min=floor)."""
+    sum over codebooks i of sums[i, code_i] / usage[i, code_i].clamp(min=floor), as the official codebooks
+    compute it (dividing only the gathered rows gives the full table's values)."""
     total = None
     for index in range(sums.shape[0]):
         books = codes[..., index]

@@ -25,7 +25,7 @@ from .. import kernels
 from ..config import CodecDecoderConfig
 from ..errors import CheckpointError, InputError
 from ..kernels import snake
-from ..kernels.codebook import codebook_sum_triton
+from ..kernels.codebook import codebook_sum_reference, codebook_sum_triton
 from ..kernels.rms_norm import add_rms_norm_triton
 from ..kernels.rope import rope_triton
 from ..kernels.swiglu import silu_mul_triton
@@ -360,18 +360,13 @@ class Codebook(nn.Module):
         self.cluster_usage = nn.Parameter(torch.ones(size, device=device, dtype=dtype))
         self.embedding_sum = nn.Parameter(torch.zeros(size, dim, device=device, dtype=dtype))
 
-    def lookup(self, codes: torch.Tensor) -> torch.Tensor:
-        """codes [...] -> vectors [..., dim]; divides only the gathered rows, same values as the full table."""
-        usage = self.cluster_usage.clamp(min=CLUSTER_USAGE_FLOOR)
-        return F.embedding(codes, self.embedding_sum) / usage[codes][..., None]
-
 
 class CodebookGroup(nn.Module):
     """`quantizer.rvq_first` / `quantizer.rvq_rest`: sum of codebook vectors, projected 1x1 to codebook_dim.
 
     The codebooks' parameters are views of one table per kind (`sums` [codebooks, size, dim], `usage`
     [codebooks, size]), which loading fills in place, so the fused path looks all codebooks up in one
-    launch. Should the views be broken (a module moved with `.to()`), the plain path runs."""
+    launch (`kernels/codebook.py`; the plain path is its reference)."""
 
     def __init__(self, codebooks: int, size: int, dim: int, io_dim: int, device=None, dtype=None):
         super().__init__()
@@ -400,14 +395,12 @@ class CodebookGroup(nn.Module):
 
     def forward(self, codes: torch.Tensor) -> torch.Tensor:
         """codes [batch, frames, codebooks] -> [batch, io_dim, frames]."""
-        if fused(codes) and self._tables():
-            total = codebook_sum_triton(codes, self.sums, self.usage, CLUSTER_USAGE_FLOOR)
-            return self.output_proj(total.transpose(1, 2))
-        total = None
-        for index, book in enumerate(self._books()):
-            vectors = book.lookup(codes[..., index])
-            total = vectors if total is None else total + vectors
-        return self.output_proj(total.transpose(1, 2))
+        sums, usage = self.sums, self.usage
+        if not self._tables():  # the module was moved with `.to()`: its codebooks' own parameters, stacked
+            sums = torch.stack([book.embedding_sum for book in self._books()])
+            usage = torch.stack([book.cluster_usage for book in self._books()])
+        add_up = codebook_sum_triton if fused(codes) else codebook_sum_reference
+        return self.output_proj(add_up(codes, sums, usage, CLUSTER_USAGE_FLOOR).transpose(1, 2))
 
 
 class CodeDequantizer(nn.Module):
