@@ -7,8 +7,10 @@ the new one back in place, so a chunked decode equals a one-pass decode. The one
 decodes are the same modules running the same code.
 
 Where the Triton kernels run compiled (a GPU), the residual units and the last conv take a fused path
-(`fused`): the same function in fewer passes over the samples (`activated_conv`, `unbiased_conv`); the
-plain path stays the reference, and a test runs the fused one against it through Triton's interpreter.
+(`fused`): the same function in fewer passes over the samples (`activated_conv`, `unbiased_conv`); so do
+the codebooks (one lookup for all) and the transformer (norms with their residual adds, the SwiGLU gate,
+RoPE), in fewer launches. The plain path stays the reference, and a test runs the fused one against it
+through Triton's interpreter.
 """
 
 from __future__ import annotations
@@ -337,8 +339,8 @@ class DecoderTransformer(nn.Module):
 
     def _fused_layers(self, h, cos, sin, mask, state) -> torch.Tensor:
         """The layers and the final norm, each residual add with its LayerScale and the norm after it in one
-        kernel, the SwiGLU gate in one: about 20 launches fewer a layer. A streamed first chunk is one frame,
-        whose decode costs launches, not arithmetic. Returns the final norm's output."""
+        kernel, the SwiGLU gate in one, where the eager forms launch one kernel an op. A streamed first chunk
+        is one frame, whose decode costs launches, not arithmetic. Returns the final norm's output."""
         first = self.layers[0].input_layernorm
         normed = add_rms_norm_triton(h, first.weight, first.eps)[0]
         after = [layer.input_layernorm for layer in self.layers[1:]] + [self.norm]
