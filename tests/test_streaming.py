@@ -159,12 +159,12 @@ def test_on_the_gpu_streams_decoded_in_both_lanes_equal_their_official_decode(ti
         tts.close()
 
 
-@pytest.mark.gpu
-def test_on_the_gpu_a_first_chunk_decodes_before_the_talker_step_and_no_code_changes(tiny_checkpoint):
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+def test_a_first_chunk_decodes_before_the_talker_step_and_no_code_changes(tiny_checkpoint, device):
     """A request's first codes decode with the device to themselves: its first frame's talker step (which
     only the next frame needs) is enqueued after that decode. Holding the step back changes no code: a
     request gets the same codes alone and while others arrive beside it."""
-    tts = qtts.load(tiny_checkpoint("custom_voice"), device="cuda", dtype=torch.float32)
+    tts = qtts.load(tiny_checkpoint("custom_voice"), device=device, dtype=torch.float32)
     try:
         engine, order = tts.engine, []
         stage, frame = engine.decode_stage, engine._run_frame[engine.buckets[0]]

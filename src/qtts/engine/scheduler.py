@@ -475,7 +475,7 @@ class Scheduler:
         # A request's first codes decode with the device to themselves where `_first_audio_first` lets
         # them: the talker step, which only the next frame needs, is enqueued after that decode.
         first_codes = any(r.enqueued == 0 and r.cursor is not None and _advances(r) for r in self._running)
-        if first_codes and cuda and self._streams_ahead():
+        if first_codes and self._streams_ahead():
             self._advance_due = frame
         else:
             frame.advance()
