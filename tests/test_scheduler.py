@@ -122,11 +122,43 @@ def test_prefill_equals_the_reference_prefill_whatever_the_left_padding(fused):
     hidden, logits = reference.prefill(talker, embeds, state)
     rows = store.staging_rows(2)
     for extra in (0, 5):
-        prefill(talker, LayerOps(fused), store, rows, torch.nn.functional.pad(embeds, (0, 0, extra, 0)),
-                torch.nn.functional.pad(valid, (extra, 0), value=False))
+        with torch.inference_mode():  # as the engine runs it (the store's caches are views of one tensor)
+            prefill(talker, LayerOps(fused), store, rows, torch.nn.functional.pad(embeds, (0, 0, extra, 0)),
+                    torch.nn.functional.pad(valid, (extra, 0), value=False))
         torch.testing.assert_close(store.hidden[rows], hidden, rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(store.logits[rows], logits, rtol=1e-5, atol=1e-5)
         assert not store.caches[0].k.isnan().any()
+
+
+def test_a_loaded_row_moves_with_its_state_and_its_cache_up_to_the_filled_rows():
+    """`RowStore.load` writes each request's values into its row, and `move` carries every per-row tensor
+    whole and the cache only up to `filled`: the batch's rows are packed by these two."""
+    talker = tiny_talker(seed=3)
+    hidden = talker.config.hidden_size
+    store = RowStore(talker, 3, 2, 12, 4)
+    params = [SamplingParams(temperature=0.7, top_k=5, repetition_penalty=1.1, min_new_tokens=3),
+              SamplingParams(do_sample=False, subtalker_top_p=0.5, min_new_tokens=2)]
+    trailing = [torch.randn(2, hidden), torch.randn(3, hidden)]
+    tts_pad = torch.randn(hidden)
+    staging = store.staging_rows(2)
+    with torch.inference_mode():
+        store.load(staging, 8, [3, 0], trailing, tts_pad, [11, 2**62], params, [False, True])
+        store.kv.normal_()
+        before = store.kv.clone()
+        store.move(slice(1, 3), staging, filled=8)
+    assert store.slot[1:3].flatten().tolist() == [8, 8]
+    assert store.position[1:3].flatten().tolist() == [5, 8]
+    assert store.first_row[1:3].tolist() == [3, 0] and store.step[1:3].tolist() == [0, 0]
+    assert store.seeds[1:3].tolist() == [11, 2**62]
+    assert store.text_len[1:3].tolist() == [2, 3] and store.text_open[1:3].tolist() == [False, True]
+    assert torch.equal(store.text[1, :2], trailing[0]) and torch.equal(store.text[2, :3], trailing[1])
+    assert torch.equal(store.text[1, 2:], tts_pad.expand(3, -1)) and torch.equal(store.text[2, 3:], tts_pad.expand(2, -1))
+    sampling = store.sampling
+    for tensor, row in zip(sampling.tensors(), zip(*(sampling.values(p) for p in params))):
+        assert tensor[1:3].tolist() == pytest.approx(list(row))
+    assert torch.equal(store.kv[:, :, 1:3, :, :8], before[:, :, staging, :, :8])
+    assert torch.equal(store.kv[:, :, 1:3, :, 8:], before[:, :, 1:3, :, 8:])  # past `filled`: untouched
+    assert torch.equal(store.kv[:, :, 0], before[:, :, 0])
 
 
 def test_fused_projection_weights_change_no_code_and_no_state_dict():

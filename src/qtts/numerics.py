@@ -131,9 +131,7 @@ def teacher_forced_fast(talker: Talker, plan: PromptPlan, frames: torch.Tensor,
     ops = LayerOps(kernels.enabled(weight.device) if fused is None else fused)
     store = RowStore(talker, 1, 1, max_len, trailing.shape[1])
     fast_prefill(talker, ops, store, store.staging_rows(1), embeds, valid)
-    store.load(store.staging_rows(1), valid, trailing, plan.tts_pad, torch.zeros(1, dtype=torch.long,
-               device=weight.device), [GREEDY],
-               [trailing.shape[1]], [False])
+    store.load(store.staging_rows(1), embeds.shape[1], [0], [plan.trailing], plan.tts_pad, [0], [GREEDY], [False])
     store.move(slice(0, 1), store.staging_rows(1), filled=embeds.shape[1])
     frame = Frame(talker, ops, store, 1)
     code0, codes = _forcers(frames)

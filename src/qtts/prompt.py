@@ -256,16 +256,32 @@ def pad_batch(plans: list[PromptPlan], multiple_of: int = 1):
     longest = -(-longest // multiple_of) * multiple_of
     longest_trailing = max(p.trailing.shape[0] for p in plans)
     first = plans[0].prefill
-    prefill = first.new_zeros(len(plans), longest, first.shape[-1])
-    valid = torch.zeros(len(plans), longest, dtype=torch.bool, device=first.device)
+    prefill = first.new_empty(len(plans), longest, first.shape[-1])
+    valid = torch.empty(len(plans), longest, dtype=torch.bool, device=first.device)
+    left_pad_into(plans, prefill, valid)
     trailing = first.new_zeros(len(plans), longest_trailing, first.shape[-1])
     for row, plan in enumerate(plans):
-        n = plan.prefill.shape[0]
-        prefill[row, longest - n:] = plan.prefill
-        valid[row, longest - n:] = True
         trailing[row] = plan.tts_pad
         trailing[row, : plan.trailing.shape[0]] = plan.trailing
     return prefill, valid, trailing
+
+
+def left_pad_into(plans: list[PromptPlan], prefill: torch.Tensor, valid: torch.Tensor) -> list[int]:
+    """Write the plans' prefills left-padded with zeros into `prefill` [k, T, H] and their validity into
+    `valid` [k, T] (rows past the plans are all padding); return each plan's count of padding positions."""
+    count, length = valid.shape
+    pads = [length - plan.prefill.shape[0] for plan in plans]
+    host = torch.zeros(count, length, dtype=torch.bool)
+    for row, (plan, pad) in enumerate(zip(plans, pads)):
+        host[row, pad:] = True
+        if pad:
+            prefill[row, :pad].zero_()
+        prefill[row, pad:] = plan.prefill
+    if count > len(plans):
+        prefill[len(plans):].zero_()
+    # one copy of the validity from pinned memory: it queues behind the work in flight, no wait
+    valid.copy_(host.pin_memory() if valid.is_cuda else host, non_blocking=True)
+    return pads
 
 
 def prompt_positions(valid: torch.Tensor) -> torch.Tensor:

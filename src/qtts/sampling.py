@@ -195,12 +195,16 @@ class RowSampling:
         return RowSampling(self.talker.rows(count), self.predictor.rows(count), self.repetition_penalty[:count],
                            self.min_new_tokens[:count])
 
+    @staticmethod
+    def values(params: SamplingParams) -> tuple:
+        """`params` as one value per tensor of `tensors()`, in that order."""
+        return (params.do_sample, params.temperature, params.top_k, params.top_p, params.subtalker_dosample,
+                params.subtalker_temperature, params.subtalker_top_k, params.subtalker_top_p,
+                params.repetition_penalty, params.min_new_tokens)
+
     def load(self, row: int | slice, params: SamplingParams) -> None:
         """Write `params` into `row` (fills on the device: no host synchronisation)."""
-        values = (params.do_sample, params.temperature, params.top_k, params.top_p, params.subtalker_dosample,
-                  params.subtalker_temperature, params.subtalker_top_k, params.subtalker_top_p,
-                  params.repetition_penalty, params.min_new_tokens)
-        for tensor, value in zip(self.tensors(), values):
+        for tensor, value in zip(self.tensors(), self.values(params)):
             # fill_, not `tensor[row] = value`: that copies a host scalar in, which waits for the stream
             tensor[row].fill_(value)
 

@@ -76,7 +76,6 @@ class PrefillGraph:
         self.graph, _ = capture(lambda: prefill(talker, ops, store, rows, self.embeds, self.valid), warmup=1,
                                 stream=stream, pool=pool)
 
-    def __call__(self, embeds: torch.Tensor, valid: torch.Tensor) -> None:
-        self.embeds.copy_(embeds)
-        self.valid.copy_(valid)
+    def __call__(self) -> None:
+        """Run the prefill on what `embeds` and `valid` hold now (callers write their prompts into them)."""
         self.graph.replay()

@@ -29,8 +29,11 @@ class RowStore:
         rows = capacity + staging
         self.capacity, self.staging, self.max_len, self.max_text = capacity, staging, max_len, max_text
         stack, predictor = talker.model, talker.code_predictor
-        self.caches = [KVCache(rows, stack.num_kv_heads, max_len, stack.head_dim, device, dtype)
-                       for _ in stack.layers]
+        # Every layer's keys and values in one tensor [layers, 2, rows, kv_heads, max_len, head_dim], each
+        # layer's a view of it, so that moving a row's cache is one copy rather than one per layer and kind.
+        self.kv = torch.zeros(len(stack.layers), 2, rows, stack.num_kv_heads, max_len, stack.head_dim,
+                              device=device, dtype=dtype)
+        self.caches = [LayerCache(self.kv[layer, 0], self.kv[layer, 1]) for layer in range(len(stack.layers))]
         self.predictor_caches = [
             KVCache(rows, predictor.model.num_kv_heads, predictor.num_positions, predictor.model.head_dim,
                     device, dtype) for _ in predictor.model.layers]
@@ -54,6 +57,10 @@ class RowStore:
         self.seeds = zeros(rows, dtype=torch.int64)
         self.codes = zeros(rows, config.num_code_groups, dtype=torch.int64)
         self.sampling = RowSampling.allocate(rows, device)
+        by_dtype: dict[torch.dtype, list[torch.Tensor]] = {}
+        for tensor in self.per_row():
+            by_dtype.setdefault(tensor.dtype, []).append(tensor)
+        self._per_row_by_dtype = list(by_dtype.values())
 
     def per_row(self) -> list[torch.Tensor]:
         """Every per-row tensor except the caches (which move only their filled part)."""
@@ -66,37 +73,42 @@ class RowStore:
     def move(self, to: slice, source: slice, filled: int) -> None:
         """Copy rows `source` into rows `to` (the same count), caches only up to cache row `filled`.
         Enqueued on the current stream after every frame before it, so the host may run ahead."""
-        targets, sources = [], []
-        for tensor in self.per_row():
-            targets.append(tensor[to])
-            sources.append(tensor[source])
-        for cache in self.caches:
-            for tensor in (cache.k, cache.v):
-                targets.append(tensor[to, :, :filled])
-                sources.append(tensor[source, :, :filled])
-        # one multi-tensor launch per dtype rather than ~80 copies, each a few microseconds of host time
-        # on the way of an arrival to its first frame
-        torch._foreach_copy_(targets, sources)
+        # One multi-tensor launch per dtype (a multi-tensor copy falls back to one copy per tensor when its
+        # tensors differ in dtype or are not dense) and one for the caches, rather than ~80 copies, each a
+        # few microseconds of host time on the way of an arrival to its first frame.
+        for tensors in self._per_row_by_dtype:
+            torch._foreach_copy_([t[to] for t in tensors], [t[source] for t in tensors])
+        self.kv[:, :, to, :, :filled].copy_(self.kv[:, :, source, :, :filled])
 
-    def load(self, rows: slice, prompt_valid: torch.Tensor, trailing: torch.Tensor, tts_pad: torch.Tensor,
-             seeds: torch.Tensor, params: list, text_lengths: list[int], text_open: list[bool]) -> None:
-        """Start requests in prefilled `rows`: their prompt validity [k, T] (False = left padding), trailing
-        text tracks [k, N, H] (each row's own length in `text_lengths`), tts_pad [H], seeds [k],
+    def load(self, rows: slice, prompt_len: int, pads: list[int], trailing: list[torch.Tensor],
+             tts_pad: torch.Tensor, seeds: list[int], params: list, text_open: list[bool]) -> None:
+        """Start requests in rows `rows`, prefilled at `prompt_len` cache rows of which the first `pads[i]`
+        are left padding: their trailing text tracks ([n_i, H] each; tts_pad [H] after them), seeds,
         SamplingParams and whether more text will come (one per row)."""
-        prompt_len = prompt_valid.shape[1]
-        pad = (~prompt_valid).sum(-1)
-        self.slot[rows] = prompt_len
-        self.position[rows] = (prompt_len - pad)[:, None]
-        self.first_row[rows] = pad.to(torch.int32)
-        self.step[rows] = 0
+        columns = [
+            (self.slot, [prompt_len] * len(pads)), (self.position, [prompt_len - pad for pad in pads]),
+            (self.first_row, pads), (self.step, [0] * len(pads)), (self.seeds, seeds),
+            (self.text_len, [track.shape[0] for track in trailing]), (self.text_open, text_open),
+        ]
+        columns += zip(self.sampling.tensors(), zip(*(self.sampling.values(p) for p in params)))
+        self._fill(rows, columns)
         self.seen[rows] = False
         self.text[rows] = tts_pad
-        self.text[rows, : trailing.shape[1]] = trailing
-        self.seeds[rows] = seeds
-        for row, row_params, length, is_open in zip(range(rows.start, rows.stop), params, text_lengths, text_open):
-            self.sampling.load(row, row_params)
-            self.text_len[row].fill_(length)
-            self.text_open[row].fill_(is_open)
+        for row, track in zip(range(rows.start, rows.stop), trailing):
+            self.text[row, : track.shape[0]] = track
+
+    def _fill(self, rows: slice, columns: list) -> None:
+        """(tensor, one host value per row) pairs into the tensors' `rows`: one copy to the device and one
+        multi-tensor copy per dtype, rather than a launch per tensor (or per tensor and row)."""
+        by_dtype: dict[torch.dtype, list] = {}
+        for tensor, values in columns:
+            by_dtype.setdefault(tensor.dtype, []).append((tensor[rows], values))
+        for dtype, pairs in by_dtype.items():
+            block = torch.tensor([list(values) for _, values in pairs], dtype=dtype)
+            if self.kv.is_cuda:  # pinned: the copy queues behind the frames in flight, no wait
+                block = block.pin_memory().to(self.kv.device, non_blocking=True)
+            targets = [target for target, _ in pairs]
+            torch._foreach_copy_(targets, [column.view_as(target) for column, target in zip(block, targets)])
 
     def extend_text(self, row: int, vectors: torch.Tensor, start: int, final: bool) -> None:
         """Text-track vectors [n, H] of `row` from position `start` on; `final`: the track is complete (the
@@ -105,3 +117,10 @@ class RowStore:
         self.text_len[row].fill_(start + vectors.shape[0])
         if final:
             self.text_open[row].fill_(False)
+
+
+class LayerCache:
+    """One layer's keys and values [rows, kv_heads, max_len, head_dim]: views of the store's pooled cache."""
+
+    def __init__(self, k: torch.Tensor, v: torch.Tensor):
+        self.k, self.v = k, v

@@ -28,7 +28,7 @@ from ..audio import SAMPLE_RATE
 from ..errors import InputError
 from ..models.codec_decoder import CodecDecoder
 from ..models.talker import Talker
-from ..prompt import PromptPlan, pad_batch
+from ..prompt import PromptPlan, left_pad_into
 from ..sampling import SamplingParams, request_seeds
 from .decode_stage import BULK, FRAME_PRIORITY, URGENT, DecodeCursor, DecodeStage
 from .frame import Frame, LayerOps, prefill
@@ -399,28 +399,26 @@ class Scheduler:
                 stream.wait_event(request.ready)
                 for tensor in (request.plan.prefill, request.plan.trailing, request.plan.tts_pad):
                     tensor.record_stream(stream)  # used here beyond the caller's stream
-        embeds, valid, trailing = pad_batch(plans, PREFILL_BUCKET)
-        if k > count:  # padding rows: no valid position, their attention gives zeros
-            embeds = torch.cat([embeds, embeds.new_zeros(k - count, *embeds.shape[1:])])
-            valid = torch.cat([valid, valid.new_zeros(k - count, valid.shape[1])])
-        length = valid.shape[1]
+        length = -(-max(plan.prefill.shape[0] for plan in plans) // PREFILL_BUCKET) * PREFILL_BUCKET
         graph = self._prefills.get((k, length))
+        if graph is not None:  # the prompts go straight into the graph's inputs
+            embeds, valid = graph.embeds, graph.valid
+        else:
+            embeds = plans[0].prefill.new_empty(k, length, plans[0].prefill.shape[-1])
+            valid = torch.empty(k, length, dtype=torch.bool, device=embeds.device)
+        pads = left_pad_into(plans, embeds, valid)  # padding rows past the plans: no valid position
         if graph is not None:
-            graph(embeds, valid)
+            graph()
         else:
             prefill(self.talker, self.ops, self.store, self.store.staging_rows(k), embeds, valid)
         staging = self.store.staging_rows(count)
-        seeds = torch.tensor([r.seed for r in requests])
-        if self.device.type == "cuda":  # pinned: the copy queues behind the frames in flight, no wait
-            seeds = seeds.pin_memory().to(self.device, non_blocking=True)
         with self._lock:  # the track holds the plan's text at load; later pieces come through _take_text
-            lengths = [r.plan.trailing.shape[0] for r in requests]
             for r in requests:
                 r.text_loaded = r.plan.trailing.shape[0]
                 r.text_open_loaded = r.text_open or bool(r.text_pieces)  # submitted open
             opened = [r.text_open_loaded for r in requests]
-        self.store.load(staging, valid[:count], trailing, plans[-1].tts_pad, seeds, [r.params for r in requests],
-                        lengths, opened)
+        self.store.load(staging, length, pads, [plan.trailing for plan in plans], plans[-1].tts_pad,
+                        [r.seed for r in requests], [r.params for r in requests], opened)
         first = len(self._running)
         self.store.move(slice(first, first + count), staging, filled=length)
         now = time.perf_counter()
