@@ -162,7 +162,7 @@ class Scheduler:
         comes later through `extend_text` (the row waits for it in the batch)."""
         if audio and self.decode_stage is None:
             raise InputError("this engine has no codec decoder: submit with audio=False")
-        prompt_len = -(-plan.prefill.shape[0] // PREFILL_BUCKET) * PREFILL_BUCKET
+        prompt_len = _prefill_length(plan.prefill.shape[0])
         room = self.max_len - prompt_len - 1  # frames the cache holds after this prompt
         if room < MIN_ROOM:
             raise InputError(
@@ -374,7 +374,7 @@ class Scheduler:
             taken, longest = [], 0
             for request in waiting:
                 length = max(longest, request.plan.prefill.shape[0])
-                padded = -(-length // PREFILL_BUCKET) * PREFILL_BUCKET
+                padded = _prefill_length(length)
                 if len(taken) == room or (taken and padded * _bucket(len(taken) + 1, self.arrival_buckets)
                                           > PREFILL_TOKENS) or (request.audio and slots == 0):
                     break
@@ -399,7 +399,7 @@ class Scheduler:
                 stream.wait_event(request.ready)
                 for tensor in (request.plan.prefill, request.plan.trailing, request.plan.tts_pad):
                     tensor.record_stream(stream)  # used here beyond the caller's stream
-        length = -(-max(plan.prefill.shape[0] for plan in plans) // PREFILL_BUCKET) * PREFILL_BUCKET
+        length = _prefill_length(max(plan.prefill.shape[0] for plan in plans))
         graph = self._prefills.get((k, length))
         if graph is not None:  # the prompts go straight into the graph's inputs
             embeds, valid = graph.embeds, graph.valid
@@ -740,6 +740,11 @@ def _nearest_below(measured: dict[int, float], bucket: int) -> float | None:
     """The value of `bucket`, else of the largest measured bucket below it; None if there is none."""
     smaller = [b for b in measured if b <= bucket]
     return measured[max(smaller)] if smaller else None
+
+
+def _prefill_length(tokens: int) -> int:
+    """The cache rows a prompt of `tokens` positions takes: left-padded to a multiple of PREFILL_BUCKET."""
+    return -(-tokens // PREFILL_BUCKET) * PREFILL_BUCKET
 
 
 def _bucket(count: int, buckets: tuple[int, ...]) -> int:
