@@ -11,8 +11,9 @@ launch (PDL).
    kernels (norm, F.linear, gate, add) vs fused vs fused with PDL.
 3. `launch`: 1000 empty dependent kernels in one graph, with and without PDL: the cost of one launch.
 4. `sample`: the fused sampler per top-k digit width.
-5. `tiles`: the batch products (16, 64 and 128 rows) of the 1.7B talker and predictor: the tensor-core tile
-   kernel's block configurations against cuBLAS with the norm, gate and add as separate kernels.
+5. `tiles`: the batch products (`--tile-rows`, default 16, 64 and 128 rows) of the 1.7B talker and predictor:
+   the tensor-core tile kernel's block configurations against cuBLAS with the norm, gate and add as
+   separate kernels.
 
     python bench/kernel_probe.py --parts sweep layers launch sample
 Writes kernel_probe.jsonl and prints a summary; results go to $OUT (or ./kernel_probe_out).
@@ -139,12 +140,13 @@ def sweep(emit):
 TILE_SHAPES = [("talker", *shape) for shape in SHAPES["1.7b"][:4]] + [
     ("predictor", *shape) for shape in SHAPES["0.6b"][:4]]
 TILE_CONFIGS = [(bn, bk, w, st) for bn in (16, 32, 64) for bk in (64, 128, 256) for w, st in ((4, 4),)] + [
-    (16, 128, 2, 4), (32, 128, 8, 3), (32, 256, 4, 3)]
+    (16, 128, 2, 4), (32, 128, 8, 3), (32, 256, 4, 3), (64, 64, 8, 4), (64, 128, 8, 3), (128, 32, 4, 4),
+    (128, 64, 4, 3), (128, 64, 8, 3)]
 
 
-def tiles(emit):
+def tiles(emit, row_counts=(16, 64, 128)):
     calls = 40
-    for rows in (16, 64, 128):
+    for rows in row_counts:
         for model, name, n, k, kind in TILE_SHAPES:
             copies = max(2, int(160e6 // (n * k * 2 * (2 if kind == "gated" else 1))))
             weights, _, norm, _ = operands(n, k, kind, copies)
@@ -271,6 +273,8 @@ def sample(emit):
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--parts", nargs="+", default=["launch", "sweep", "layers"])
+    parser.add_argument("--tile-rows", type=int, nargs="+", default=[16, 64, 128],
+                        help="tiles: the row counts to sweep")
     args = parser.parse_args()
     out = Path(os.environ.get("OUT", "kernel_probe_out"))
     out.mkdir(parents=True, exist_ok=True)
@@ -289,7 +293,7 @@ def main():
     print(f"torch {torch.__version__}, {torch.cuda.get_device_name()}", flush=True)
     for part in args.parts:
         try:
-            {"sweep": sweep, "launch": launch, "sample": sample, "tiles": tiles,
+            {"sweep": sweep, "launch": launch, "sample": sample, "tiles": lambda e: tiles(e, args.tile_rows),
              "layers": lambda e: layers(e, best)}[part](emit)
         except Exception as error:
             emit({"part": part, "error": repr(error)[:500]})
