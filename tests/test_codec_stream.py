@@ -8,7 +8,7 @@ import torch
 from qtts import kernels
 from qtts.errors import InputError
 from qtts.models import codec_decoder
-from qtts.models.codec_decoder import CodecDecoder, unbiased_conv
+from qtts.models.codec_decoder import CodecDecoder, channels_last_convolutions, unbiased_conv
 from qtts.models.codec_stream import CodecStream
 from test_codec_decoder import decoder_config, one_thread, random_codes, randomize_decoder  # noqa: F401
 
@@ -92,14 +92,44 @@ def test_wrong_batch_size_is_an_input_error(decoder):
         CodecStream(decoder, batch_size=2).decode(random_codes(1, 1, seed=16))
 
 
-@pytest.mark.parametrize("dilation, length", [(3, 40), (9, 63), (9, 60)])
-def test_a_dilated_conv_folded_into_the_batch_is_the_same_conv(dilation, length):
+@pytest.mark.parametrize("dilation, length", [(1, 40), (3, 40), (9, 63), (9, 60)])
+@pytest.mark.parametrize("time_major", [False, True])
+def test_a_conv_over_the_grid_of_its_samples_is_the_same_conv(dilation, length, time_major):
+    """The fused path's convolution: a dilated one over the [length / dilation, dilation] grid of its
+    samples with an undilated kernel; time-major input and a channels-last weight read in place, any other
+    layout converted; the output time-major."""
     torch.manual_seed(0)
     conv = torch.nn.Conv1d(5, 4, 7, dilation=dilation)
     x = torch.randn(2, 5, length)
     padded = torch.cat((x, torch.full((2, 5, -length % dilation), float("nan"))), dim=-1)  # feeds dropped outputs
     want = torch.nn.functional.conv1d(x, conv.weight, dilation=dilation)
-    torch.testing.assert_close(unbiased_conv(conv, padded, length), want, rtol=1e-5, atol=1e-6)
+    if time_major:
+        padded = padded.transpose(1, 2).contiguous().transpose(1, 2)
+        channels_last_convolutions(conv)
+    got = unbiased_conv(conv, padded, length)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    assert got.stride(1) == 1
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+def test_channels_last_convolution_weights_change_where_the_numbers_lie_not_the_audio(decoder, monkeypatch,
+                                                                                     device):
+    """`load` lays the convolutions' weights out channels-last on a GPU: the same state, and the same audio
+    one pass and streamed (cuDNN may pick other algorithms for the new layout: float32 rounding apart)."""
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    codes = random_codes(2, 13, seed=23).to(device)
+    plain = CodecDecoder(decoder_config(), device=device).eval()
+    plain.load_state_dict(decoder.state_dict())
+    relaid = CodecDecoder(decoder_config(), device=device).eval()
+    relaid.load_state_dict(decoder.state_dict())
+    channels_last_convolutions(relaid)
+    state = relaid.state_dict()
+    assert all(torch.equal(state[k], v) for k, v in plain.state_dict().items())
+    relaid_weights = [m.weight for m in relaid.modules() if isinstance(m, (torch.nn.Conv1d, torch.nn.ConvTranspose1d))
+                      and m.groups == 1 and m.kernel_size[0] > 1]
+    assert relaid_weights and all(w.stride(1) == 1 and not w.is_contiguous() for w in relaid_weights)
+    for run in (lambda d: d(codes), lambda d: stream(d, codes, ramp(13))):
+        assert (run(relaid) - run(plain)).abs().max().item() <= TOLERANCE
 
 
 @pytest.mark.skipif(not kernels.available(), reason="Triton is not installed")

@@ -200,11 +200,34 @@ def test_snake_beta_with_a_bias_into_a_padded_buffer(device, dtype):
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_residual_add_matches_reference(device, dtype):
+def test_snake_beta_keeps_the_time_major_layout(device, dtype):
+    """The fused decoder's activations lie [B, T, C] in memory: snake reads them so, a conv output cut to
+    its valid samples included, and writes a new tensor, or a left-padded buffer's view, laid out alike."""
+    conv_out = (2 * torch.randn(2, 1600, 130, device=device)).to(dtype).transpose(1, 2)
+    x = conv_out[..., :1500]
+    alpha, beta, bias = (0.5 * torch.randn(130, device=device) for _ in range(3))
+    biased = (x.float() + bias[:, None]).to(dtype)
+    out = snake_beta_triton(x, alpha, beta, bias)
+    assert out.stride(1) == 1
+    assert_same_function(out, snake_beta_reference(biased, alpha, beta).to(dtype))
+    buffer = torch.full((2, 1510, 130), 7.0, device=device, dtype=dtype).transpose(1, 2)
+    out = snake_beta_triton(x, alpha, beta, bias, out=buffer[..., 4:1504])
+    assert_same_function(out, snake_beta_reference(biased, alpha, beta).to(dtype))
+    assert buffer[..., :4].eq(7).all() and buffer[..., 1504:].eq(7).all()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("time_major", [False, True])
+def test_residual_add_matches_reference(device, dtype, time_major):
     x, update = ((2 * torch.randn(2, 6, 1500, device=device)).to(dtype) for _ in range(2))
+    if time_major:  # the sum is laid out as the update
+        update = update.transpose(1, 2).contiguous().transpose(1, 2)
     bias = torch.randn(6, device=device)
     want = residual_add_reference(x.float(), update.float(), bias).to(dtype)  # one rounding, as fused
-    assert_same_function(residual_add_triton(x, update, bias), want)
+    got = residual_add_triton(x, update, bias)
+    assert_same_function(got, want)
+    assert got.stride() == update.stride()
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -23,7 +23,7 @@ from .long_text import Segments, split_long_text
 from .engine.scheduler import Scheduler
 from .errors import InputError, VoiceError
 from .limits import PromptLimits, check_text
-from .models.codec_decoder import CodecDecoder, decode_official
+from .models.codec_decoder import CodecDecoder, channels_last_convolutions, decode_official
 from .models.codec_encoder import CodecEncoder, encode
 from .models.speaker_encoder import SpeakerEncoder
 from .models.talker import Talker
@@ -79,6 +79,8 @@ def load(model: str | os.PathLike, *, device: str | torch.device | None = None,
     codec_decoder = build_empty(lambda **kw: CodecDecoder(speech.decoder_config, **kw), device,
                                 resolve_codec_dtype(codec_dtype, dtype))
     load_weights(codec_decoder, ckpt.speech_tokenizer_file, "decoder.")
+    if device.type == "cuda":
+        channels_last_convolutions(codec_decoder)
     tokenizer = TextTokenizer.from_folder(ckpt.path)
     fast = engine == "fast" or (engine == "auto" and device.type == "cuda")
     if max_batch is None:

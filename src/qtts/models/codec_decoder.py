@@ -6,10 +6,11 @@ buffers, built by `qtts.models.codec_stream.CodecStream`) it reads its left cont
 the new one back in place, so a chunked decode equals a one-pass decode. The one-pass and streaming
 decodes are the same modules running the same code.
 
-Where the Triton kernels run compiled (a GPU), the residual units and the last conv take a fused path
-(`fused`): the same function in fewer passes over the samples (`activated_conv`, `unbiased_conv`); so do
-the codebooks (one lookup for all) and the transformer (norms with their residual adds, the SwiGLU gate,
-RoPE), in fewer launches. The plain path stays the reference, and a test runs the fused one against it
+Where the Triton kernels run compiled (a GPU), the convolutions take a fused path (`fused`): the same
+function in fewer passes over the samples (`activated_conv`, `unbiased_conv`), on activations kept
+time-major ([B, T, C] in memory), as cuDNN's convolutions read and write them; so do the codebooks (one
+lookup for all) and the transformer (norms with their residual adds, the SwiGLU gate, RoPE), in fewer
+launches. The plain path stays the reference, and a test runs the fused one against it
 through Triton's interpreter.
 """
 
@@ -69,6 +70,9 @@ class CausalConv1d(nn.Module):
         return torch.zeros(batch, self.conv.in_channels, self.context, device=device, dtype=dtype)
 
     def forward(self, x: torch.Tensor, state: dict | None = None) -> torch.Tensor:
+        if fused(x):
+            padded, valid = left_padded(self, x, state, lambda out: out.copy_(x))
+            return unbiased_conv(self.conv, padded, valid).add_(self.conv.bias[:, None])
         if self.context == 0:
             return self.conv(x)
         if state is None:
@@ -84,88 +88,70 @@ def fused(x: torch.Tensor) -> bool:
     return kernels.enabled(x.device)
 
 
-# Whether a dilated convolution runs folded into the batch: None times both ways once per shape on a GPU
-# (see `unbiased_conv`); True or False forces one way (bench/decoder_probe.py compares them).
-FOLD_DILATED: bool | None = None
-_fold_pays: dict[tuple, bool] = {}
-FOLD_TIMINGS_MAX = 1024  # shapes timed per process; later new ones fold (one-pass decodes vary in length)
+def time_major(batch: int, channels: int, length: int, like: torch.Tensor) -> torch.Tensor:
+    """An empty [batch, channels, length] tensor laid out [batch, length, channels]: the fused decoder's
+    activations, which cuDNN's bf16 convolutions read and write as they lie (channels-last). In [B, C, T]
+    they made cuDNN convert every input, weight and output (27 % of a one-frame decode's kernel time, a
+    fifth of a 64 x 16 one: BENCHMARKS.md 2026-12-07)."""
+    return like.new_empty(batch, length, channels).transpose(1, 2)
+
+
+def _channels_last(t: torch.Tensor) -> torch.Tensor:
+    """A 4-D t with channels-last strides, those of its size-1 dimensions included (PyTorch picks a
+    convolution's layout from them): a view of t where it lies so already, else a copy."""
+    if not t.is_contiguous(memory_format=torch.channels_last):
+        return t.contiguous(memory_format=torch.channels_last)
+    _, channels, height, width = t.shape
+    return t.as_strided(t.shape, (height * width * channels, 1, width * channels, channels))
 
 
 def unbiased_conv(conv: nn.Conv1d, padded: torch.Tensor, valid: int) -> torch.Tensor:
     """`conv` without its bias over the first `valid` samples of `padded` (left context included; any
-    samples after them, zeros, feed only outputs that are dropped).
+    samples after them, fewer than the dilation, feed only outputs that are dropped), as a 2-D convolution
+    of channels-last views: a time-major `padded` and a weight laid out by `channels_last_convolutions` are
+    read in place, and the output is time-major.
 
-    A dilated convolution can run as an undilated one over the `dilation` interleaved sequences, folded
-    into the batch. cuDNN has fast kernels for every undilated shape here but not for every dilated one:
-    at 384 channels, dilation 9 ran in its generic kernel, 20 % of a 64 x 16 bulk decode call (H100
-    profile, 2026-12-06). Elsewhere the fold's two transposing copies cost more than they save, so each
-    shape is timed both ways once (`_fold_is_faster`). Output t = q * dilation + r reads sequence r at
-    q..q + k - 1."""
-    dilation = conv.dilation[0]
-    fold = dilation > 1 and (_fold_is_faster(conv, padded, valid) if FOLD_DILATED is None else FOLD_DILATED)
-    return (_folded_conv if fold else _plain_conv)(conv, padded, valid)
-
-
-def _folded_conv(conv: nn.Conv1d, padded: torch.Tensor, valid: int) -> torch.Tensor:
+    A dilated convolution runs over the [length / dilation, dilation] grid of its samples (t = q * dilation
+    + r) with a [taps, 1] kernel: the same sums without dilation (cuDNN has fast kernels for every
+    undilated shape here but not for every dilated one: at 384 channels, dilation 9 ran in its generic
+    kernel, 20 % of a 64 x 16 bulk decode call on an H100, 2026-12-06). Time-major, the grid is a view."""
     dilation, taps = conv.dilation[0], conv.kernel_size[0]
     batch, channels, length = padded.shape
     if length % dilation:
-        raise InputError(f"a folded dilated convolution needs a multiple of {dilation} samples, got {length}")
-    per_sequence = length // dilation
-    folded = padded.view(batch, channels, per_sequence, dilation).permute(0, 3, 1, 2)
-    out = F.conv1d(folded.reshape(batch * dilation, channels, per_sequence), conv.weight, groups=conv.groups)
-    out = out.view(batch, dilation, -1, per_sequence - taps + 1).permute(0, 2, 3, 1)
-    return out.reshape(batch, out.shape[1], -1)[..., : valid - (taps - 1) * dilation]
+        raise InputError(f"a dilated convolution needs a multiple of {dilation} samples, got {length}")
+    grid = padded.unflatten(2, (length // dilation, dilation))
+    out = F.conv2d(_channels_last(grid), _channels_last(conv.weight.unsqueeze(3)), groups=conv.groups)
+    return out.flatten(2)[..., : valid - (taps - 1) * dilation]
 
 
-def _fold_is_faster(conv: nn.Conv1d, padded: torch.Tensor, valid: int, reps: int = 3) -> bool:
-    """Times this shape both ways on its GPU the first time it is seen (the decode stage's graphs warm up
-    before they capture, so serving never times); CPU (the tests), capture without a timing, and shapes
-    past `FOLD_TIMINGS_MAX` fold, the better way over a whole decode."""
-    key = (tuple(padded.shape), valid, padded.dtype, padded.device, tuple(conv.weight.shape), conv.dilation[0])
-    if key not in _fold_pays:
-        if (padded.device.type != "cuda" or torch.cuda.is_current_stream_capturing()
-                or len(_fold_pays) >= FOLD_TIMINGS_MAX):
-            return True
-        times = {}
-        for fold in (False, True):
-            run = functools.partial(_folded_conv if fold else _plain_conv, conv, padded, valid)
-            run()
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            for _ in range(reps):
-                run()
-            end.record()
-            end.synchronize()
-            times[fold] = start.elapsed_time(end)
-        _fold_pays[key] = times[True] < times[False]
-    return _fold_pays[key]
-
-
-def _plain_conv(conv: nn.Conv1d, padded: torch.Tensor, valid: int) -> torch.Tensor:
-    return F.conv1d(padded[..., :valid], conv.weight, dilation=conv.dilation[0], groups=conv.groups)
-
-
-def activated_conv(conv: CausalConv1d, activation: SnakeBeta, x: torch.Tensor, state: dict | None,
-                   bias: torch.Tensor | None = None) -> torch.Tensor:
-    """The fused path's `conv(activation(x + bias))`, without conv's own bias (the caller adds it, or its
-    next kernel does). The activation writes straight behind the left context in one buffer (the
-    stream's tail, or zeros), which `unbiased_conv` reads: no `torch.cat`, no separate bias pass."""
+def left_padded(conv: CausalConv1d, x: torch.Tensor, state: dict | None, write) -> tuple[torch.Tensor, int]:
+    """A time-major buffer for `conv`'s input: its left context (the stream's tail, or zeros), then what
+    `write(view)` puts in the view behind it (x's `length` samples, transformed or not: no `torch.cat`),
+    then zeros up to a multiple of the dilation. Takes the new tail into the stream state. Returns the
+    buffer and its valid length."""
     batch, channels, length = x.shape
     context, dilation = conv.context, conv.conv.dilation[0]
     valid = context + length
-    padded = x.new_empty(batch, channels, -(-valid // dilation) * dilation)
-    # The samples after `valid` (fewer than `dilation`) feed only outputs that are dropped, but they are
-    # zeroed all the same: an FFT or Winograd algorithm, were cuDNN to pick one, mixes every input sample.
+    padded = time_major(batch, channels, -(-valid // dilation) * dilation, x)
+    # The samples after `valid` feed only outputs that are dropped, but they are zeroed all the same: an
+    # FFT or Winograd algorithm, were cuDNN to pick one, mixes every input sample.
     padded[..., valid:].zero_()
     if state is None:
         padded[..., :context].zero_()
     else:
         padded[..., :context].copy_(state[conv])
-    snake.snake_beta_triton(x, activation.alpha, activation.beta, bias, out=padded[..., context:valid])
+    write(padded[..., context:valid])
     if state is not None:
         state[conv].copy_(padded[..., length:valid])
-    return unbiased_conv(conv.conv, padded, valid)
+    return padded, valid
+
+
+def activated_conv(conv: CausalConv1d, activation: SnakeBeta, x: torch.Tensor, state: dict | None,
+                   bias: torch.Tensor | None = None) -> torch.Tensor:
+    """The fused path's `conv(activation(x + bias))`, without conv's own bias (the caller adds it, or its
+    next kernel does): the activation writes straight into the conv's padded input (`left_padded`)."""
+    write = functools.partial(snake.snake_beta_triton, x, activation.alpha, activation.beta, bias)
+    return unbiased_conv(conv.conv, *left_padded(conv, x, state, lambda out: write(out=out)))
 
 
 class CausalTransposedConv1d(nn.Module):
@@ -192,12 +178,17 @@ class CausalTransposedConv1d(nn.Module):
         return torch.zeros(batch, self.conv.out_channels, self.overlap, device=device, dtype=dtype)
 
     def forward(self, x: torch.Tensor, state: dict | None = None) -> torch.Tensor:
-        if state is None or self.overlap == 0:
+        if fused(x):  # time-major in and out, as `unbiased_conv`
+            y = F.conv_transpose2d(_channels_last(x.unsqueeze(2)), _channels_last(self.conv.weight.unsqueeze(2)),
+                                   stride=(1, self.conv.stride[0])).squeeze(2)
+            if state is None or self.overlap == 0:
+                return y[..., : y.shape[-1] - self.overlap] + self.conv.bias[:, None]
+        elif state is None or self.overlap == 0:
             y = self.conv(x)
             return y[..., : y.shape[-1] - self.overlap]
+        else:  # without bias, so the carried partial sums can be added before the bias is (once)
+            y = F.conv_transpose1d(x, self.conv.weight, stride=self.conv.stride)
         carried = state[self]
-        # Without bias, so the carried partial sums can be added before the bias is (once).
-        y = F.conv_transpose1d(x, self.conv.weight, stride=self.conv.stride)
         y[..., : self.overlap] += carried
         carried.copy_(y[..., -self.overlap:])
         return y[..., : -self.overlap] + self.conv.bias[:, None]
@@ -435,12 +426,11 @@ class ResidualUnit(nn.Module):
     def forward(self, x: torch.Tensor, state: dict | None = None) -> torch.Tensor:
         if not fused(x):
             return x + self.conv2(self.act2(self.conv1(self.act1(x), state)))
-        # Each conv's bias goes into the kernel behind it; the 1x1 conv is a batched matrix product (cuBLAS
-        # reads each [C, T] item as it lies; cuDNN changes the layout there and back, and torch.matmul of
-        # a matrix and a batch copies the batch transposed).
+        # Each conv's bias goes into the kernel behind it; the 1x1 conv is one matrix product over every
+        # sample of the batch (time-major, [B, T, C] lies contiguous).
         update = activated_conv(self.conv1, self.act1, x, state)
         hidden = snake.snake_beta_triton(update, self.act2.alpha, self.act2.beta, self.conv1.conv.bias)
-        update = torch.bmm(self.conv2.conv.weight[..., 0].expand(x.shape[0], -1, -1), hidden)
+        update = F.linear(hidden.transpose(1, 2), self.conv2.conv.weight[..., 0]).transpose(1, 2)
         return snake.residual_add_triton(x, update, self.conv2.conv.bias)
 
 
@@ -506,6 +496,16 @@ class CodecDecoder(nn.Module):
         else:
             h = conv_out(activation(h), state)
         return h.squeeze(1).clamp(-1.0, 1.0).float()
+
+
+def channels_last_convolutions(decoder: nn.Module) -> None:
+    """Lay out the weight of every full (not depthwise) convolution with more than one tap channels-last
+    ([out, taps, in] in memory): the same shape and values, as the fused path's 2-D convolutions read them.
+    Laid out [out, in, taps], cuDNN's bf16 kernels converted each weight on every call (the first one-frame
+    decode on an H100: 39 layout conversions, 27 % of its kernel time, BENCHMARKS.md 2026-12-07)."""
+    for module in decoder.modules():
+        if isinstance(module, (nn.Conv1d, nn.ConvTranspose1d)) and module.groups == 1 and module.kernel_size[0] > 1:
+            module.weight.data = module.weight.data.transpose(1, 2).contiguous().transpose(1, 2)
 
 
 @torch.no_grad()
