@@ -392,7 +392,27 @@ def test_tile_configurations_fit_the_gpus_shared_memory(monkeypatch, shared_memo
             stage = (block_m + (2 if gated else 1) * block_n) * block_k * element_size
             assert stages >= 1 and block_k >= 32 and stage * stages + TILE_SCRATCH_BYTES <= shared_memory
             if shared_memory == 232448 and element_size == 2:
-                assert (block_k, stages) == ((256, 4) if n <= 2048 else (256, 3))
+                wide = (256, 3) if rows <= 64 else ((64 if gated else 128), 4)
+                assert (block_k, stages) == ((256, 4) if n <= 2048 else wide)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available() or kernels.interpreted(), reason="needs a GPU, compiled")
+@pytest.mark.parametrize("rows", [16, 64, 70, 128])
+def test_every_model_product_computes_in_its_tile_configuration(rows):
+    """The configurations `tile_config` picks on this GPU, at the model's real widths: the frame's batches
+    and the prefill's positions, one row block and two."""
+    for n, k, gated in MODEL_PRODUCTS:
+        x = torch.randn(rows, k, device="cuda").to(torch.bfloat16)
+        weight = (torch.randn(2 * n if gated else n, k, device="cuda") / k**0.5).to(torch.bfloat16)
+        norm = (1 + 0.3 * torch.randn(k, device="cuda")).to(torch.bfloat16)
+        options = {"gated": True} if gated else {"residual": torch.randn(rows, n, device="cuda").to(torch.bfloat16)}
+        out = fused_linear_triton(x, weight, norm_weight=norm, **options).float()
+        # against the float32 function of the same bf16 values: a few roundings apart, not one (the
+        # reference's own bf16 roundings fall elsewhere)
+        ref = fused_linear_reference(x.float(), weight.float(), norm_weight=norm.float(),
+                                     **{key: v.float() if torch.is_tensor(v) else v for key, v in options.items()})
+        torch.testing.assert_close(out, ref, rtol=2**-6, atol=2**-7 * ref.abs().max().item())
 
 
 @pytest.mark.parametrize("device", DEVICES)

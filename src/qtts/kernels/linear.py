@@ -224,9 +224,17 @@ def tile_config(rows: int, n: int, k: int, gated: bool, element_size: int = 2,
     block_m = min(64, max(16, next_power_of_2(rows)))
     if interpreted():
         return block_m, 64, next_power_of_2(k), 4, 1
-    # the fastest measured (H100, bf16, 16-128 rows, bench/kernel_probe.py --parts tiles) for the
-    # 1024-2048-wide residual products; the wider ones took 32 outputs per program
-    block_n, block_k, stages = (16, 256, 4) if n <= 2048 else (32, 256, 3)
+    # The fastest measured on an H100 in bf16 (bench/kernel_probe.py --parts tiles). One row block (up to 64
+    # rows: the frame's batches, a 64-position prefill): 16 outputs a program up to 2048 wide, else 32. Two
+    # (65-128 rows: a prefill of up to 128 positions): about 128 programs, n / 64 outputs each up to 2048
+    # wide, else 64 with a shorter K step. There the one-block choice took 92.6 us for the 1.7B talker
+    # layer's four products against 62.6 us (cuBLAS with the norm, gate and add kernels: 62.8; 2026-12-07d).
+    if rows <= 64:
+        block_n, block_k, stages = (16, 256, 4) if n <= 2048 else (32, 256, 3)
+    elif n <= 2048:
+        block_n, block_k, stages = max(16, n // 64), 256, 4
+    else:
+        block_n, block_k, stages = 64, 64 if gated else 128, 4
     if element_size > 2:  # float32 operands: a quarter of the K step, about the bytes of a bf16 stage
         block_k = 64
     room = shared_memory - TILE_SCRATCH_BYTES
