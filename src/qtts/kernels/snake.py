@@ -73,7 +73,7 @@ def _snake_beta_kernel(
 def block_shape(channels: int) -> tuple[int, int, int]:
     """(BLOCK_T, BLOCK_C, warps): channel blocks of the largest power of two up to 64 that divides the
     channels (96 -> 32: no masked lanes), 2048 values a program. On an H100, at the shapes of every
-    decoder width's snake call (bench/snake_probe.py), within 3 % of the best of 20 block shapes at each:
+    decoder width's snake call (bench/snake_probe.py), within 3 % of the best of 14 block shapes at each:
     0.85 ms for a 64 x 16 decode's five against 0.93 ms with 4096 values a program and 1.11 ms for the
     channel-major kernel before it, 2.6-2.8 us a call at one frame against 5 and 2.5-4.9 us."""
     block_c = max(16, min(64, channels & -channels))
