@@ -13,7 +13,6 @@ import argparse
 import importlib.util
 import json
 import os
-import statistics
 import sys
 
 from pathlib import Path
@@ -23,7 +22,9 @@ import torch
 # Appended: a qtts already on the path (PYTHONPATH set to another tree) comes first; without one, this
 # checkout's.
 sys.path.append(str(Path(__file__).resolve().parents[1] / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from kernel_probe import graph_ms  # noqa: E402
 from qtts.kernels import snake  # noqa: E402
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -50,28 +51,9 @@ others = [(f"cm{i}", load(f"snake_cm{i}", path), False) for i, path in enumerate
     (f"tm{i}", load(f"snake_tm{i}", path), True) for i, path in enumerate(args.time_major)]
 
 
-def graph_us(fn, n=20, reps=15):
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        for _ in range(3):
-            fn()
-    torch.cuda.current_stream().wait_stream(s)
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        for _ in range(n):
-            fn()
-    g.replay()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(reps):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        g.replay()
-        b.record()
-        b.synchronize()
-        times.append(a.elapsed_time(b) / n)
-    return statistics.median(times) * 1e3
+def graph_us(fn, calls=20):
+    """Median us of one of `calls` calls of `fn` captured in one graph."""
+    return graph_ms(lambda: [fn() for _ in range(calls)]) / calls * 1e3
 
 
 SHAPES = [(64, 1536, 64), (64, 768, 512), (64, 384, 2560), (64, 192, 10240), (64, 96, 30720),
