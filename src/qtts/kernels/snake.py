@@ -45,28 +45,29 @@ def _snake_beta_kernel(
     channels of the decoder's time-major activations."""
     b = tl.program_id(0).to(tl.int64)
     t0, c0 = tl.program_id(1) * BLOCK_T, tl.program_id(2) * BLOCK_C
-    t, c = tl.arange(0, BLOCK_T)[:, None], tl.arange(0, BLOCK_C)
+    t, c = tl.arange(0, BLOCK_T)[:, None], tl.arange(0, BLOCK_C)[None, :]
     c_ok = c0 + c < channels
-    mask = (t0 + t < length) & c_ok[None, :]
-    c = c[None, :]
+    mask = (t0 + t < length) & c_ok
     # 64-bit addresses of the tile's corner, 32-bit offsets within it (fewer instructions per element)
-    x = tl.load(x_ptr + (b * x_sb + t0.to(tl.int64) * x_st + c0 * x_sc) + (t * x_st + c * x_sc), mask=mask,
-                other=0.0)
+    t0, c0_wide = t0.to(tl.int64), c0.to(tl.int64)
+    x = tl.load(x_ptr + (b * x_sb + t0 * x_st + c0_wide * x_sc) + (t * x_st + c * x_sc), mask=mask, other=0.0)
     y = x.to(tl.float32)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + c0 + c, mask=c_ok, other=0.0).to(tl.float32)
     if HAS_UPDATE:
-        at = (b * u_sb + t0.to(tl.int64) * u_st + c0 * u_sc) + (t * u_st + c * u_sc)
+        at = (b * u_sb + t0 * u_st + c0_wide * u_sc) + (t * u_st + c * u_sc)
         update = tl.load(update_ptr + at, mask=mask, other=0.0).to(tl.float32)
         if HAS_BIAS:
-            update = update + tl.load(bias_ptr + c0 + c, mask=c_ok[None, :], other=0.0).to(tl.float32)
+            update = update + bias
         y = round_to(y + update, x.dtype).to(tl.float32)
         tl.store(sum_ptr + at, y.to(x.dtype), mask=mask)
     elif HAS_BIAS:
-        y = round_to(y + tl.load(bias_ptr + c0 + c, mask=c_ok[None, :], other=0.0).to(tl.float32), x.dtype).to(tl.float32)
+        y = round_to(y + bias, x.dtype).to(tl.float32)
     if ACTIVATE:
-        alpha = tl.exp(tl.load(alpha_ptr + c0 + c, mask=c_ok[None, :], other=0.0).to(tl.float32))
-        inv_beta = 1.0 / (tl.exp(tl.load(beta_ptr + c0 + c, mask=c_ok[None, :], other=0.0).to(tl.float32)) + 1e-9)
+        alpha = tl.exp(tl.load(alpha_ptr + c0 + c, mask=c_ok, other=0.0).to(tl.float32))
+        inv_beta = 1.0 / (tl.exp(tl.load(beta_ptr + c0 + c, mask=c_ok, other=0.0).to(tl.float32)) + 1e-9)
         s = sin(y * alpha, LIBDEVICE)  # (1e-9: NO_DIV_BY_ZERO)
-        at = (b * o_sb + t0.to(tl.int64) * o_st + c0 * o_sc) + (t * o_st + c * o_sc)
+        at = (b * o_sb + t0 * o_st + c0_wide * o_sc) + (t * o_st + c * o_sc)
         tl.store(out_ptr + at, round_to(y + inv_beta * (s * s), x.dtype), mask=mask)
 
 
