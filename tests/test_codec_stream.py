@@ -136,10 +136,10 @@ def test_channels_last_convolution_weights_change_where_the_numbers_lie_not_the_
 @pytest.mark.parametrize("device", ["cpu"] if kernels.interpreted() else [pytest.param("cuda", marks=pytest.mark.gpu)])
 def test_the_fused_path_decodes_as_the_plain_one(decoder, monkeypatch, device):
     """The GPU's decoder path (the codebooks in one lookup, the transformer's norms fused with their residual
-    adds, its RoPE in one kernel; activations written into the causal convs' padded inputs, each conv bias in
-    the kernel behind it, dilations folded into the batch, the 1x1 convs as products), on CPU through
-    Triton's interpreter: the same audio, one pass and streamed, in float32; in bfloat16 no further from
-    the float32 decode than the plain path's bfloat16 decode."""
+    adds, its RoPE in one kernel; time-major activations written into the causal convs' padded inputs, each
+    conv bias in the kernel behind it, dilated convs over the grid of their samples, the 1x1 convs as
+    products), on CPU through Triton's interpreter: the same audio, one pass and streamed, in float32; in
+    bfloat16 no further from the float32 decode than the plain path's bfloat16 decode."""
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)  # float32 means float32 on a GPU too
     codes = random_codes(2, 21, seed=19).to(device)
     full = CodecDecoder(decoder_config(), device=device).eval()
