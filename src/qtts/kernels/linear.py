@@ -226,9 +226,10 @@ def tile_config(rows: int, n: int, k: int, gated: bool, element_size: int = 2,
         return block_m, 64, next_power_of_2(k), 4, 1
     # The fastest measured on an H100 in bf16 (bench/kernel_probe.py --parts tiles). One row block (up to 64
     # rows: the frame's batches, a 64-position prefill): 16 outputs a program up to 2048 wide, else 32. Two
-    # (65-128 rows: a prefill of up to 128 positions): about 128 programs, n / 64 outputs each up to 2048
-    # wide, else 64 with a shorter K step. There the one-block choice took 92.6 us for the 1.7B talker
-    # layer's four products against 62.6 us (cuBLAS with the norm, gate and add kernels: 62.8; 2026-12-07d).
+    # (65-128 rows: a prefill of up to 128 positions, a frame past 64 rows): about 128 programs, n / 64
+    # outputs each up to 2048 wide, else 64 with a shorter K step. There the one-block choice took 92.6 us
+    # for the 1.7B talker layer's four products against 62.6 us (cuBLAS with the norm, gate and add
+    # kernels: 62.8; 2026-12-07d).
     if rows <= 64:
         block_n, block_k, stages = (16, 256, 4) if n <= 2048 else (32, 256, 3)
     elif n <= 2048:
