@@ -116,7 +116,7 @@ def unbiased_conv(conv: nn.Conv1d, padded: torch.Tensor, valid: int) -> torch.Te
     undilated shape here but not for every dilated one: at 384 channels, dilation 9 ran in its generic
     kernel, 20 % of a 64 x 16 bulk decode call on an H100, 2026-12-06). Time-major, the grid is a view."""
     dilation, taps = conv.dilation[0], conv.kernel_size[0]
-    batch, channels, length = padded.shape
+    length = padded.shape[-1]
     if length % dilation:
         raise InputError(f"a dilated convolution needs a multiple of {dilation} samples, got {length}")
     grid = padded.unflatten(2, (length // dilation, dilation))
