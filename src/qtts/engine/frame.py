@@ -26,7 +26,7 @@ from ..kernels.swiglu import silu_mul_reference, silu_mul_triton
 from ..models.layers import DecoderStack
 from ..models.talker import Talker
 from ..prompt import prompt_positions
-from .rows import RowStore
+from .rows import LayerCache, RowStore
 
 
 class LayerOps:
@@ -98,15 +98,9 @@ def run_stack(stack: DecoderStack, ops: LayerOps, caches: list, x: torch.Tensor,
     return x
 
 
-class _RowCaches:
-    """The first rows of one layer's pooled KV cache, as a view the kernels take like a cache of their own."""
-
-    def __init__(self, cache, rows: slice):
-        self.k, self.v = cache.k[rows], cache.v[rows]
-
-
-def row_caches(caches: list, rows: slice) -> list[_RowCaches]:
-    return [_RowCaches(cache, rows) for cache in caches]
+def row_caches(caches: list, rows: slice) -> list[LayerCache]:
+    """`rows` of each layer's pooled KV cache, as views the kernels take like caches of their own."""
+    return [LayerCache(cache.k[rows], cache.v[rows]) for cache in caches]
 
 
 def talker_head(talker: Talker, ops: LayerOps, stream: torch.Tensor, hidden: torch.Tensor,
