@@ -19,6 +19,10 @@ Parts (each timed with CUDA events, median of `--reps`, after warm-up):
   - `gpu_stamps`: the same path without a profiler: CUDA events recorded around the prefill, the first
     frame's two halves and the first decode call, and host marks at each engine step (woken, prompt padded,
     prefill launched ...), all in ms from `submit` on an idle device, median of `--reps`;
+  - `stream_cost`: what one stream pays per frame beyond the captured frame: the marginal ms per frame
+    ((wall of a 250-frame request - wall of a 50-frame one) / 200, median of `--reps` pairs) of one request
+    alone, codes only (no decoder: the engine's host work and the gaps between frames), then streamed with
+    audio (the decoder's calls beside the frames); the `frames` part gives the captured frame's own ms;
   - `steady`: closed loop in steady state: N clients each sending its next request when the last ends,
     for `--duration` seconds (serve_load's closed-loop step without HTTP), with the engine's counters;
   - `profile`: the kernels of one captured frame (buckets 1, 16, 64), of decode calls (16 and 64 requests x
@@ -565,6 +569,31 @@ def gpu_timeline(tts, emit, speaker, out: Path, gap_us: float = 20.0):
                     for s in spans]})
 
 
+def stream_cost(tts, emit, speaker, reps: int, long: int = 250, short: int = 50):
+    def codes_only(frames, seed):
+        plan, params = tts._request(TEXT, "auto", None, speaker, None, None,
+                                    {"max_new_tokens": frames, "min_new_tokens": frames})
+        tts.engine.submit(plan, params, seed=seed, audio=False).result()
+
+    def streamed(frames, seed):
+        for _ in tts.submit(TEXT, speaker=speaker, max_new_tokens=frames, min_new_tokens=frames, seed=seed):
+            pass
+
+    row = {"part": "stream_cost", "frames": [long, short], "reps": reps}
+    for name, run in (("codes_only", codes_only), ("streamed", streamed)):
+        run(short, 0)  # warm-up
+        marginal = []
+        for seed in range(reps):
+            walls = []
+            for frames in (long, short):
+                began = time.perf_counter()
+                run(frames, seed)
+                walls.append(time.perf_counter() - began)
+            marginal.append((walls[0] - walls[1]) / (long - short) * 1e3)
+        row[name + "_ms_per_frame"] = round(statistics.median(marginal), 4)
+    emit(row)
+
+
 class _Stamps:
     """Host marks and CUDA events of one run, in ms from `begin` (called with the device idle). On a CPU
     only the host marks are taken."""
@@ -809,6 +838,8 @@ def main():
                 gpu_timeline(tts, emit, speaker, out)
             elif part == "gpu_stamps":
                 gpu_stamps(tts, emit, speaker, args.reps)
+            elif part == "stream_cost":
+                stream_cost(tts, emit, speaker, args.reps)
             elif part == "steady":
                 steady(tts, emit, speaker, args.frames, args.concurrency, args.duration)
             elif part == "bookkeeping":
