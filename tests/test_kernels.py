@@ -276,17 +276,23 @@ def test_a_query_that_sees_no_row_attends_to_zeros(device, splits):
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("talker", [True, False])
 @pytest.mark.parametrize("ties", [False, True])
-def test_sample_codes_matches_reference(device, talker, ties):
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_sample_codes_matches_reference(device, talker, ties, dtype):
     """Same ids as the PyTorch processors + exponential-trick draw with the same counter-based noise, every
     row with its own settings (greedy, top-k, top-p, both, temperature, penalty, min_new_tokens), with many
     logits tied at the top-k threshold (`ties`: rounded logits), which top-k keeps, as torch does. Seeded:
     top-p sums the kept mass in another order than torch's cumsum, so a token whose cumulative mass lies
     within float rounding of the threshold may be kept by one and dropped by the other: seen at temperature
-    1.3 with top-p 0.95 and no top-k, where 3072 nearly equal probabilities sit at the boundary."""
+    1.3 with top-p 0.95 and no top-k, where 3072 nearly equal probabilities sit at the boundary.
+
+    The kernel draws over every token first and looks for top-k's threshold only where that draw's winner
+    is not among the k largest (bf16 predictor logits: on 16-bit keys); both cases occur here. The logits
+    are drawn on the CPU for every device: CUDA's generator gave ones where a top-p row's threshold fell
+    within rounding of a tie (the kernel before this one differed from torch there too)."""
     torch.manual_seed(0)
     vocab = 3072 if talker else 2048
     batch = 6
-    logits = 3 * torch.randn(batch, vocab, device=device)
+    logits = 3 * torch.randn(batch, vocab)
     if ties:
         logits = logits.round() - 4  # mostly negative, few distinct values
     seeds = torch.tensor([0, 1, 7, 2**40, 2**62 + 3, 5], device=device)
@@ -295,21 +301,31 @@ def test_sample_codes_matches_reference(device, talker, ties):
         temperature=torch.tensor([0.9, 1.0, 0.7, 0.9, 0.8, 0.5], device=device),
         top_k=torch.tensor([10, 0, 50, 10, 40, 3], device=device),
         top_p=torch.tensor([1.0, 0.8, 0.6, 1.0, 0.95, 1.0], device=device))
+    no_top_k = DrawSettings(settings.do_sample, settings.temperature, torch.zeros_like(settings.top_k),
+                            settings.top_p)
     kwargs = {}
     if talker:
         eos = vocab - 20
-        kwargs = dict(seen=torch.rand(batch, vocab, device=device) < 0.2,
+        kwargs = dict(seen=(torch.rand(batch, vocab) < 0.2).to(device),
                       generated=torch.tensor([1, 5, 0, 3, 1, 9], device=device),
                       penalty=torch.tensor([1.05, 1.0, 1.3, 1.05, 1.05, 1.1], device=device),
                       min_new_tokens=torch.tensor([2, 2, 0, 2, 2, 2], device=device), eos_id=eos,
                       suppress_from=vocab - 30)
         logits[:, eos] = 50  # EOS wins where min_new_tokens does not mask it
-    for frame, radix_bits in zip(range(3), (1, 2, 4)):
-        counter = torch.tensor([frame, frame + 1, 0, 4, frame, 2], device=device)
+    logits = logits.to(device, dtype)
+    top_k_only = [0, 5]  # rows that sample with top-k and no top-p
+    kept, dropped = 0, 0
+    for frame in range(6):
+        counter = torch.tensor([frame, frame + 1, 0, 4, frame, 2], device=device) + 3 * frame
         ids = sample_codes_triton(logits, seeds, counter, settings, counter_scale=16, counter_offset=5,
-                                  radix_bits=radix_bits, **kwargs)
+                                  radix_bits=(1, 2, 4)[frame % 3], **kwargs)
         expected = sample_codes_reference(logits, seeds, counter * 16 + 5, settings, **kwargs)
         assert torch.equal(ids, expected)
+        # the winner over every token is top-k's exactly where it is among the k largest
+        unrestricted = sample_codes_reference(logits, seeds, counter * 16 + 5, no_top_k, **kwargs)
+        same = (unrestricted == expected)[top_k_only]
+        kept, dropped = kept + int(same.sum()), dropped + int((~same).sum())
+    assert kept and dropped  # draws of both kinds ran
     table = torch.randn(vocab, 40, device=device).to(torch.bfloat16)
     ids, rows = sample_codes_triton(logits, seeds, counter, settings, embedding=table, **kwargs)
     assert torch.equal(rows, table[ids])  # the drawn codes' embeddings come with them

@@ -89,21 +89,26 @@ SAMPLE_WARPS = 8
 
 
 @jit
-def _order_keys(x):
-    """Non-negative int64 keys below 2**32 that sort like the float32 values `x`: float bits sort like the
-    floats for positives and backwards for negatives, so those are flipped, then all are shifted up."""
-    bits = x.to(tl.int32, bitcast=True).to(tl.int64)
-    return tl.where(bits < 0, bits ^ 0x7FFFFFFF, bits) + 0x80000000
+def _order_keys(x, KEY_BITS: tl.constexpr):
+    """Unsigned keys that sort like the floats `x` (float32, or a 16-bit float type when KEY_BITS is 16): a
+    float's bits sort like the floats for positives and backwards for negatives, so positives get the sign
+    bit set and negatives every bit flipped."""
+    if KEY_BITS == 16:
+        bits = x.to(tl.uint16, bitcast=True).to(tl.uint32)
+        return tl.where(bits >= 0x8000, bits ^ 0xFFFF, bits | 0x8000)
+    else:
+        bits = x.to(tl.uint32, bitcast=True)
+        return tl.where(bits >= 0x80000000, ~bits, bits | 0x80000000)
 
 
 @jit
-def _kth_largest(x, k, RADIX_BITS: tl.constexpr):
-    """The k-th largest value of float32 `x` (ties counted, as torch.topk's last value), found digit by digit
-    on order-preserving integer keys: 32 / RADIX_BITS counting passes instead of a sort of the vocabulary."""
-    keys = _order_keys(x)
-    digits = tl.arange(0, 1 << RADIX_BITS).to(tl.int64)
-    prefix = tl.zeros([], dtype=tl.int64)
-    for shift in tl.static_range(32 - RADIX_BITS, -1, -RADIX_BITS):
+def _kth_largest(x, keys, k, KEY_BITS: tl.constexpr, RADIX_BITS: tl.constexpr):
+    """The k-th largest value of `x` (ties counted, as torch.topk's last value), found digit by digit on
+    `keys` that sort like `x` (`_order_keys` of x, or of values x is a rising function of): KEY_BITS /
+    RADIX_BITS counting passes instead of a sort of the vocabulary."""
+    digits = tl.arange(0, 1 << RADIX_BITS).to(tl.uint32)
+    prefix = tl.zeros([], dtype=tl.uint32)
+    for shift in tl.static_range(KEY_BITS - RADIX_BITS, -1, -RADIX_BITS):
         # the largest digit whose candidate still has k keys at or above it (digit 0 always does)
         counts = tl.sum((keys[None, :] >= (prefix | (digits << shift))[:, None]).to(tl.int32), axis=1)
         prefix = prefix | (tl.max(tl.where(counts >= k, digits, 0), axis=0) << shift)
@@ -116,9 +121,9 @@ def _top_p_threshold(p, top_p, RADIX_BITS: tl.constexpr):
     hold at least `top_p` of the mass. Found digit by digit like `_kth_largest`, summing mass instead of
     counting. Keeping p >= v is the official rule (drop a token when the ascending cumulative mass up to
     it is <= 1 - top_p), up to the order of float additions."""
-    keys = _order_keys(p)
-    digits = tl.arange(0, 1 << RADIX_BITS).to(tl.int64)
-    prefix = tl.zeros([], dtype=tl.int64)
+    keys = _order_keys(p, 32)
+    digits = tl.arange(0, 1 << RADIX_BITS).to(tl.uint32)
+    prefix = tl.zeros([], dtype=tl.uint32)
     for shift in tl.static_range(32 - RADIX_BITS, -1, -RADIX_BITS):
         above = keys[None, :] >= (prefix | (digits << shift))[:, None]
         mass = tl.sum(tl.where(above, p[None, :], 0.0), axis=1)
@@ -131,14 +136,15 @@ def _sample_codes_kernel(
     logits_ptr, seeds_ptr, counter_ptr, do_sample_ptr, temp_ptr, top_k_ptr, top_p_ptr,
     seen_ptr, generated_ptr, penalty_ptr, min_new_ptr, out_ptr, table_ptr, embed_ptr,
     vocab, eos_id, suppress_from, counter_scale, counter_offset, width,
-    TALKER: tl.constexpr, BLOCK_V: tl.constexpr, RADIX_BITS: tl.constexpr, EMBED: tl.constexpr,
-    BLOCK_E: tl.constexpr, PDL: tl.constexpr,
+    TALKER: tl.constexpr, BLOCK_V: tl.constexpr, KEY_BITS: tl.constexpr, RADIX_BITS: tl.constexpr,
+    EMBED: tl.constexpr, BLOCK_E: tl.constexpr, PDL: tl.constexpr,
 ):
     wait_for_previous(PDL)
     row = tl.program_id(0).to(tl.int64)
     ids = tl.arange(0, BLOCK_V)
     in_vocab = ids < vocab
-    x = tl.load(logits_ptr + row * vocab + ids, mask=in_vocab, other=float("-inf")).to(tl.float32)
+    logits = tl.load(logits_ptr + row * vocab + ids, mask=in_vocab, other=float("-inf"))
+    x = logits.to(tl.float32)
     if TALKER:
         seen = tl.load(seen_ptr + row * vocab + ids, mask=in_vocab, other=0) != 0
         penalty = tl.load(penalty_ptr + row)
@@ -146,16 +152,11 @@ def _sample_codes_kernel(
         generated = tl.load(generated_ptr + row)
         x = tl.where((ids == eos_id) & (generated < tl.load(min_new_ptr + row)), float("-inf"), x)
         x = tl.where((ids >= suppress_from) & (ids != eos_id), float("-inf"), x)
+    code = tl.argmax(x, axis=0)
     if tl.load(do_sample_ptr + row) != 0:
         x = x / tl.load(temp_ptr + row)
-        k = tl.load(top_k_ptr + row)
-        if k > 0:
-            x = tl.where(x < _kth_largest(x, tl.minimum(k, vocab), RADIX_BITS), float("-inf"), x)
-        p = tl.exp(x - tl.max(x, axis=0))
-        p = p / tl.sum(p, axis=0)
+        k = tl.minimum(tl.load(top_k_ptr + row), vocab)
         top_p = tl.load(top_p_ptr + row)
-        if top_p < 1.0:
-            p = tl.where(p < _top_p_threshold(p, top_p, RADIX_BITS), 0.0, p)
         # the noise of exponential_noise, bit for bit: 32-bit hashes kept in int64
         counter = tl.load(counter_ptr + row).to(tl.int64) * counter_scale + counter_offset
         seed = tl.load(seeds_ptr + row).to(tl.int64)
@@ -163,9 +164,25 @@ def _sample_codes_kernel(
         stream = _mix32((stream + ((seed >> 32) & 0xFFFFFFFF)) & 0xFFFFFFFF)
         stream = _mix32((stream + (counter & 0xFFFFFFFF)) & 0xFFFFFFFF)
         bits = _mix32((stream ^ _mix32(ids.to(tl.int64))) & 0xFFFFFFFF)
-        uniform = ((bits >> 9).to(tl.float32) + 0.5) * (1.0 / 8388608.0)
-        x = tl.where(in_vocab, p / -tl.log(uniform), -1.0)
-    code = tl.argmax(x, axis=0).to(tl.int64)
+        noise = -tl.log(((bits >> 9).to(tl.float32) + 0.5) * (1.0 / 8388608.0))
+        # First the draw over every token: the argmax of exp(x - max) / noise. Top-k only takes tokens away
+        # and the softmax's sum scales every kept token alike, so where the winner is among the k largest
+        # it is top-k's draw too, found without top-k's k-th largest value (a dozen passes over the
+        # vocabulary); a peaked distribution's winner mostly is.
+        p = tl.exp(x - tl.max(x, axis=0))
+        code = tl.argmax(tl.where(in_vocab, p / noise, -1.0), axis=0)
+        beaten_by = tl.sum((x > tl.max(tl.where(ids == code, x, float("-inf")), axis=0)).to(tl.int32), axis=0)
+        if (top_p < 1.0) | ((k > 0) & (beaten_by >= k)):
+            if k > 0:
+                # 16-bit logits order x as x orders itself (x is a rising function of them): half the passes
+                keys = _order_keys(logits if KEY_BITS == 16 else x, KEY_BITS)
+                x = tl.where(x < _kth_largest(x, keys, k, KEY_BITS, RADIX_BITS), float("-inf"), x)
+            p = tl.exp(x - tl.max(x, axis=0))
+            p = p / tl.sum(p, axis=0)
+            if top_p < 1.0:
+                p = tl.where(p < _top_p_threshold(p, top_p, RADIX_BITS), 0.0, p)
+            code = tl.argmax(tl.where(in_vocab, p / noise, -1.0), axis=0)
+    code = code.to(tl.int64)
     tl.store(out_ptr + row, code)
     if EMBED:  # the code's row of the embedding table, the next step's input
         for start in range(0, width, BLOCK_E):
@@ -201,7 +218,10 @@ def sample_codes_triton(
         embedding if embedding is not None else logits, embedded if embedded is not None else logits,
         vocab, eos_id, vocab if suppress_from is None else suppress_from, counter_scale, counter_offset,
         0 if embedding is None else embedding.shape[1],
-        TALKER=talker, BLOCK_V=next_power_of_2(vocab), RADIX_BITS=radix_bits, EMBED=embedding is not None,
+        TALKER=talker, BLOCK_V=next_power_of_2(vocab),
+        # the talker's penalty reorders its logits; the predictor's keep their order through the temperature
+        KEY_BITS=16 if logits.element_size() == 2 and not talker else 32, RADIX_BITS=radix_bits,
+        EMBED=embedding is not None,
         BLOCK_E=1024, PDL=pdl, num_warps=num_warps or SAMPLE_WARPS, **pdl_launch(pdl),
     )
     return out if embedded is None else (out, embedded)
