@@ -83,8 +83,10 @@ def _mix32(x):
     return x ^ (x >> 16)
 
 
-# H100, bench/kernel_probe.py (vocabulary 2048, top-k 50, 2-bit digits): 8 warps 11.1 us, 4 warps 13.6,
-# 2 warps 32.8; 4-bit digits 14.5 us at best, 8-bit ones 244 us.
+# H100, bench/kernel_probe.py --parts sample (bf16 logits, vocabulary 2048, top-k 50, us a draw where top-k's
+# threshold is searched / where the first draw is top-k's): 2-bit digits, 8 warps 8.5 / 4.1, 4 warps 9.3 /
+# 4.6; 1-bit digits with 8 warps 9.4 / 4.0, 4-bit 9.5 / 4.1. (Before, on 64-bit keys: 2 warps 32.8 us,
+# 8-bit digits 244.)
 SAMPLE_WARPS = 8
 
 
