@@ -3,7 +3,8 @@ weights (a CustomVoice checkpoint written with `qtts make-checkpoint`, never dow
 
 Parts (each timed with CUDA events, median of `--reps`, after warm-up):
   - `frames`: ms per frame of the captured frame of every batch bucket (the whole step: 16 draws, 15
-    predictor steps, one talker step), rows at a context of `--context` positions;
+    predictor steps, one talker step), rows at a context of `--context` positions, every row greedy, then
+    every row sampling with the checkpoint's defaults (top-k 50: the sampler's search costs more);
   - `decode`: ms per decode call of the batched codec stage per (bucket, chunk size);
   - `prefill`: ms per captured prefill per (arrivals, prompt length);
   - `invariance`: greedy codes of one request alone and joining a running batch at several frames (must be
@@ -125,8 +126,12 @@ def frames(tts, emit, reps, context):
     engine = tts.engine
     store = engine.store
     at_context(store, context)
-    for bucket, run in frame_steps(engine).items():
-        emit({"part": "frames", "batch": bucket, "context": context, "ms": round(frame_ms(run, reps), 3)})
+    for rows in ("greedy", "sampled"):
+        if rows == "sampled":  # the checkpoint's default settings, as a request without keywords samples
+            store.sampling.load(slice(None), tts.sampling_params())
+        for bucket, run in frame_steps(engine).items():
+            emit({"part": "frames", "rows": rows, "batch": bucket, "context": context,
+                  "ms": round(frame_ms(run, reps), 3)})
     for tensor in store.per_row():
         tensor.zero_()
 
