@@ -154,6 +154,7 @@ def _sample_codes_kernel(
         generated = tl.load(generated_ptr + row)
         x = tl.where((ids == eos_id) & (generated < tl.load(min_new_ptr + row)), float("-inf"), x)
         x = tl.where((ids >= suppress_from) & (ids != eos_id), float("-inf"), x)
+    code = tl.argmax(x, axis=0)
     if tl.load(do_sample_ptr + row) != 0:
         x = x / tl.load(temp_ptr + row)
         k = tl.minimum(tl.load(top_k_ptr + row), vocab)
@@ -168,7 +169,7 @@ def _sample_codes_kernel(
         noise = -tl.log(((bits >> 9).to(tl.float32) + 0.5) * (1.0 / 8388608.0))
         # First the draw over every token: the argmax of exp(x - max) / noise. Top-k only takes tokens away
         # and the softmax's sum scales every kept token alike, so where the winner is among the k largest
-        # it is top-k's draw too, found without top-k's k-th largest value (8 or 16 passes over the
+        # it is top-k's draw too, found without top-k's k-th largest value (a dozen passes over the
         # vocabulary); a peaked distribution's winner mostly is.
         p = tl.exp(x - tl.max(x, axis=0))
         code = tl.argmax(tl.where(in_vocab, p / noise, -1.0), axis=0)
@@ -183,8 +184,6 @@ def _sample_codes_kernel(
             if top_p < 1.0:
                 p = tl.where(p < _top_p_threshold(p, top_p, RADIX_BITS), 0.0, p)
             code = tl.argmax(tl.where(in_vocab, p / noise, -1.0), axis=0)
-    else:
-        code = tl.argmax(x, axis=0)
     code = code.to(tl.int64)
     tl.store(out_ptr + row, code)
     if EMBED:  # the code's row of the embedding table, the next step's input
