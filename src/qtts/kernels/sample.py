@@ -169,7 +169,7 @@ def _sample_codes_kernel(
         noise = -tl.log(((bits >> 9).to(tl.float32) + 0.5) * (1.0 / 8388608.0))
         # First the draw over every token: the argmax of exp(x - max) / noise. Top-k only takes tokens away
         # and the softmax's sum scales every kept token alike, so where the winner is among the k largest
-        # it is top-k's draw too, found without top-k's k-th largest value (a dozen passes over the
+        # it is top-k's draw too, found without top-k's k-th largest value (8 or 16 passes over the
         # vocabulary); a peaked distribution's winner mostly is.
         p = tl.exp(x - tl.max(x, axis=0))
         code = tl.argmax(tl.where(in_vocab, p / noise, -1.0), axis=0)
