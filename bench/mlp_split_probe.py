@@ -25,7 +25,7 @@ import triton
 import triton.language as tl
 
 from kernel_probe import graph_ms
-from predictor_chain import CHAIN, EPS, LAYERS, WEIGHT_BYTES, F, H, start
+from predictor_chain import CHAIN, EPS, LAYERS, WEIGHT_BYTES, F, H, launches_chain, start
 
 from qtts.kernels import pdl_launch, round_to, wait_for_previous
 
@@ -97,8 +97,6 @@ def main() -> None:
             print(f"S BF={block} W={warps} vs reference, max |diff|", (got - ref.float()).abs().max().item(),
                   flush=True)
             ok.append((block, warps))
-    from predictor_chain import launches_chain
-
     xa = torch.zeros_like(xs)
     xa[0] = x0
     for r in range(args.rounds):
