@@ -575,10 +575,8 @@ def gpu_timeline(tts, emit, speaker, out: Path, gap_us: float = 20.0):
 
 
 def stream_cost(tts, emit, speaker, reps: int, long: int = 250, short: int = 50):
-    def codes_only(frames, seed):
-        plan, params = tts._request(TEXT, "auto", None, speaker, None, None,
-                                    {"max_new_tokens": frames, "min_new_tokens": frames})
-        tts.engine.submit(plan, params, seed=seed, audio=False).result()
+    def codes_only(frames, seed):  # (generate_codes takes no seed; with random weights any draw costs alike)
+        tts.generate_codes(TEXT, speaker=speaker, max_new_tokens=frames, min_new_tokens=frames)
 
     def streamed(frames, seed):
         for _ in tts.submit(TEXT, speaker=speaker, max_new_tokens=frames, min_new_tokens=frames, seed=seed):
