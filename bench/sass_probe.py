@@ -103,7 +103,7 @@ def static_cost(compiled) -> dict:
     resources = dict(re.findall(r"(REG|STACK|LOCAL|SHARED):(\d+)", usage))
     opcodes = Counter()
     for line in sass.splitlines():
-        found = re.match(r"\s+/\*[0-9a-f]{4}\*/\s+(?:@!?U?P\w+\s+)?([A-Z0-9_]+)", line)
+        found = re.match(r"\s+/\*[0-9a-f]{4,}\*/\s+(?:@!?U?P\w+\s+)?([A-Z0-9_]+)", line)
         if found:
             opcodes[found.group(1)] += 1
     return {"registers": int(resources.get("REG", 0)),
