@@ -63,12 +63,10 @@ def split_chain(xs, accs, norms, gate_ups, down_ts, block: int, warps: int) -> N
     chain's last output x[CHAIN] is formed by a last launch of the reading half alone (here: in torch)."""
     accs.zero_()
     for i in range(CHAIN):
-        layer = i % LAYERS
-        first = i == 0
+        layer, before = i % LAYERS, max(i - 1, 0)  # (MLP 0 reads x[0] and no accumulator)
         _split_mlp[(F // block,)](
-            accs[i - 1] if not first else accs[0], xs[i - 1] if not first else xs[0], xs[i], norms[layer],
-            gate_ups[layer], down_ts[layer], accs[i], EPS, F=F, H=H, BF=block, FIRST=first, PDL=True,
-            num_warps=warps, **pdl_launch(True))
+            accs[before], xs[before], xs[i], norms[layer], gate_ups[layer], down_ts[layer], accs[i], EPS,
+            F=F, H=H, BF=block, FIRST=i == 0, PDL=True, num_warps=warps, **pdl_launch(True))
 
 
 def main() -> None:
