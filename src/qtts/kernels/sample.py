@@ -178,8 +178,8 @@ def _sample_codes_kernel(
             if k > 0:
                 # 16-bit logits order x as x orders itself (x is a rising function of them): half the passes
                 keys = _order_keys(logits if KEY_BITS == 16 else x, KEY_BITS)
-                x = tl.where(x < _kth_largest(x, keys, k, KEY_BITS, RADIX_BITS), float("-inf"), x)
-            p = tl.exp(x - tl.max(x, axis=0))
+                # the k largest keep the maximum, so their exp(x - max) are the ones computed above
+                p = tl.where(x < _kth_largest(x, keys, k, KEY_BITS, RADIX_BITS), 0.0, p)
             p = p / tl.sum(p, axis=0)
             if top_p < 1.0:
                 p = tl.where(p < _top_p_threshold(p, top_p, RADIX_BITS), 0.0, p)
