@@ -51,6 +51,20 @@ def assert_same_function(out: torch.Tensor, ref: torch.Tensor):
         torch.testing.assert_close(out.float(), ref.float(), rtol=2**-7, atol=2**-8 * ref.float().abs().max().item())
 
 
+def assert_same_snake(out: torch.Tensor, x: torch.Tensor, alpha: torch.Tensor, beta: torch.Tensor):
+    """snake_beta_triton's `out` against the reference on `x` [B, C, T]. In float32 the kernel's exps of alpha
+    and beta (a fast exp) may differ from torch's by a few ulps. Sin's argument x * exp(alpha), tens of
+    radians, carries alpha's error; since d sin^2 / d arg = sin(2 arg) <= 1, an output moves by up to
+    (|x * exp(alpha)| + 1) * ulps / exp(beta), the 1 for beta's. Outside the plain tolerance on an H100 in
+    18 of 300 seeds of the time-major test: by 2-3e-6, at arguments 2-11 and 1 / exp(beta) 2-4."""
+    ref = snake_beta_reference(x, alpha, beta).to(x.dtype)
+    if out.dtype != torch.float32:
+        return assert_same_function(out, ref)
+    assert out.shape == ref.shape and not out.isnan().any()
+    slack = 4 * 2**-23 * ((x * alpha.exp()[:, None]).abs() + 1) / beta.exp()[:, None]
+    assert ((out - ref).abs() <= 2e-6 + 2e-6 * ref.abs() + slack).all()
+
+
 @jit
 def _round_kernel(x_ptr, out_ptr, BLOCK: tl.constexpr):
     offs = tl.arange(0, BLOCK)
@@ -179,7 +193,7 @@ def test_snake_beta_matches_reference(device, dtype):
     x = (2 * torch.randn(2, 6, 1500, device=device)).to(dtype)
     alpha = 0.5 * torch.randn(6, device=device)
     beta = 0.5 * torch.randn(6, device=device)
-    assert_same_function(snake_beta_triton(x, alpha, beta), snake_beta_reference(x, alpha, beta).to(dtype))
+    assert_same_snake(snake_beta_triton(x, alpha, beta), x, alpha, beta)
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -193,7 +207,7 @@ def test_snake_beta_with_a_bias_into_a_padded_buffer(device, dtype):
     buffer = torch.full((2, 6, 1510), 7.0, device=device, dtype=dtype)
     out = snake_beta_triton(x, alpha, beta, bias, out=buffer[..., 4:1504])
     biased = (x.float() + bias[:, None]).to(dtype)
-    assert_same_function(out, snake_beta_reference(biased, alpha, beta).to(dtype))
+    assert_same_snake(out, biased, alpha, beta)
     assert out.data_ptr() == buffer[..., 4:].data_ptr()
     assert buffer[..., :4].eq(7).all() and buffer[..., 1504:].eq(7).all()
 
@@ -209,10 +223,10 @@ def test_snake_beta_keeps_the_time_major_layout(device, dtype):
     biased = (x.float() + bias[:, None]).to(dtype)
     out = snake_beta_triton(x, alpha, beta, bias)
     assert out.stride(1) == 1
-    assert_same_function(out, snake_beta_reference(biased, alpha, beta).to(dtype))
+    assert_same_snake(out, biased, alpha, beta)
     buffer = torch.full((2, 1510, 130), 7.0, device=device, dtype=dtype).transpose(1, 2)
     out = snake_beta_triton(x, alpha, beta, bias, out=buffer[..., 4:1504])
-    assert_same_function(out, snake_beta_reference(biased, alpha, beta).to(dtype))
+    assert_same_snake(out, biased, alpha, beta)
     assert buffer[..., :4].eq(7).all() and buffer[..., 1504:].eq(7).all()
 
 
