@@ -60,7 +60,7 @@ def assert_same_snake(out: torch.Tensor, x: torch.Tensor, alpha: torch.Tensor, b
     ref = snake_beta_reference(x, alpha, beta).to(x.dtype)
     if out.dtype != torch.float32:
         return assert_same_function(out, ref)
-    assert out.shape == ref.shape and not out.isnan().any()
+    assert out.dtype == ref.dtype and out.shape == ref.shape and not out.isnan().any()
     slack = 4 * 2**-23 * ((x * alpha.exp()[:, None]).abs() + 1) / beta.exp()[:, None]
     assert ((out - ref).abs() <= 2e-6 + 2e-6 * ref.abs() + slack).all()
 
