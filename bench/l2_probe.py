@@ -3,13 +3,14 @@
 A frame reads the predictor's 5 layers 15 times (about 150 MB each time, 3x the 50 MB L2 of an H100 or
 H200), so with the cache's usual replacement every read comes from memory. CUDA can set part of L2 aside
 for "persisting" lines (`cuCtxSetLimit(CU_LIMIT_PERSISTING_L2_CACHE_SIZE)`) and mark the accesses of a
-stream's kernels to one address window as persisting (a stream's access policy window; graphs captured on
-the stream keep it, or not: the first part below checks). The predictor's weights are packed into one
-buffer (views, as `fuse_projections` does) so that one window covers them.
+stream's kernels, or of a graph's kernel nodes, to one address window as persisting (an access policy
+window). The predictor's weights are packed into one buffer (views, as `fuse_projections` does) so that one
+window covers them; the frame's graphs carry the window on every kernel node.
 
 Parts, each timed with CUDA events (median of `--reps`), the variants alternating over `--rounds`:
-  - `chain`: 20 one-row products over one 24 MB weight, captured as a graph, with and without a window
-    over the weight (hit ratio 1): whether the window reaches the kernels of a captured graph at all;
+  - `chain`: 20 one-row products over one 24 MB weight, captured as a graph, without a window, with one
+    set on the capturing stream, and with one set on each kernel node after capture (hit ratio 1): whether
+    a window reaches the kernels of a captured graph, and which way;
   - `frames`: the captured frame at each of `--buckets`, context 300, greedy rows, for
     `original` (the engine's graphs as loaded), `packed` (the predictor packed, no window), `layers` (a
     window over the pack's first bytes, as many as may persist, hit ratio 1: the first layer or so from
@@ -45,6 +46,8 @@ CU_DEVICE_ATTRIBUTE_MAX_PERSISTING_L2_CACHE_SIZE = 108
 CU_DEVICE_ATTRIBUTE_MAX_ACCESS_POLICY_WINDOW_SIZE = 109
 CU_STREAM_ATTRIBUTE_ACCESS_POLICY_WINDOW = 1
 CU_ACCESS_PROPERTY_STREAMING, CU_ACCESS_PROPERTY_PERSISTING = 1, 2
+CU_KERNEL_NODE_ATTRIBUTE_ACCESS_POLICY_WINDOW = 1
+CU_GRAPH_NODE_TYPE_KERNEL = 0
 
 
 class AccessPolicyWindow(ctypes.Structure):
@@ -85,9 +88,60 @@ class Driver:
         self.check("cuStreamSetAttribute", ctypes.c_void_p(stream.cuda_stream),
                    CU_STREAM_ATTRIBUTE_ACCESS_POLICY_WINDOW, ctypes.byref(value))
 
+    def window_nodes(self, graph: torch.cuda.CUDAGraph, base: int, nbytes: int, hit_ratio: float) -> int:
+        """The window on every kernel node of `graph` (captured with keep_graph=True, not yet instantiated);
+        returns how many nodes got it."""
+        handle = ctypes.c_void_p(graph.raw_cuda_graph())
+        count = ctypes.c_size_t()
+        self.check("cuGraphGetNodes", handle, None, ctypes.byref(count))
+        nodes = (ctypes.c_void_p * count.value)()
+        self.check("cuGraphGetNodes", handle, nodes, ctypes.byref(count))
+        value = StreamAttrValue()
+        value.window = AccessPolicyWindow(base, nbytes, hit_ratio, CU_ACCESS_PROPERTY_PERSISTING,
+                                          CU_ACCESS_PROPERTY_STREAMING)
+        kernels = 0
+        for node in nodes:
+            kind = ctypes.c_int()
+            self.check("cuGraphNodeGetType", ctypes.c_void_p(node), ctypes.byref(kind))
+            if kind.value == CU_GRAPH_NODE_TYPE_KERNEL:
+                self.check("cuGraphKernelNodeSetAttribute", ctypes.c_void_p(node),
+                           CU_KERNEL_NODE_ATTRIBUTE_ACCESS_POLICY_WINDOW, ctypes.byref(value))
+                kernels += 1
+        return kernels
+
     def reset_persisting(self) -> None:
         """Every persisting line back to normal: each variant starts from the same L2."""
         self.check("cuCtxResetPersistingL2Cache")
+
+
+def capture_with_window(fn, driver, stream, window: tuple[int, int, float], *, warmup: int = 3, pool=None):
+    """A CUDA graph of `fn()` (as `engine.graphs.capture`) whose kernel nodes all carry `window` (base,
+    bytes, hit ratio)."""
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream), torch.no_grad():
+        for _ in range(warmup):
+            fn()
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph(keep_graph=True)
+    with torch.cuda.graph(graph, pool=pool, stream=stream), torch.no_grad():
+        fn()
+    nodes = driver.window_nodes(graph, *window)
+    graph.instantiate()
+    torch.cuda.synchronize()
+    return graph, nodes
+
+
+class WindowedFrame:
+    """A frame's two halves as graphs whose kernels carry one access policy window."""
+
+    def __init__(self, frame, driver, stream, window, pool):
+        self.codes_graph, codes_nodes = capture_with_window(frame.draw_codes, driver, stream, window, pool=pool)
+        self.advance_graph, advance_nodes = capture_with_window(frame.advance, driver, stream, window, pool=pool)
+        self.kernel_nodes = codes_nodes + advance_nodes
+
+    def step(self) -> None:
+        self.codes_graph.replay()
+        self.advance_graph.replay()
 
 
 def pack_predictor(engine) -> torch.Tensor:
@@ -122,29 +176,38 @@ def pack_predictor(engine) -> torch.Tensor:
 
 
 def chain(driver, emit, persist_bytes, reps, rounds):
-    """20 one-row products over one 24 MB weight in a graph, with and without a window over it."""
+    """20 one-row products over one 24 MB weight in a graph: no window, a window on the capturing stream, a
+    window on each kernel node."""
     weight = torch.randn(12288, 1024, device="cuda", dtype=torch.bfloat16)
     x = torch.randn(1, 1024, device="cuda", dtype=torch.bfloat16)
     out = torch.empty(1, 12288, device="cuda", dtype=torch.bfloat16)
+
+    def products():
+        for _ in range(20):
+            fused_linear_triton(x, weight, out=out, pdl=True)
+
+    whole = (weight.data_ptr(), weight.numel() * weight.element_size(), 1.0)
     graphs = {}
-    for name, window in (("none", 0), ("window", weight.numel() * 2)):
+    for name in ("none", "stream", "nodes"):
         stream = torch.cuda.Stream()
-        driver.window(stream, weight.data_ptr(), window, 1.0 if window else 0.0)
+        if name == "stream":
+            driver.window(stream, *whole)
+        if name == "nodes":
+            graphs[name] = capture_with_window(products, driver, stream, whole)[0]
+            continue
         with torch.cuda.stream(stream):
-            for _ in range(2):
-                fused_linear_triton(x, weight, out=out, pdl=True)
+            products()
         torch.cuda.synchronize()
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, stream=stream):
-            for _ in range(20):
-                fused_linear_triton(x, weight, out=out, pdl=True)
+            products()
         graphs[name] = graph
     for r in range(rounds):
         for name, graph in graphs.items():
             driver.reset_persisting()
             ms = cuda_ms(graph.replay, reps)
             emit({"part": "chain", "variant": name, "round": r, "persist_mb": round(persist_bytes / 2**20, 1),
-                  "ms_per_product": round(ms / 20, 4), "tb_s": round(weight.numel() * 2 * 20 / ms / 1e9, 2)})
+                  "ms_per_product": round(ms / 20, 4), "tb_s": round(whole[1] * 20 / ms / 1e9, 2)})
 
 
 @torch.inference_mode()
@@ -160,10 +223,14 @@ def frames(tts, driver, emit, persist_bytes, max_window, buckets, reps, rounds):
     emit({"part": "pack", "pack_mb": round(pack_bytes / 2**20, 1), "window_mb": round(window / 2**20, 1),
           "persist_mb": round(persist_bytes / 2**20, 1)})
     for name, (nbytes, hit_ratio) in variants.items():
-        driver.window(engine.stream, pack.data_ptr(), nbytes, hit_ratio)
         pool = torch.cuda.graph_pool_handle()
-        runs[name] = {b: FrameGraph(engine.frames[b], stream=engine.stream, pool=pool) for b in buckets}
-    driver.window(engine.stream, 0, 0, 0.0)
+        if nbytes == 0:
+            runs[name] = {b: FrameGraph(engine.frames[b], stream=engine.stream, pool=pool) for b in buckets}
+            continue
+        runs[name] = {b: WindowedFrame(engine.frames[b], driver, engine.stream,
+                                       (pack.data_ptr(), nbytes, hit_ratio), pool) for b in buckets}
+        emit({"part": "window", "variant": name, "mb": round(nbytes / 2**20, 1), "hit_ratio": round(hit_ratio, 3),
+              "kernel_nodes": {b: run.kernel_nodes for b, run in runs[name].items()}})
     for r in range(rounds):
         for name, by_bucket in runs.items():
             for b, run in by_bucket.items():
