@@ -9,8 +9,8 @@ window covers them; the frame's graphs carry the window on every kernel node.
 
 Parts, each timed with CUDA events (median of `--reps`), the variants alternating over `--rounds`:
   - `chain`: 20 one-row products over one 24 MB weight, captured as a graph, without a window, with one
-    set on the capturing stream, and with one set on each kernel node after capture (hit ratio 1): whether
-    a window reaches the kernels of a captured graph, and which way;
+    set on the capturing stream, and with one set on each kernel node after capture (hit ratio 1, or less
+    where less may persist): whether a window reaches the kernels of a captured graph, and which way;
   - `frames`: the captured frame at each of `--buckets`, context 300, greedy rows, for
     `original` (the engine's graphs as loaded), `packed` (the predictor packed, no window), `layers` (a
     window over the pack's first bytes, as many as may persist, hit ratio 1: the first layer or so from
@@ -186,7 +186,8 @@ def chain(driver, emit, persist_bytes, reps, rounds):
         for _ in range(20):
             fused_linear_triton(x, weight, out=out, pdl=True)
 
-    whole = (weight.data_ptr(), weight.numel() * weight.element_size(), 1.0)
+    nbytes = weight.numel() * weight.element_size()
+    whole = (weight.data_ptr(), nbytes, min(1.0, persist_bytes / nbytes))  # no more than may persist
     graphs = {}
     for name in ("none", "stream", "nodes"):
         stream = torch.cuda.Stream()
@@ -207,7 +208,7 @@ def chain(driver, emit, persist_bytes, reps, rounds):
             driver.reset_persisting()
             ms = cuda_ms(graph.replay, reps)
             emit({"part": "chain", "variant": name, "round": r, "persist_mb": round(persist_bytes / 2**20, 1),
-                  "ms_per_product": round(ms / 20, 4), "tb_s": round(whole[1] * 20 / ms / 1e9, 2)})
+                  "ms_per_product": round(ms / 20, 4), "tb_s": round(nbytes * 20 / ms / 1e9, 2)})
 
 
 @torch.inference_mode()
