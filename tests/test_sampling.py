@@ -148,7 +148,8 @@ def test_seeded_sampling_is_reproducible_and_keyed_by_seed_and_draw():
     dict(temperature=0), dict(temperature=-1.0), dict(subtalker_temperature=float("nan")), dict(top_k=-1),
     dict(top_k=2.5), dict(top_p=0), dict(top_p=1.5), dict(subtalker_top_p=-0.1), dict(repetition_penalty=0),
     dict(max_new_tokens=0), dict(max_new_tokens=-3), dict(min_new_tokens=-1), dict(do_sample="yes"),
-    dict(seed="abc"),
+    dict(seed="abc"), dict(top_k=2**63), dict(subtalker_top_k=2**64), dict(min_new_tokens=2**63),
+    dict(repetition_penalty=float("inf")),
 ])
 def test_invalid_params_raise_input_error(bad):
     with pytest.raises(InputError, match=next(iter(bad))):

@@ -3,6 +3,7 @@ reference loop's codes, for every request whatever company it keeps and whenever
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import replace
 
@@ -263,6 +264,30 @@ def test_cancelled_request_leaves_within_a_frame_and_others_go_on():
                        reference.generate_codes(talker, short, greedy(6)))
     assert engine.running == 0
 
+
+
+def test_a_request_whose_prefill_fails_gets_the_error_and_the_engine_goes_on():
+    talker = tiny_talker(seed=9)
+    good = plans(talker, seed=10)[0]
+    # a caller's bug the engine meets only in the prefill: a prompt one column wider than the talker
+    wrong_width = replace(good, prefill=torch.randn(5, good.prefill.shape[1] + 1))
+    engine = engine_for(talker)
+    failed = engine.submit(wrong_width, greedy(4), audio=False)
+    errors = []
+
+    def wait():
+        try:
+            failed.result()
+        except RuntimeError as error:
+            errors.append(error)
+
+    waiter = threading.Thread(target=wait, daemon=True)
+    waiter.start()
+    waiter.join(timeout=30)  # it was out of the inbox and not yet in the batch: it used to wait forever
+    assert not waiter.is_alive() and len(errors) == 1
+    assert torch.equal(engine.submit(good, greedy(6), audio=False).result()[1].codes,
+                       reference.generate_codes(talker, good, greedy(6)))
+    assert engine.running == 0
 
 def test_runaway_budget_ends_a_request_with_its_own_reason():
     talker = tiny_talker(seed=9)

@@ -28,7 +28,7 @@ from .models.codec_encoder import CodecEncoder, encode
 from .models.speaker_encoder import SpeakerEncoder
 from .models.talker import Talker
 from .prompt import PromptBuilder, PromptPlan, supported_languages, supported_speakers
-from .sampling import MAX_SEED, SamplingParams
+from .sampling import INT64_END, SamplingParams
 from .text import TextTokenizer
 from .voices import Voice
 
@@ -317,7 +317,7 @@ class TTS:
 
         def submit_segment(index: int) -> Generation:
             plan, params = requests[index]
-            seed = None if params.seed is None else (params.seed + index) % MAX_SEED
+            seed = None if params.seed is None else (params.seed + index) % INT64_END
             return self.engine.submit(plan, params, seed=seed, loop=loop)
 
         return Segments(submit_segment, len(requests))

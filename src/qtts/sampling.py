@@ -19,8 +19,9 @@ from .config import GenerationConfig
 from .errors import InputError
 
 
-# Seeds are non-negative int64: what a generator and a per-row seed tensor hold without wrapping around.
-MAX_SEED = 2**63
+# Seeds, top-k and min_new_tokens live in the rows' int64 tensors (and seeds in generators): non-negative
+# int64 values hold them without wrapping around.
+INT64_END = 2**63
 
 
 @dataclass(frozen=True)
@@ -42,17 +43,18 @@ class SamplingParams(GenerationConfig):
             top_p = getattr(self, prefix + "top_p")
             if not _is_number(temperature) or not temperature > 0 or not math.isfinite(temperature):
                 raise InputError(f"{prefix}temperature must be a positive number, got {temperature!r}")
-            if not _is_int(top_k) or top_k < 0:
-                raise InputError(f"{prefix}top_k must be an integer >= 0 (0 disables it), got {top_k!r}")
+            if not _is_int(top_k) or not 0 <= top_k < INT64_END:
+                raise InputError(f"{prefix}top_k must be an integer in [0, 2**63) (0 disables it), got {top_k!r}")
             if not _is_number(top_p) or not 0 < top_p <= 1:
                 raise InputError(f"{prefix}top_p must be in (0, 1], got {top_p!r}")
-        if not _is_number(self.repetition_penalty) or not self.repetition_penalty > 0:
-            raise InputError(f"repetition_penalty must be a positive number, got {self.repetition_penalty!r}")
+        penalty = self.repetition_penalty
+        if not _is_number(penalty) or not penalty > 0 or not math.isfinite(penalty):
+            raise InputError(f"repetition_penalty must be a positive number, got {penalty!r}")
         if not _is_int(self.max_new_tokens) or self.max_new_tokens < 1:
             raise InputError(f"max_new_tokens must be a positive integer, got {self.max_new_tokens!r}")
-        if not _is_int(self.min_new_tokens) or self.min_new_tokens < 0:
-            raise InputError(f"min_new_tokens must be an integer >= 0, got {self.min_new_tokens!r}")
-        if self.seed is not None and (not _is_int(self.seed) or not 0 <= self.seed < MAX_SEED):
+        if not _is_int(self.min_new_tokens) or not 0 <= self.min_new_tokens < INT64_END:
+            raise InputError(f"min_new_tokens must be an integer in [0, 2**63), got {self.min_new_tokens!r}")
+        if self.seed is not None and (not _is_int(self.seed) or not 0 <= self.seed < INT64_END):
             raise InputError(f"seed must be an integer in [0, 2**63) or None, got {self.seed!r}")
 
     @classmethod

@@ -383,8 +383,17 @@ class Scheduler:
                 longest = length
             self._inbox.extend(waiting[len(taken):])
         if taken:
-            self._advance_now()  # the prefill moves rows into the batch the talker step runs over
-            self._prefill(taken)
+            try:
+                self._advance_now()  # the prefill moves rows into the batch the talker step runs over
+                self._prefill(taken)
+            except Exception as error:
+                # out of the inbox and not (all) in the batch yet: `_fail_all` would not reach them
+                running = {id(r) for r in self._running}
+                for request in taken:
+                    if id(request) not in running:
+                        request.reason = "error"
+                        request.sink.put(error)
+                raise
         if not self._inbox and len(self._running) < self.max_batch:
             self._departures.clear()  # nobody waits for a row: how fast rows free up starts anew
 
