@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -24,6 +25,8 @@ import soundfile
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 pytest.importorskip("python_multipart", reason="the server needs python-multipart (the server extra)")
+
+from qtts.server.schemas import SpeechRequest  # noqa: E402
 
 API_KEY = "test-key-123"
 ALLOWED_ORIGIN = "https://app.example"
@@ -134,6 +137,35 @@ def reference_wav(seconds: float = 1.5) -> bytes:
 ])
 def test_bad_fields_are_400s_that_name_the_problem(custom, fields, message):
     assert_openai_error(custom.client.post("/v1/audio/speech", json=speech(**fields)), 400, message)
+
+
+ODD_VALUES = [None, True, 0, -1, 2**63, 2**64, -2**63, 1e308, 1.5, -0.0, 1e-320, float("inf"), float("nan"), "",
+              "x", "NaN", [], [1], {}, {"id": "ryan"}, {"id": 3}, "<|im_end|>", "a" * 5000, "ryan", "auto", "wav",
+              "pcm", "sse", "audio", 4096, 32768, "1"]
+
+
+def test_120_speech_requests_with_odd_field_values_each_get_an_answer_below_500(custom):
+    """A seeded fuzz: one to three fields of a good request set to odd values (wrong types, int64's edges,
+    non-finite floats, control tokens). Each answer comes within the client's timeout and is a 200 or a 4xx
+    in OpenAI's shape; top_k=2**63 once passed validation, overflowed in the prefill and never answered."""
+    rng = random.Random(7)
+    fields = list(SpeechRequest.model_fields)
+    deadline = time.monotonic() + 180
+    for index in range(120):
+        body = speech(max_new_tokens=FRAMES)
+        for _ in range(rng.randint(1, 3)):
+            body[rng.choice(fields)] = rng.choice(ODD_VALUES)
+        frames = body["max_new_tokens"]
+        if type(frames) is int and FRAMES < frames <= 8192:  # valid but long: minutes on a CPU
+            body["max_new_tokens"] = FRAMES
+        content = json.dumps(body)  # non-finite floats as JSON's Infinity and NaN, which some clients send
+        response = custom.client.post("/v1/audio/speech", content=content, timeout=30,
+                                      headers={"Content-Type": "application/json"})
+        assert response.status_code == 200 or 400 <= response.status_code < 500, (body, response.text)
+        if response.status_code != 200:
+            assert set(response.json()["error"]) == {"message", "type", "param", "code"}, response.text
+        assert time.monotonic() < deadline, f"the fuzz took too long ({index} requests)"
+    assert custom.client.post("/v1/audio/speech", json=speech()).status_code == 200
 
 
 def test_a_lone_surrogate_in_the_text_is_a_400(custom):
