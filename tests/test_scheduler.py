@@ -265,7 +265,6 @@ def test_cancelled_request_leaves_within_a_frame_and_others_go_on():
     assert engine.running == 0
 
 
-
 def test_a_request_whose_prefill_fails_gets_the_error_and_the_engine_goes_on():
     talker = tiny_talker(seed=9)
     good = plans(talker, seed=10)[0]
@@ -288,6 +287,7 @@ def test_a_request_whose_prefill_fails_gets_the_error_and_the_engine_goes_on():
     assert torch.equal(engine.submit(good, greedy(6), audio=False).result()[1].codes,
                        reference.generate_codes(talker, good, greedy(6)))
     assert engine.running == 0
+
 
 def test_runaway_budget_ends_a_request_with_its_own_reason():
     talker = tiny_talker(seed=9)
