@@ -11,12 +11,16 @@ code stays a valid index):
   - `sampler`: the 16 draws (their codes zeros; each predictor step then takes code 0's embedding);
   - `talker`: the talker's layers (its input passed through; its head stays), and `predictor`: the code
     predictor's 75 layer passes (its 15 heads and draws stay): with the weight bytes each stage reads and
-    the device's copy rate, the frame's distance from the memory floor by stage.
+    the device's copy rate, the frame's distance from the memory floor by stage;
+  - `STAGE:PRODUCT`, STAGE `talker` or `predictor` and PRODUCT `qkv`, `o`, `gate_up` or `down`: that one
+    matrix product of every layer of the stage (a product that adds the residual stream hands it on
+    unchanged; the others give zeros): with the bytes of those weights (`product_bytes`), the rate each kind
+    of product reaches inside the frame, which says which of them the gap to the floor is in.
 And one variant that computes the frame's own results: `unsplit`, the talker's attention walking each row's
 cache in one program per KV head, so without the 28 merge launches (at the probe's context).
 
     python bench/hop_probe.py --size 0.6b [--leave-out none rope unsplit attention rope+attention sampler
-        talker predictor]
+        talker predictor predictor:qkv predictor:o predictor:gate_up predictor:down talker:qkv ...]
 Run under `PYTHONPATH=OTHER_TREE/src` to probe another tree's frame. Needs a GPU.
 """
 
@@ -66,6 +70,38 @@ def stack_left_out(talker: bool):
     return run
 
 
+PRODUCTS = ("qkv", "o", "gate_up", "down")
+
+
+def products_left_out(talker: bool, kind: str) -> list:
+    """Patches that leave out the `kind` product of every layer of the talker (or else the predictor): o
+    and down are known by their weights (their layers' own), gate/up by its gate, q/k/v as the rest.
+    Products outside the stack's layers (heads, the 1.7B predictor's input projection) stay."""
+    run_stack, linear = frame_module.run_stack, frame_module.fused_linear_triton
+    running = {}  # while the stack's layers run: the data pointers of their o and down weights
+
+    def run(stack, *args, **kwargs):
+        if isinstance(stack, TalkerModel) == talker:
+            running["o"] = {layer.self_attn.o_proj.weight.data_ptr() for layer in stack.layers}
+            running["down"] = {layer.mlp.down_proj.weight.data_ptr() for layer in stack.layers}
+        try:
+            return run_stack(stack, *args, **kwargs)
+        finally:
+            running.clear()
+
+    def product(x, weight, *, residual=None, gated=False, **kwargs):
+        if running:
+            this = ("gate_up" if gated else "o" if weight.data_ptr() in running["o"]
+                    else "down" if weight.data_ptr() in running["down"] else "qkv")
+            if this == kind:
+                if residual is not None:
+                    return residual
+                return x.new_zeros(*x.shape[:-1], weight.shape[0] // 2 if gated else weight.shape[0])
+        return linear(x, weight, residual=residual, gated=gated, **kwargs)
+
+    return [(frame_module, "run_stack", run), (frame_module, "fused_linear_triton", product)]
+
+
 @contextlib.contextmanager
 def leaving_out(name: str):
     """The frame's kernels with the class `name` not launched ("none": as they are; "unsplit": attention in
@@ -80,7 +116,12 @@ def leaving_out(name: str):
         "sampler": [(frame_module, "sample_codes_triton", no_sampler)],
         "talker": [(frame_module, "run_stack", stack_left_out(talker=True))],
         "predictor": [(frame_module, "run_stack", stack_left_out(talker=False))],
-    }[name]
+    }.get(name)
+    if patches is None:
+        stage, _, kind = name.partition(":")
+        if stage not in ("talker", "predictor") or kind not in PRODUCTS:
+            raise ValueError(f"nothing to leave out called {name!r}")
+        patches = products_left_out(stage == "talker", kind)
     saved = [(module, attr, getattr(module, attr)) for module, attr, _ in patches]
     for module, attr, replacement in patches:
         setattr(module, attr, replacement)
@@ -111,6 +152,23 @@ def stage_bytes(tts) -> dict:
             "heads": size(predictor.lm_head) + size(talker.codec_head)}
 
 
+def product_bytes(tts) -> dict:
+    """Weight bytes a one-row frame reads per kind of product, "STAGE:PRODUCT" as `leaving_out` names them."""
+    talker = tts.engine.talker
+
+    def size(modules):
+        return sum(p.numel() * p.element_size() for m in modules for p in m.parameters())
+
+    parts = {"qkv": lambda layer: (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj),
+             "o": lambda layer: (layer.self_attn.o_proj,),
+             "gate_up": lambda layer: (layer.mlp.gate_proj, layer.mlp.up_proj),
+             "down": lambda layer: (layer.mlp.down_proj,)}
+    return {f"{stage}:{kind}": passes * size([m for layer in layers for m in parts[kind](layer)])
+            for stage, layers, passes in (("talker", talker.model.layers, 1),
+                                          ("predictor", talker.code_predictor.model.layers, 15))
+            for kind in PRODUCTS}
+
+
 def copy_tbps(gib: int = 2) -> float:
     """The device's copy rate, bytes read and written per second (the rate a weight stream can reach)."""
     src = torch.empty(gib << 30, dtype=torch.uint8, device="cuda")
@@ -134,7 +192,8 @@ def main():
     folder = checkpoint_folder(args.checkpoint, args.size)
     with open(out / f"hop_probe_{args.size}.jsonl", "a") as log:
         tts = qtts.load(folder, max_batch=1)
-        record = {"size": args.size, "copy_tbps": round(copy_tbps(), 2), "weight_bytes": stage_bytes(tts)}
+        record = {"size": args.size, "copy_tbps": round(copy_tbps(), 2), "weight_bytes": stage_bytes(tts),
+                  "product_bytes": product_bytes(tts)}
         tts.close()
         print(json.dumps(record), flush=True)
         log.write(json.dumps(record) + "\n")

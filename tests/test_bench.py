@@ -257,3 +257,56 @@ def test_frame_tune_tries_the_tables_block_first_then_each_other_block_once(monk
         assert linear.linear_config(1, 4096, 1024, False) == (4, 512, 2)
     assert linear.linear_config(1, 4096, 1024, False) == linear.DECODE_CONFIGS[(4096, 1024, False)]
     assert frame_tune.parse_shape("3072x1024g") == (3072, 1024, True)
+
+
+@pytest.mark.parametrize("left_out", ["predictor:o", "talker:down"])
+def test_hop_probe_leaves_out_one_kind_of_product_of_one_stage(monkeypatch, one_thread, left_out):
+    """bench/hop_probe.py's `STAGE:PRODUCT`: the fused frame (interpreted on CPU) launches every product of
+    every layer but that kind of that stage's, and the heads' products stay."""
+    from qtts import kernels
+    from qtts.config import TTSConfig
+    from qtts.engine import frame as frame_module
+    from qtts.engine.scheduler import Scheduler
+    from qtts.models.talker import Talker
+    from qtts.prompt import PromptPlan
+    from qtts.sampling import SamplingParams
+    from qtts.testing.configs import tiny_tts_config
+
+    if not kernels.available():
+        pytest.skip("Triton is not installed")
+    monkeypatch.syspath_prepend(str(BENCH_DIR))
+    import hop_probe
+
+    device = "cpu" if kernels.interpreted() else "cuda"
+    torch.manual_seed(0)
+    talker = Talker(TTSConfig.from_dict(tiny_tts_config("base")).talker_config, device=device,
+                    dtype=torch.float32).eval()
+    launched = []
+    real_product = frame_module.fused_linear_triton
+
+    def recording(x, weight, **kwargs):
+        launched.append(weight.data_ptr())
+        return real_product(x, weight, **kwargs)
+
+    monkeypatch.setattr(frame_module, "fused_linear_triton", recording)
+    hidden = talker.codec_head.weight.shape[1]
+    plan = PromptPlan(torch.randn(5, hidden, device=device), torch.randn(3, hidden, device=device),
+                      torch.randn(hidden, device=device))
+    params = SamplingParams(do_sample=False, subtalker_dosample=False, max_new_tokens=3)
+    # the probe builds and captures its frames inside the block; eager frames must run there too
+    with hop_probe.leaving_out(left_out):
+        engine = Scheduler(talker, None, max_batch=1, max_len=256, max_text=32, fused=True, graphs=False)
+        try:
+            codes = engine.submit(plan, params, audio=False).result()[1].codes
+        finally:
+            engine.close()
+    kind_of = {}
+    for stage, layers in (("talker", talker.model.layers), ("predictor", talker.code_predictor.model.layers)):
+        for layer in layers:
+            qkv, gate_up = engine.ops.projections[layer]
+            for kind, weight in (("qkv", qkv), ("o", layer.self_attn.o_proj.weight), ("gate_up", gate_up),
+                                 ("down", layer.mlp.down_proj.weight)):
+                kind_of[weight.data_ptr()] = f"{stage}:{kind}"
+    assert codes.shape == (2, 16)
+    every_kind = {f"{stage}:{kind}" for stage in ("talker", "predictor") for kind in hop_probe.PRODUCTS}
+    assert {kind_of.get(ptr, "head") for ptr in launched} == every_kind - {left_out} | {"head"}
