@@ -138,32 +138,34 @@ def one_row_frame_ms(tts, reps: int, context: int) -> float:
     return frame_ms(frame_steps(tts.engine)[1], reps)
 
 
+def weight_bytes(*modules) -> int:
+    return sum(p.numel() * p.element_size() for module in modules for p in module.parameters())
+
+
 def stage_bytes(tts) -> dict:
     """Weight bytes a one-row frame reads: the talker's layers once, the predictor's layers once per step
     (15), each of the predictor's 15 heads and the talker's codec head once."""
     talker = tts.engine.talker
     predictor = talker.code_predictor
+    predictor_step = weight_bytes(predictor.model.layers, predictor.small_to_mtp_projection)  # (1.7B: 2048 -> 1024)
+    return {"talker_layers": weight_bytes(talker.model.layers), "predictor_layers": 15 * predictor_step,
+            "heads": weight_bytes(predictor.lm_head, talker.codec_head)}
 
-    def size(module):
-        return sum(p.numel() * p.element_size() for p in module.parameters())
 
-    predictor_step = size(predictor.model.layers) + size(predictor.small_to_mtp_projection)  # (1.7B: 2048 -> 1024)
-    return {"talker_layers": size(talker.model.layers), "predictor_layers": 15 * predictor_step,
-            "heads": size(predictor.lm_head) + size(talker.codec_head)}
+# each kind of product and the projections whose weights it reads, as (block, projection) names of a layer
+PRODUCT_WEIGHTS = {"qkv": (("self_attn", "q_proj"), ("self_attn", "k_proj"), ("self_attn", "v_proj")),
+                   "o": (("self_attn", "o_proj"),), "gate_up": (("mlp", "gate_proj"), ("mlp", "up_proj")),
+                   "down": (("mlp", "down_proj"),)}
 
 
 def product_bytes(tts) -> dict:
     """Weight bytes a one-row frame reads per kind of product, "STAGE:PRODUCT" as `leaving_out` names them."""
     talker = tts.engine.talker
 
-    def size(modules):
-        return sum(p.numel() * p.element_size() for m in modules for p in m.parameters())
+    def projections(layers, kind):
+        return (getattr(getattr(layer, block), name) for layer in layers for block, name in PRODUCT_WEIGHTS[kind])
 
-    parts = {"qkv": lambda layer: (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj),
-             "o": lambda layer: (layer.self_attn.o_proj,),
-             "gate_up": lambda layer: (layer.mlp.gate_proj, layer.mlp.up_proj),
-             "down": lambda layer: (layer.mlp.down_proj,)}
-    return {f"{stage}:{kind}": passes * size([m for layer in layers for m in parts[kind](layer)])
+    return {f"{stage}:{kind}": passes * weight_bytes(*projections(layers, kind))
             for stage, layers, passes in (("talker", talker.model.layers, 1),
                                           ("predictor", talker.code_predictor.model.layers, 15))
             for kind in PRODUCTS}
