@@ -4,7 +4,9 @@ what fusing that part into its neighbours could save, before any fusion is writt
 sessions built one-launch attentions that came out slower).
 
 Parts left out (each replaced by zeros of its output's shape, so that no NaN reaches a sampler and every
-code stays a valid index):
+code stays a valid index; one tensor per shape, made once, so that a left-out launch leaves no fill in the
+captured graph, whose cost, and the break it makes in the chain of programmatic launches, would be
+counted against the part):
   - `rope`: the q/k norm, RoPE and cache write before each attention (103 a frame);
   - `attention`: decode attention itself (103) and the talker's split merges (28);
   - `rope+attention`: both;
@@ -45,18 +47,29 @@ from qtts.models.talker import TalkerModel  # noqa: E402
 from engine_probe import at_context, checkpoint_folder, cuda_ms, frame_ms, frame_steps  # noqa: E402
 
 
+ZEROS = {}  # (shape, dtype, device): the one zero tensor the left-out launches of that shape hand on
+
+
+def zeros(*shape, like: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Zeros of `shape`, made once (nothing downstream writes a stage's output in place)."""
+    key = (shape, dtype or like.dtype, like.device)
+    if key not in ZEROS:
+        ZEROS[key] = torch.zeros(shape, device=like.device, dtype=key[1])
+    return ZEROS[key]
+
+
 def no_rope(q, k, v, *args, **kwargs):
     batch, seq, heads, head_dim = q.shape
-    return torch.zeros(batch, heads, seq, head_dim, device=q.device, dtype=q.dtype)
+    return zeros(batch, heads, seq, head_dim, like=q)
 
 
 def no_attention(q, k_cache, v_cache, lengths, scale, *args, **kwargs):
     batch, heads, seq, head_dim = q.shape
-    return torch.zeros(batch, seq, heads * head_dim, device=q.device, dtype=q.dtype)
+    return zeros(batch, seq, heads * head_dim, like=q)
 
 
 def no_sampler(logits, *args, embedding=None, **kwargs):
-    codes = torch.zeros(logits.shape[0], device=logits.device, dtype=torch.long)
+    codes = zeros(logits.shape[0], like=logits, dtype=torch.long)
     return codes if embedding is None else (codes, embedding[codes])
 
 
@@ -96,7 +109,7 @@ def products_left_out(talker: bool, kind: str) -> list:
             if this == kind:
                 if residual is not None:
                     return residual
-                return x.new_zeros(*x.shape[:-1], weight.shape[0] // 2 if gated else weight.shape[0])
+                return zeros(*x.shape[:-1], weight.shape[0] // 2 if gated else weight.shape[0], like=x)
         return linear(x, weight, residual=residual, gated=gated, **kwargs)
 
     return [(frame_module, "run_stack", run), (frame_module, "fused_linear_triton", product)]
