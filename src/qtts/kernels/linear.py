@@ -55,11 +55,21 @@ def fused_linear_reference(
 def _fused_linear_kernel(
     x_ptr, w_ptr, norm_ptr, res_ptr, bias_ptr, out_ptr, K, N, eps,
     NORM: tl.constexpr, GATED: tl.constexpr, RESIDUAL: tl.constexpr, BIAS: tl.constexpr,
-    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, ONE_STEP: tl.constexpr, PDL: tl.constexpr,
 ):
-    """Programs (row, output block): BLOCK_N outputs of one row, walking K in BLOCK_K steps. The row is the
-    grid's fastest dimension, so the programs of every row for one output block are launched side by side
-    and read its weight tile from memory once between them (the rest from L2)."""
+    """Programs (row, output block): BLOCK_N outputs of one row, walking K in BLOCK_K steps (ONE_STEP: K fits
+    one). The row is the grid's fastest dimension, so the programs of every row for one output block are
+    launched side by side and read its weight tile from memory once between them (the rest from L2).
+
+    What follows the wait is the frame's serial path, so it is kept short:
+    - the products are summed in the layout the weight tile is loaded in (8 contiguous elements a thread),
+      and the row is loaded in that layout too. The earlier form, a [1, BLOCK_N, BLOCK_K] product, made
+      Triton move the whole weight tile through shared memory after the wait (14-30 barriers there against
+      2-10, bench/sass_probe.py); on an H100 the one-row frame went from 2.64 to 2.51 ms (0.6B) and 3.41 to
+      3.24 ms (1.7B), the two-row one from 3.43 to 2.85 and 4.65 to 3.89 ms (bench/engine_probe.py);
+    - a one-step program requests everything the earlier kernels wrote (its row, its residual) at once,
+      before any arithmetic, and reads the norm's weight before the wait. Alone, without the layout change,
+      this measured 0.05 ms slower at one row and 0.1-0.3 ms faster at two; with it, only together."""
     dtype = x_ptr.dtype.element_ty
     row = tl.program_id(0).to(tl.int64)
     n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -71,36 +81,45 @@ def _fused_linear_kernel(
     w = tl.load(w_ptr + w_rows, mask=w_ok, other=0.0)
     if GATED:
         w_up = tl.load(w_ptr + N * K + w_rows, mask=w_ok, other=0.0)
+    if NORM and ONE_STEP:  # the norm's weight is a weight too: never written by an earlier kernel
+        g = tl.load(norm_ptr + kk, mask=kk < K, other=0.0).to(tl.float32)[None, :]
     wait_for_previous(PDL)  # only weights were read so far
 
     x_row = x_ptr + row * K
-    if NORM:
-        squares = tl.zeros([BLOCK_K], dtype=tl.float32)
-        for k in range(0, K, BLOCK_K):
-            xs = tl.load(x_row + k + kk, mask=k + kk < K, other=0.0).to(tl.float32)
-            squares += xs * xs
-        inv_rms = tl.math.rsqrt(tl.sum(squares, axis=0) / K + eps)
-
-    # A [1, BLOCK_N] accumulator over [1, BLOCK_N, BLOCK_K] products: Triton lays this out better than the
-    # 1-D form of the same sum (H100, 0.6B frame: 3.44 ms against 4.32 ms, bench/frame_probe.py).
-    acc = tl.zeros([1, BLOCK_N], dtype=tl.float32)
-    acc_up = tl.zeros([1, BLOCK_N], dtype=tl.float32)
-    for k in range(0, K, BLOCK_K):
-        if k > 0:
-            w_ok = n_ok[:, None] & (k + kk[None, :] < K)
-            w = tl.load(w_ptr + w_rows + k, mask=w_ok, other=0.0)
-            if GATED:
-                w_up = tl.load(w_ptr + N * K + w_rows + k, mask=w_ok, other=0.0)
-        h = tl.load(x_row + k + kk[None, :], mask=k + kk[None, :] < K, other=0.0).to(tl.float32)
-        if NORM:
-            g = tl.load(norm_ptr + k + kk, mask=k + kk < K, other=0.0).to(tl.float32)[None, :]
+    if RESIDUAL:
+        res = tl.load(res_ptr + row * N + n, mask=n_ok, other=0.0).to(tl.float32)
+    if ONE_STEP:
+        h = tl.load(x_row + kk[None, :], mask=kk[None, :] < K, other=0.0).to(tl.float32)
+        if NORM:  # the squares from the same row in the 1-D layout the multi-step sum uses: the same rounding
+            xs = tl.load(x_row + kk, mask=kk < K, other=0.0).to(tl.float32)
+            inv_rms = tl.math.rsqrt(tl.sum(xs * xs, axis=0) / K + eps)
             h = round_to(round_to(h * inv_rms, dtype).to(tl.float32) * g, dtype).to(tl.float32)
-        acc += tl.sum(h[:, None, :] * w[None, :, :].to(tl.float32), axis=2)
+        acc = tl.sum(h * w.to(tl.float32), axis=1)
         if GATED:
-            acc_up += tl.sum(h[:, None, :] * w_up[None, :, :].to(tl.float32), axis=2)
+            acc_up = tl.sum(h * w_up.to(tl.float32), axis=1)
+    else:
+        if NORM:
+            squares = tl.zeros([BLOCK_K], dtype=tl.float32)
+            for k in range(0, K, BLOCK_K):
+                xs = tl.load(x_row + k + kk, mask=k + kk < K, other=0.0).to(tl.float32)
+                squares += xs * xs
+            inv_rms = tl.math.rsqrt(tl.sum(squares, axis=0) / K + eps)
+        acc = tl.zeros([BLOCK_N], dtype=tl.float32)
+        acc_up = tl.zeros([BLOCK_N], dtype=tl.float32)
+        for k in range(0, K, BLOCK_K):
+            if k > 0:
+                w_ok = n_ok[:, None] & (k + kk[None, :] < K)
+                w = tl.load(w_ptr + w_rows + k, mask=w_ok, other=0.0)
+                if GATED:
+                    w_up = tl.load(w_ptr + N * K + w_rows + k, mask=w_ok, other=0.0)
+            h = tl.load(x_row + k + kk[None, :], mask=k + kk[None, :] < K, other=0.0).to(tl.float32)
+            if NORM:
+                g = tl.load(norm_ptr + k + kk, mask=k + kk < K, other=0.0).to(tl.float32)[None, :]
+                h = round_to(round_to(h * inv_rms, dtype).to(tl.float32) * g, dtype).to(tl.float32)
+            acc += tl.sum(h * w.to(tl.float32), axis=1)
+            if GATED:
+                acc_up += tl.sum(h * w_up.to(tl.float32), axis=1)
 
-    acc = tl.reshape(acc, [BLOCK_N])
-    acc_up = tl.reshape(acc_up, [BLOCK_N])
     if BIAS:
         acc += tl.load(bias_ptr + n, mask=n_ok, other=0.0).to(tl.float32)
     y = round_to(acc, dtype).to(tl.float32)
@@ -108,7 +127,7 @@ def _fused_linear_kernel(
         silu = round_to(y / (1.0 + tl.exp(-y)), dtype).to(tl.float32)
         y = round_to(silu * round_to(acc_up, dtype).to(tl.float32), dtype).to(tl.float32)
     if RESIDUAL:
-        y += tl.load(res_ptr + row * N + n, mask=n_ok, other=0.0).to(tl.float32)
+        y += res
     tl.store(out_ptr + row * N + n, round_to(y, dtype), mask=n_ok)
 
 
@@ -316,7 +335,8 @@ def fused_linear_triton(
         x2, weight, norm_weight if norm else weight,  # (a pointer the kernel does not read)
         residual if residual is not None else out, bias if bias is not None else weight, out, k, n, eps,
         NORM=norm, GATED=gated, RESIDUAL=residual is not None, BIAS=bias is not None,
-        BLOCK_N=block_n, BLOCK_K=block_k, PDL=pdl, num_warps=warps, **pdl_launch(pdl),
+        BLOCK_N=block_n, BLOCK_K=block_k, ONE_STEP=k <= block_k, PDL=pdl, num_warps=warps,
+        **pdl_launch(pdl),
     )
     return out
 
