@@ -138,7 +138,8 @@ def _fused_linear_kernel(
 # as separate kernels. Then chosen again by the frame's own time (bench/frame_tune.py, H100, 2026-12-07: each
 # candidate in a freshly captured one-row frame, then the best of each shape together against the old table
 # in alternating rounds): 1.7B frame 3.41 against 3.47 ms at one row, 4.64 against 4.67 at two. The shapes
-# the 0.6B shares with it (all of its own) chose the same blocks or ones within 0.01 ms of them.
+# the 0.6B shares with it (all of its own) chose the same blocks or ones within 0.01 ms of them. All of
+# this was before the products were summed in the weights' load layout (2026-12-08): not chosen again since.
 DECODE_CONFIGS = {
     (4096, 1024, False): (8, 1024, 4), (1024, 2048, False): (4, 2048, 4), (3072, 1024, True): (4, 1024, 2),
     (1024, 3072, False): (2, 4096, 4), (2048, 1024, False): (8, 1024, 4), (3072, 1024, False): (8, 1024, 4),
