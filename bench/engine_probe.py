@@ -792,6 +792,9 @@ def main():
     parser.add_argument("--tile-rows-max", type=int,
                         help="products of up to this many rows in the tensor-core tile kernel (0: cuBLAS from "
                              "3 rows on; default: kernels/linear.py's)")
+    parser.add_argument("--row-kernel-rows", type=int,
+                        help="products of up to this many rows in the one-row kernel, a program per row "
+                             "(default: kernels/linear.py's ROWS_PER_PROGRAM_MAX)")
     parser.add_argument("--cudnn-benchmark", action="store_true",
                         help="let cuDNN time its convolution algorithms when the decoder graphs are captured")
     args = parser.parse_args()
@@ -802,17 +805,22 @@ def main():
     def emit(record):
         record = {"size": args.size, "codec_dtype": args.codec_dtype or "default",
                   **({"cudnn_benchmark": True} if args.cudnn_benchmark else {}),
-                  **({"tile_rows_max": args.tile_rows_max} if args.tile_rows_max is not None else {}), **record}
+                  **({"tile_rows_max": args.tile_rows_max} if args.tile_rows_max is not None else {}),
+                  **({"row_kernel_rows": args.row_kernel_rows} if args.row_kernel_rows is not None else {}),
+                  **record}
         print(json.dumps(record), flush=True)
         log.write(json.dumps(record) + "\n")
         log.flush()
 
     folder = checkpoint_folder(args.checkpoint, args.size)
     torch.backends.cudnn.benchmark = args.cudnn_benchmark
-    if args.tile_rows_max is not None:  # before load: the frames are captured with it
-        from qtts.kernels import linear
+    from qtts.kernels import linear
 
+    # before load: the frames are captured with them
+    if args.tile_rows_max is not None:
         linear.TILE_ROWS_MAX = args.tile_rows_max
+    if args.row_kernel_rows is not None:
+        linear.ROWS_PER_PROGRAM_MAX = args.row_kernel_rows
     began = time.perf_counter()
     tts = qtts.load(folder, max_batch=args.max_batch, codec_dtype=args.codec_dtype)
     emit({"part": "startup", "load_s": round(time.perf_counter() - began, 1),
