@@ -69,7 +69,8 @@ def _fused_linear_kernel(
       3.24 ms (1.7B), the two-row one from 3.43 to 2.85 and 4.65 to 3.89 ms (bench/engine_probe.py);
     - a one-step program requests everything the earlier kernels wrote (its row, its residual) at once,
       before any arithmetic, and reads the norm's weight before the wait. Alone, without the layout change,
-      this measured 0.05 ms slower at one row and 0.1-0.3 ms faster at two; with it, only together."""
+      this measured 0.05 ms slower at one row and 0.1-0.3 ms faster at two; its share of the gain above is
+      not measured."""
     dtype = x_ptr.dtype.element_ty
     row = tl.program_id(0).to(tl.int64)
     n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
