@@ -388,7 +388,9 @@ def test_a_killed_replica_is_replaced_while_the_endpoint_keeps_answering(cluster
     while time.monotonic() < deadline and not (running_replicas() == REPLICAS and len(replica_actors()) == REPLICAS):
         time.sleep(0.5)
     after = replica_actors()
-    assert running_replicas() == REPLICAS and survivor in after and victim not in after, (serve.status(), after)
+    deployment = serve.status().applications["qtts"].deployments["qtts"]
+    assert running_replicas() == REPLICAS and survivor in after and victim not in after, (
+        deployment.status, deployment.replica_states, deployment.message, after, victim, survivor)
     (replacement,) = set(after) - {survivor}
     # The new replica serves too, and knows the voice made before it existed (the shared folder).
     # The ingress learns of it from Serve's controller a moment after it runs: rounds until then, bounded.
