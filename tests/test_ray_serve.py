@@ -80,9 +80,13 @@ def replica_actors() -> dict[str, str]:
             if entry["namespace"] == "serve" and entry["name"].startswith("SERVE_REPLICA::qtts#qtts#")}
 
 
+def qtts_deployment():
+    """Serve's status of the qtts deployment: its state, replica states and message."""
+    return serve.status().applications["qtts"].deployments["qtts"]
+
+
 def running_replicas() -> int:
-    status = serve.status().applications["qtts"].deployments["qtts"]
-    return status.replica_states.get("RUNNING", 0)
+    return qtts_deployment().replica_states.get("RUNNING", 0)
 
 
 @pytest.fixture(scope="module", params=INGRESSES)
@@ -388,8 +392,8 @@ def test_a_killed_replica_is_replaced_while_the_endpoint_keeps_answering(cluster
     while time.monotonic() < deadline and not (running_replicas() == REPLICAS and len(replica_actors()) == REPLICAS):
         time.sleep(0.5)
     after = replica_actors()
-    deployment = serve.status().applications["qtts"].deployments["qtts"]
-    assert running_replicas() == REPLICAS and survivor in after and victim not in after, (
+    deployment = qtts_deployment()  # one snapshot, for the check and for the message
+    assert deployment.replica_states.get("RUNNING", 0) == REPLICAS and survivor in after and victim not in after, (
         deployment.status, deployment.replica_states, deployment.message, after, victim, survivor)
     (replacement,) = set(after) - {survivor}
     # The new replica serves too, and knows the voice made before it existed (the shared folder).
